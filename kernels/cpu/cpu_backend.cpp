@@ -78,6 +78,9 @@ void run_sgemm(const GemmParams& p) {
 
 void CpuBackend::gemm(const GemmParams& p) {
   check_gemm(p);
+  // oneDNN sizes its parallel GEMM from the calling thread's OpenMP thread count, which
+  // another backend in the same process may have changed.
+  omp_set_num_threads(num_threads_);
   run_sgemm(p);
 }
 

@@ -1,0 +1,77 @@
+// mohge train --config SPEC.json [--storage DIR] [--out RUN] [--threads N] [--resume]
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include "worker/cli/commands.hpp"
+#include "worker/cli/common.hpp"
+#include "worker/train/trainer.hpp"
+
+namespace mohge::cli {
+
+namespace {
+
+struct TrainArgs {
+  std::string config;
+  std::string storage = ".";
+  std::string out;
+  int threads = 0;
+  bool resume = false;
+  bool quiet = false;
+  int64_t stop_after = 0;
+};
+
+int run_train(const TrainArgs& a) {
+  Result<JobSpec> spec = load_job_spec(a.config);
+  if (!spec.ok()) return report(spec.error());
+  Result<std::unique_ptr<Backend>> backend = make_backend(spec.value(), a.threads);
+  if (!backend.ok()) return report(backend.error());
+  TrainOptions opt;
+  opt.storage_root = a.storage;
+  opt.run_dir = a.out;
+  opt.resume = a.resume;
+  opt.progress = !a.quiet;
+  opt.stop_after = a.stop_after;
+  Result<std::unique_ptr<Trainer>> trainer = Trainer::create(spec.value(), opt, *backend.value());
+  if (!trainer.ok()) return report(trainer.error());
+  const auto t0 = std::chrono::steady_clock::now();
+  std::optional<double> first_val, last_val;
+  Status s = trainer.value()->run([&](const StepReport& r) {
+    if (r.val_loss) {
+      if (!first_val) first_val = r.val_loss;
+      last_val = r.val_loss;
+    }
+  });
+  if (!s.ok()) return report(s.error());
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60.0;
+  if (last_val) {
+    spdlog::info("done in {:.1f} min: validation loss {:.4f} (perplexity {:.1f}), first eval {:.4f}",
+                 minutes, *last_val, std::exp(*last_val), *first_val);
+  }
+  spdlog::info("run folder: {} (metrics.jsonl, checkpoints/)", trainer.value()->run_dir().string());
+  return 0;
+}
+
+}  // namespace
+
+void add_train(CLI::App& app, int& exit_code) {
+  auto args = std::make_shared<TrainArgs>();
+  CLI::App* cmd = app.add_subcommand("train", "Train a model from a job spec in this process");
+  cmd->add_option("--config", args->config, "Job spec JSON (DESIGN.md §8)")->required();
+  cmd->add_option("--storage", args->storage, "Storage root; data paths are relative to it")
+      ->capture_default_str();
+  cmd->add_option("--out", args->out, "Run folder (default STORAGE/runs/<name>)");
+  cmd->add_option("--threads", args->threads, "Compute threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--resume", args->resume, "Continue from the run's latest checkpoint");
+  cmd->add_option("--stop-after", args->stop_after,
+                  "Stop after this step, writing a checkpoint (continue with --resume)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--quiet", args->quiet, "No live progress line");
+  cmd->callback([args, &exit_code] { exit_code = run_train(*args); });
+}
+
+}  // namespace mohge::cli

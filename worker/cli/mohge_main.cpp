@@ -1,0 +1,30 @@
+// mohge: the command-line tool (DESIGN.md §3). Training in one process, evaluation,
+// generation, data preparation and benchmarks.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "worker/cli/commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mohge: train and evaluate Mixture-of-Heterogeneous-Grouped-Experts models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mohge 0.1.0");
+  spdlog::set_pattern("[mohge %H:%M:%S] %v");
+  int exit_code = 0;
+  mohge::cli::add_prepare_data(app, exit_code);
+  mohge::cli::add_train(app, exit_code);
+  mohge::cli::add_eval(app, exit_code);
+  mohge::cli::add_generate(app, exit_code);
+  mohge::cli::add_bench(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return exit_code;
+}

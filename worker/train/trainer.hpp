@@ -1,0 +1,73 @@
+// The single-process trainer: `mohge train`. Each step is the flat sequence
+//   next batch → forward → zero grad → backward → clip → AdamW update
+// followed by metrics (RUN/metrics.jsonl), periodic evaluation and checkpoints.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "api/job_spec.hpp"
+#include "api/result.hpp"
+#include "kernels/backend.hpp"
+#include "worker/model/transformer.hpp"
+#include "worker/train/batches.hpp"
+
+namespace mohge {
+
+struct TrainOptions {
+  std::filesystem::path storage_root = ".";  // data paths of the spec are relative to it
+  std::filesystem::path run_dir;             // default: storage_root/runs/<spec name>
+  bool resume = false;                       // continue from the latest checkpoint
+  bool progress = true;                      // live progress on stderr
+  int64_t stop_after = 0;  // > 0: stop (with a checkpoint) once this step is reached
+};
+
+/// One training step's figures (also the record written to metrics.jsonl).
+struct StepReport {
+  int64_t step = 0;  // 1-based, completed steps
+  double loss = 0, aux_group = 0, aux_expert = 0, lr = 0, grad_norm = 0;
+  double tokens_per_s = 0, step_ms = 0;
+  std::optional<double> val_loss;  // set on evaluation steps
+};
+
+struct EvalResult {
+  double loss = 0.0;   // mean next-token cross-entropy
+  int64_t tokens = 0;  // targets evaluated
+};
+
+/// Mean loss over the first `batches`·`batch_size` windows (window k starts at token k·T;
+/// fewer if the data is shorter).
+EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,
+                    int64_t batch_size);
+
+class Trainer {
+ public:
+  /// Validates the data files against the spec and prepares the run folder. Errors name the
+  /// offending field or file.
+  static Result<std::unique_ptr<Trainer>> create(const JobSpec& spec, const TrainOptions& options,
+                                                 Backend& backend);
+  ~Trainer();
+
+  /// Trains to train.steps (or options.stop_after). `on_step` sees every step's report.
+  Status run(const std::function<void(const StepReport&)>& on_step = {});
+
+  const std::filesystem::path& run_dir() const { return options_.run_dir; }
+  Transformer& model() { return *model_; }
+
+ private:
+  Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend,
+          TokenWindows train, TokenWindows val);
+
+  JobSpec spec_;
+  TrainOptions options_;
+  Backend& be_;
+  TokenWindows train_;
+  TokenWindows val_;
+  std::unique_ptr<Transformer> model_;
+};
+
+}  // namespace mohge
