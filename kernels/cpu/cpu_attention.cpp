@@ -13,6 +13,7 @@
 
 #include "kernels/check.hpp"
 #include "kernels/cpu/cpu_backend.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace mohge {
 
@@ -86,8 +87,9 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
       float mx = row[0];
       for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
       float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j <= i; ++j) {
-        row[j] = std::exp(row[j] - mx);
+        row[j] = vexp(row[j] - mx);
         sum += row[j];
       }
       const float inv = 1.0f / sum;

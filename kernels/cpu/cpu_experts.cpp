@@ -15,6 +15,7 @@
 
 #include "kernels/check.hpp"
 #include "kernels/cpu/cpu_backend.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace mohge {
 
@@ -97,8 +98,6 @@ void CpuBackend::combine_backward(const CombineParams& p) {
 
 namespace {
 
-inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-
 enum class TaskKind { kForward, kBackwardData, kGradDown, kGradGateUp };
 
 // One unit of work: rows [begin, end) of a slice (forward, data gradients) or output rows
@@ -132,7 +131,8 @@ void swiglu_rows(const float* act, float* hidden, int64_t rows, int64_t W) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* a = act + r * 2 * W;
     float* h = hidden + r * W;
-    for (int64_t c = 0; c < W; ++c) h[c] = a[c] * sigmoidf(a[c]) * a[W + c];
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) h[c] = a[c] * vsigmoid(a[c]) * a[W + c];
   }
 }
 
@@ -142,8 +142,9 @@ void swiglu_rows_backward(const float* act, const float* d_hidden, float* d_act,
     const float* a = act + r * 2 * W;
     const float* dh = d_hidden + r * W;
     float* da = d_act + r * 2 * W;
+#pragma omp simd
     for (int64_t c = 0; c < W; ++c) {
-      const float g = a[c], u = a[W + c], s = sigmoidf(g);
+      const float g = a[c], u = a[W + c], s = vsigmoid(g);
       da[c] = dh[c] * u * s * (1.0f + g * (1.0f - s));
       da[W + c] = dh[c] * g * s;
     }

@@ -5,6 +5,7 @@
 
 #include "kernels/check.hpp"
 #include "kernels/cpu/cpu_backend.hpp"
+#include "kernels/cpu/vec_math.hpp"
 
 namespace mohge {
 
@@ -12,8 +13,6 @@ namespace {
 // Rows reduced per partial sum in weight-gradient reductions. Partials are summed in chunk
 // order, so results do not depend on the thread count.
 constexpr int64_t kRowChunk = 64;
-
-inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 }  // namespace
 
 void CpuBackend::embedding_forward(const EmbeddingParams& p) {
@@ -89,7 +88,8 @@ void CpuBackend::swiglu_forward(const SwigluParams& p) {
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* a = p.act + r * 2 * W;
     float* h = p.hidden + r * W;
-    for (int64_t c = 0; c < W; ++c) h[c] = a[c] * sigmoidf(a[c]) * a[W + c];
+#pragma omp simd
+    for (int64_t c = 0; c < W; ++c) h[c] = a[c] * vsigmoid(a[c]) * a[W + c];
   }
 }
 
@@ -100,9 +100,10 @@ void CpuBackend::swiglu_backward(const SwigluParams& p) {
     const float* a = p.act + r * 2 * W;
     const float* dh = p.d_hidden + r * W;
     float* da = p.d_act + r * 2 * W;
+#pragma omp simd
     for (int64_t c = 0; c < W; ++c) {
       const float g = a[c], u = a[W + c];
-      const float s = sigmoidf(g);
+      const float s = vsigmoid(g);
       da[c] = dh[c] * u * s * (1.0f + g * (1.0f - s));
       da[W + c] = dh[c] * g * s;
     }
@@ -117,7 +118,8 @@ double CpuBackend::cross_entropy_forward(const CrossEntropyParams& p) {
     float mx = z[0];
     for (int64_t v = 1; v < V; ++v) mx = std::max(mx, z[v]);
     float sum = 0.0f;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] - mx);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t v = 0; v < V; ++v) sum += vexp(z[v] - mx);
     const float lse = mx + std::log(sum);
     p.lse[r] = lse;
     const int32_t tgt = p.targets[r];
@@ -140,7 +142,8 @@ void CpuBackend::cross_entropy_backward(const CrossEntropyParams& p) {
       continue;
     }
     const float lse = p.lse[r];
-    for (int64_t v = 0; v < V; ++v) z[v] = std::exp(z[v] - lse) * p.grad_scale;
+#pragma omp simd
+    for (int64_t v = 0; v < V; ++v) z[v] = vexp(z[v] - lse) * p.grad_scale;
     z[tgt] -= p.grad_scale;
   }
 }
