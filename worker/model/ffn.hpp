@@ -52,6 +52,11 @@ class FeedForward {
                         FfnWorkspace& ws) = 0;
   /// nullptr for dense layers.
   virtual const LayerRouting* routing() const { return nullptr; }
+  /// Host copies of the last forward's kept experts (N, K) and combine weights (N, K);
+  /// false for dense layers.
+  virtual bool routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const {
+    return false;
+  }
   /// Expert parameters held by this layer (routed + shared; the whole FFN for dense).
   virtual int64_t expert_params() const = 0;
 };

@@ -184,6 +184,7 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
                        .y_sorted = y_sorted_.data(), .y = y});
 
   // Routing statistics.
+  last_tokens_ = N;
   routing_.num_tokens = static_cast<double>(N);
   routing_.aux_group = aux.group;
   routing_.aux_expert = aux.expert;
@@ -200,6 +201,15 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   double shared_params = 0.0;
   for (const auto& s : shared_) shared_params += 3.0 * static_cast<double>(D * s.width);
   routing_.activated_expert_params = routed_params / static_cast<double>(N) + shared_params;
+}
+
+bool RoutedFfn::routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const {
+  const size_t M = static_cast<size_t>(last_tokens_ * f_.top_experts);
+  index->resize(M);
+  weight->resize(M);
+  be_.copy_to_host(index->data(), topk_index_.data(), M * sizeof(int32_t));
+  be_.copy_to_host(weight->data(), topk_weight_.data(), M * sizeof(float));
+  return true;
 }
 
 void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num_tokens,

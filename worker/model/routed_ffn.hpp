@@ -15,6 +15,7 @@ class RoutedFfn final : public FeedForward {
   void backward(const float* x, const float* dy, float* dx, int64_t num_tokens,
                 FfnWorkspace& ws) override;
   const LayerRouting* routing() const override { return &routing_; }
+  bool routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const override;
   int64_t expert_params() const override;
 
  private:
@@ -58,6 +59,7 @@ class RoutedFfn final : public FeedForward {
   std::vector<double> expert_count_;   // (E)
   RouterAuxParams aux_;
   LayerRouting routing_;
+  int64_t last_tokens_ = 0;  // N of the last forward
 };
 
 }  // namespace mohge

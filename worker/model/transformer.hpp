@@ -50,6 +50,8 @@ class Transformer {
   const float* token_losses() const { return losses_.data(); }
   /// Routing of each MoE/MoHGE layer in the last forward (nullptr for dense layers).
   std::vector<const LayerRouting*> routing() const;
+  /// Layer `layer`'s FFN (routing_decisions() and the like).
+  const FeedForward& ffn(int layer) const { return *layers_[static_cast<size_t>(layer)].ffn; }
 
   int64_t total_params() const { return params_.total_size(); }
   /// Parameters of all FFN experts (routed + shared), or of the dense FFNs.
