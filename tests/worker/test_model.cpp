@@ -30,8 +30,12 @@ TEST_P(ModelTest, GradientsMatchFiniteDifferences) {
   const auto inputs = random_tokens(B * T, spec.model.vocab_size, 1);
   const auto targets = random_tokens(B * T, spec.model.vocab_size, 2);
   const ForwardResult f0 = model.forward(inputs.data(), targets.data(), B, T);
-  if (GetParam() != "dense") EXPECT_GT(f0.aux_expert, 0.0);
-  if (GetParam() == "mohge" || GetParam() == "mohge-reference") EXPECT_GT(f0.aux_group, 0.0);
+  if (GetParam() != "dense") {
+    EXPECT_GT(f0.aux_expert, 0.0);
+  }
+  if (GetParam() == "mohge" || GetParam() == "mohge-reference") {
+    EXPECT_GT(f0.aux_group, 0.0);
+  }
   model.params().zero_grad();
   model.backward();
 
@@ -73,8 +77,8 @@ TEST_P(ModelTest, ForwardIsDeterministic) {
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, ModelTest,
                          ::testing::Values("dense", "moe", "mohge", "mohge-reference"),
-                         [](const auto& info) {
-                           std::string n = info.param;
+                         [](const auto& param_info) {
+                           std::string n = param_info.param;
                            for (char& c : n) c = c == '-' ? '_' : c;
                            return n;
                          });

@@ -123,8 +123,8 @@ TEST_P(ReferenceTest, MatchesPyTorch) {
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, ReferenceTest,
                          ::testing::Values("mohge", "mohge-reference", "moe", "dense"),
-                         [](const auto& info) {
-                           std::string n = info.param;
+                         [](const auto& param_info) {
+                           std::string n = param_info.param;
                            for (char& c : n) c = c == '-' ? '_' : c;
                            return n;
                          });
