@@ -127,7 +127,8 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
     r.integer("shared_width", f.shared_width, f.shared_experts > 0, 1, kMaxDim);
     r.real("alpha_balance", f.alpha_balance, false, 0.0, 1.0);
     if (f.top_experts > f.experts && f.experts > 0)
-      r.fail("top_experts", "must not exceed model.ffn.experts (" + std::to_string(f.experts) + ")");
+      r.fail("top_experts",
+             "must not exceed model.ffn.experts (" + std::to_string(f.experts) + ")");
   } else if (f.kind == "mohge") {
     r.integer("groups", f.groups, true, 1, 256);
     r.integer("experts_per_group", f.experts_per_group, true, 1, 1024);
@@ -153,7 +154,8 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
         f.widths.clear();
         for (const auto& x : *w) {
           if (!x.is_number_integer() || x.get<int64_t>() < 1 || x.get<int64_t>() > kMaxDim) {
-            r.fail("widths", "every width must be an integer in [1, " + std::to_string(kMaxDim) + "]");
+            r.fail("widths",
+                   "every width must be an integer in [1, " + std::to_string(kMaxDim) + "]");
             f.widths.clear();
             break;
           }
@@ -180,8 +182,8 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
     }
     if (!f.widths.empty() && f.groups > 0) {
       if (static_cast<int>(f.widths.size()) != f.groups) {
-        r.fail("widths", "must have one width per group (" + std::to_string(f.groups) +
-                             "), got " + std::to_string(f.widths.size()));
+        r.fail("widths", "must have one width per group (" + std::to_string(f.groups) + "), got " +
+                             std::to_string(f.widths.size()));
       } else if (!std::is_sorted(f.widths.begin(), f.widths.end())) {
         r.fail("widths", "must be ascending (group 0 is the smallest)");
       }
@@ -224,7 +226,8 @@ Result<JobSpec> parse_job_spec(const json& j) {
         r.fail("heads", "must leave an even head_dim = d_model / heads for RoPE");
       }
     }
-    if (const json* f = r.get("ffn", true)) parse_ffn(FieldReader(*f, "model.ffn", errors), ms.ffn, errors);
+    if (const json* f = r.get("ffn", true))
+      parse_ffn(FieldReader(*f, "model.ffn", errors), ms.ffn, errors);
     r.reject_unknown();
   }
   if (const json* d = top.get("data", true)) {
@@ -274,18 +277,19 @@ Result<JobSpec> parse_job_spec(const json& j) {
   const int R = s.resources.workers;
   if (f.kind == "mohge" && f.experts_per_group > 0 && R > 0 && f.experts_per_group % R != 0 &&
       s.placement == "all-size") {
-    errors.push_back(invalid_argument(
-        "model.ffn.experts_per_group",
-        "must be divisible by resources.workers (" + std::to_string(R) +
-            ") for all-size placement, got " + std::to_string(f.experts_per_group)));
+    errors.push_back(invalid_argument("model.ffn.experts_per_group",
+                                      "must be divisible by resources.workers (" +
+                                          std::to_string(R) + ") for all-size placement, got " +
+                                          std::to_string(f.experts_per_group)));
   }
   if (f.kind == "moe" && f.experts > 0 && R > 0 && f.experts % R != 0) {
-    errors.push_back(invalid_argument("model.ffn.experts",
-                                      "must be divisible by resources.workers (" +
-                                          std::to_string(R) + "), got " + std::to_string(f.experts)));
+    errors.push_back(invalid_argument(
+        "model.ffn.experts", "must be divisible by resources.workers (" + std::to_string(R) +
+                                 "), got " + std::to_string(f.experts)));
   }
   if (s.model.vocab_size > 65536) {
-    errors.push_back(invalid_argument("model.vocab_size", "must fit uint16 token files (<= 65536)"));
+    errors.push_back(
+        invalid_argument("model.vocab_size", "must fit uint16 token files (<= 65536)"));
   }
   top.reject_unknown();
 
@@ -310,7 +314,8 @@ Result<JobSpec> load_job_spec(const std::string& path) {
   try {
     j = json::parse(in);
   } catch (const json::parse_error& e) {
-    return Error{ErrorCode::kInvalidArgument, "job spec " + path + " is not valid JSON: " + e.what(), ""};
+    return Error{ErrorCode::kInvalidArgument,
+                 "job spec " + path + " is not valid JSON: " + e.what(), ""};
   }
   return parse_job_spec(j);
 }
@@ -344,24 +349,37 @@ json job_spec_to_json(const JobSpec& s) {
   }
   const ModelSpec& m = s.model;
   const TrainSpec& t = s.train;
-  return json{
-      {"name", s.name},
-      {"model",
-       {{"vocab_size", m.vocab_size}, {"seq_len", m.seq_len}, {"layers", m.layers},
-        {"d_model", m.d_model}, {"heads", m.heads}, {"tie_embeddings", m.tie_embeddings},
-        {"rope_base", m.rope_base}, {"norm_eps", m.norm_eps}, {"init_std", m.init_std},
-        {"ffn", ffn}}},
-      {"data", {{"train", s.data.train}, {"val", s.data.val}}},
-      {"train",
-       {{"steps", t.steps}, {"batch_size", t.batch_size}, {"lr", t.lr}, {"lr_min", t.lr_min},
-        {"warmup_steps", t.warmup_steps}, {"weight_decay", t.weight_decay},
-        {"grad_clip", t.grad_clip}, {"beta1", t.beta1}, {"beta2", t.beta2},
-        {"adam_eps", t.adam_eps}, {"seed", t.seed}, {"eval_every", t.eval_every},
-        {"eval_batches", t.eval_batches}}},
-      {"resources", {{"workers", s.resources.workers}, {"device", s.resources.device}}},
-      {"placement", s.placement},
-      {"checkpoint", {{"every", s.checkpoint.every}, {"keep", s.checkpoint.keep}}},
-      {"priority", s.priority}};
+  return json{{"name", s.name},
+              {"model",
+               {{"vocab_size", m.vocab_size},
+                {"seq_len", m.seq_len},
+                {"layers", m.layers},
+                {"d_model", m.d_model},
+                {"heads", m.heads},
+                {"tie_embeddings", m.tie_embeddings},
+                {"rope_base", m.rope_base},
+                {"norm_eps", m.norm_eps},
+                {"init_std", m.init_std},
+                {"ffn", ffn}}},
+              {"data", {{"train", s.data.train}, {"val", s.data.val}}},
+              {"train",
+               {{"steps", t.steps},
+                {"batch_size", t.batch_size},
+                {"lr", t.lr},
+                {"lr_min", t.lr_min},
+                {"warmup_steps", t.warmup_steps},
+                {"weight_decay", t.weight_decay},
+                {"grad_clip", t.grad_clip},
+                {"beta1", t.beta1},
+                {"beta2", t.beta2},
+                {"adam_eps", t.adam_eps},
+                {"seed", t.seed},
+                {"eval_every", t.eval_every},
+                {"eval_batches", t.eval_batches}}},
+              {"resources", {{"workers", s.resources.workers}, {"device", s.resources.device}}},
+              {"placement", s.placement},
+              {"checkpoint", {{"every", s.checkpoint.every}, {"keep", s.checkpoint.keep}}},
+              {"priority", s.priority}};
 }
 
 }  // namespace mohge

@@ -16,25 +16,25 @@ namespace mohge {
 struct FfnSpec {
   std::string kind = "mohge";  // "dense" | "moe" | "mohge"
   // mohge
-  int groups = 0;              // G
-  int experts_per_group = 0;   // n
-  std::vector<int> widths;     // (G) W_g, ascending; or derived from base_width/width_step
-  int base_width = 0;          // W_base of eq. 1 (0 when widths are given)
+  int groups = 0;             // G
+  int experts_per_group = 0;  // n
+  std::vector<int> widths;    // (G) W_g, ascending; or derived from base_width/width_step
+  int base_width = 0;         // W_base of eq. 1 (0 when widths are given)
   int width_step = 0;
-  int top_groups = 0;          // Kg
-  double alpha_group = 1e-4;   // α_G
-  double alpha_expert = 2.5e-3;  // α_E
+  int top_groups = 0;                    // Kg
+  double alpha_group = 1e-4;             // α_G
+  double alpha_expert = 2.5e-3;          // α_E
   std::string router_variant = "paper";  // "paper" | "reference"
   std::string group_loss = "paper";      // "paper" | "reference"
   std::string expert_loss = "paper";     // "paper" | "reference"
   double group_loss_start = 0.0;         // fraction of steps before L_G switches on
   // moe
-  int experts = 0;             // E
+  int experts = 0;  // E
   int expert_width = 0;
   double alpha_balance = 3e-3;
   // moe and mohge
-  int top_experts = 0;         // K
-  int shared_experts = 0;      // S
+  int top_experts = 0;     // K
+  int shared_experts = 0;  // S
   int shared_width = 0;
   // dense
   int width = 0;

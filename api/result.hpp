@@ -11,13 +11,13 @@ namespace mohge {
 
 /// Error codes shared by every module. The REST layer maps each to one HTTP status.
 enum class ErrorCode {
-  kInvalidArgument,  // bad input: a spec field, a CLI flag, a malformed file (HTTP 400)
-  kNotFound,         // (404)
-  kAlreadyExists,    // (409)
+  kInvalidArgument,     // bad input: a spec field, a CLI flag, a malformed file (HTTP 400)
+  kNotFound,            // (404)
+  kAlreadyExists,       // (409)
   kFailedPrecondition,  // valid input, wrong state (409)
-  kDataLoss,         // a file is truncated or corrupt (422)
-  kUnavailable,      // a peer or service is unreachable (503)
-  kInternal,         // a bug (500)
+  kDataLoss,            // a file is truncated or corrupt (422)
+  kUnavailable,         // a peer or service is unreachable (503)
+  kInternal,            // a bug (500)
 };
 
 const char* error_code_name(ErrorCode code);
@@ -39,8 +39,8 @@ inline Error invalid_argument(std::string field, std::string message) {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT: implicit by design
-  Result(Error error) : v_(std::move(error)) {}      // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design
+  Result(Error error) : v_(std::move(error)) {}  // NOLINT: implicit by design
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
   T& value() & { return std::get<0>(v_); }

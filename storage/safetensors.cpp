@@ -94,14 +94,16 @@ Status SafetensorsWriter::write(const fs::path& path) const {
   fs::rename(tmp, path, ec);
   if (ec) {
     return Error{ErrorCode::kInternal,
-                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(), ""};
+                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(),
+                 ""};
   }
   return {};
 }
 
 Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   std::error_code ec;
-  if (!fs::exists(path, ec)) return Error{ErrorCode::kNotFound, path.string() + " does not exist", ""};
+  if (!fs::exists(path, ec))
+    return Error{ErrorCode::kNotFound, path.string() + " does not exist", ""};
   const uintmax_t size = fs::file_size(path, ec);
   std::ifstream in(path, std::ios::binary);
   if (ec || !in) return Error{ErrorCode::kNotFound, "cannot read " + path.string(), ""};
@@ -138,7 +140,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
       e.dtype = value.at("dtype").get<std::string>();
       e.shape = value.at("shape").get<std::vector<int64_t>>();
       const auto offsets = value.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2) return corrupt(path, "tensor " + key + ": data_offsets needs 2 values");
+      if (offsets.size() != 2)
+        return corrupt(path, "tensor " + key + ": data_offsets needs 2 values");
       e.begin = offsets[0];
       e.end = offsets[1];
       const int64_t elem = dtype_size(e.dtype);
@@ -166,7 +169,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
             [](const auto* a, const auto* b) { return a->begin < b->begin; });
   for (size_t i = 1; i < sorted.size(); ++i) {
     if (sorted[i]->begin < sorted[i - 1]->end && sorted[i]->end > sorted[i]->begin) {
-      return corrupt(path, "tensors " + sorted[i - 1]->name + " and " + sorted[i]->name + " overlap");
+      return corrupt(path,
+                     "tensors " + sorted[i - 1]->name + " and " + sorted[i]->name + " overlap");
     }
   }
   file.data_.resize(data_size);
@@ -181,7 +185,9 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
   return nullptr;
 }
 
-bool SafetensorsFile::contains(const std::string& name) const { return find(name) != nullptr; }
+bool SafetensorsFile::contains(const std::string& name) const {
+  return find(name) != nullptr;
+}
 
 namespace {
 
@@ -193,7 +199,8 @@ Status read_typed(const SafetensorsFile& f, const std::string& name, const std::
   }
   if (e->dtype != dtype) {
     return Error{ErrorCode::kInvalidArgument,
-                 f.path().string() + ": tensor " + name + " is " + e->dtype + ", expected " + dtype, ""};
+                 f.path().string() + ": tensor " + name + " is " + e->dtype + ", expected " + dtype,
+                 ""};
   }
   if (e->shape != expected_shape) {
     return Error{ErrorCode::kInvalidArgument,

@@ -16,7 +16,7 @@ namespace mohge {
 
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype;            // "F32", "I32", "I64", ...
+  std::string dtype;  // "F32", "I32", "I64", ...
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;  // byte offsets into the data section
 };

@@ -41,9 +41,9 @@ Result<std::vector<uint16_t>> token_file_read(const fs::path& path) {
   const uintmax_t expected = kHeaderBytes + static_cast<uintmax_t>(count) * sizeof(uint16_t);
   if (count < 0 || size != expected) {
     return Error{ErrorCode::kDataLoss,
-                 path.string() + ": the header says " + std::to_string(count) +
-                     " tokens (" + std::to_string(expected) + " bytes) but the file has " +
-                     std::to_string(size) + " bytes (truncated or corrupt)",
+                 path.string() + ": the header says " + std::to_string(count) + " tokens (" +
+                     std::to_string(expected) + " bytes) but the file has " + std::to_string(size) +
+                     " bytes (truncated or corrupt)",
                  ""};
   }
   std::vector<uint16_t> tokens(static_cast<size_t>(count));
@@ -75,7 +75,8 @@ Status token_file_write(const fs::path& path, std::span<const uint16_t> tokens) 
   fs::rename(tmp, path, ec);
   if (ec) {
     return Error{ErrorCode::kInternal,
-                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(), ""};
+                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(),
+                 ""};
   }
   return {};
 }

@@ -43,9 +43,9 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& actual,
     }
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << actual.size()
-                                       << " elements differ (atol " << atol << ", rtol " << rtol
-                                       << ")" << msg;
+  return ::testing::AssertionFailure()
+         << bad << " of " << actual.size() << " elements differ (atol " << atol << ", rtol " << rtol
+         << ")" << msg;
 }
 
 /// Central difference of `loss` w.r.t. x[i], evaluated in place (x is restored).
@@ -64,9 +64,8 @@ inline double central_difference(std::vector<float>& x, size_t i, float h,
 /// `max_checks` evenly spaced indices). Tolerance atol + rtol·|numeric|.
 inline ::testing::AssertionResult gradient_matches(std::vector<float>& x,
                                                    const std::vector<float>& analytic, float h,
-                                                   const std::function<double()>& loss,
-                                                   double atol, double rtol,
-                                                   size_t max_checks = 1000) {
+                                                   const std::function<double()>& loss, double atol,
+                                                   double rtol, size_t max_checks = 1000) {
   const size_t n = x.size();
   const size_t stride = std::max<size_t>(1, n / max_checks);
   int bad = 0;

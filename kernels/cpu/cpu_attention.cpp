@@ -80,8 +80,19 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
     const float* k = q + D;
     const float* v = q + 2 * D;
     float* P = p.probs + bh * T * T;
-    cpu_gemm_serial({.trans_a = false, .trans_b = true, .m = T, .n = T, .k = hd, .alpha = scale,
-                     .a = q, .lda = ld, .b = k, .ldb = ld, .beta = 0.0f, .c = P, .ldc = T});
+    cpu_gemm_serial({.trans_a = false,
+                     .trans_b = true,
+                     .m = T,
+                     .n = T,
+                     .k = hd,
+                     .alpha = scale,
+                     .a = q,
+                     .lda = ld,
+                     .b = k,
+                     .ldb = ld,
+                     .beta = 0.0f,
+                     .c = P,
+                     .ldc = T});
     for (int64_t i = 0; i < T; ++i) {
       float* row = P + i * T;
       float mx = row[0];
@@ -96,9 +107,19 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
       for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
       std::fill(row + i + 1, row + T, 0.0f);
     }
-    cpu_gemm_serial({.trans_a = false, .trans_b = false, .m = T, .n = hd, .k = T, .alpha = 1.0f,
-                     .a = P, .lda = T, .b = v, .ldb = ld, .beta = 0.0f,
-                     .c = p.out + b * T * D + h * hd, .ldc = D});
+    cpu_gemm_serial({.trans_a = false,
+                     .trans_b = false,
+                     .m = T,
+                     .n = hd,
+                     .k = T,
+                     .alpha = 1.0f,
+                     .a = P,
+                     .lda = T,
+                     .b = v,
+                     .ldb = ld,
+                     .beta = 0.0f,
+                     .c = p.out + b * T * D + h * hd,
+                     .ldc = D});
   }
 }
 
@@ -119,10 +140,32 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
     const float* dO = p.d_out + b * T * D + h * hd;
     float* dS = p.scratch + static_cast<int64_t>(omp_get_thread_num()) * T * T;
     // dP = dO·Vᵀ ; dV = Pᵀ·dO
-    cpu_gemm_serial({.trans_a = false, .trans_b = true, .m = T, .n = T, .k = hd, .alpha = 1.0f,
-                     .a = dO, .lda = D, .b = v, .ldb = ld, .beta = 0.0f, .c = dS, .ldc = T});
-    cpu_gemm_serial({.trans_a = true, .trans_b = false, .m = T, .n = hd, .k = T, .alpha = 1.0f,
-                     .a = P, .lda = T, .b = dO, .ldb = D, .beta = 0.0f, .c = dv, .ldc = ld});
+    cpu_gemm_serial({.trans_a = false,
+                     .trans_b = true,
+                     .m = T,
+                     .n = T,
+                     .k = hd,
+                     .alpha = 1.0f,
+                     .a = dO,
+                     .lda = D,
+                     .b = v,
+                     .ldb = ld,
+                     .beta = 0.0f,
+                     .c = dS,
+                     .ldc = T});
+    cpu_gemm_serial({.trans_a = true,
+                     .trans_b = false,
+                     .m = T,
+                     .n = hd,
+                     .k = T,
+                     .alpha = 1.0f,
+                     .a = P,
+                     .lda = T,
+                     .b = dO,
+                     .ldb = D,
+                     .beta = 0.0f,
+                     .c = dv,
+                     .ldc = ld});
     // dS = P ⊙ (dP - rowsum(dP ⊙ P))
     for (int64_t i = 0; i < T; ++i) {
       float* row = dS + i * T;
@@ -133,10 +176,32 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
       std::fill(row + i + 1, row + T, 0.0f);
     }
     // dQ = scale·dS·K ; dK = scale·dSᵀ·Q
-    cpu_gemm_serial({.trans_a = false, .trans_b = false, .m = T, .n = hd, .k = T, .alpha = scale,
-                     .a = dS, .lda = T, .b = k, .ldb = ld, .beta = 0.0f, .c = dq, .ldc = ld});
-    cpu_gemm_serial({.trans_a = true, .trans_b = false, .m = T, .n = hd, .k = T, .alpha = scale,
-                     .a = dS, .lda = T, .b = q, .ldb = ld, .beta = 0.0f, .c = dk, .ldc = ld});
+    cpu_gemm_serial({.trans_a = false,
+                     .trans_b = false,
+                     .m = T,
+                     .n = hd,
+                     .k = T,
+                     .alpha = scale,
+                     .a = dS,
+                     .lda = T,
+                     .b = k,
+                     .ldb = ld,
+                     .beta = 0.0f,
+                     .c = dq,
+                     .ldc = ld});
+    cpu_gemm_serial({.trans_a = true,
+                     .trans_b = false,
+                     .m = T,
+                     .n = hd,
+                     .k = T,
+                     .alpha = scale,
+                     .a = dS,
+                     .lda = T,
+                     .b = q,
+                     .ldb = ld,
+                     .beta = 0.0f,
+                     .c = dk,
+                     .ldc = ld});
   }
   // Gradients w.r.t. the rotated q,k → w.r.t. the projections: rotate back by -θ.
   const RopeTable tab = rope_table(T, hd, p.rope_base);

@@ -1,8 +1,8 @@
 // CpuBackend: memory, GEMM, vector helpers and AdamW.
 #include "kernels/cpu/cpu_backend.hpp"
 
-#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
 #include <xmmintrin.h>
 
 #include <cmath>
@@ -40,7 +40,9 @@ void* CpuBackend::allocate(size_t bytes) {
   return ptr;
 }
 
-void CpuBackend::deallocate(void* ptr) { std::free(ptr); }
+void CpuBackend::deallocate(void* ptr) {
+  std::free(ptr);
+}
 
 void CpuBackend::copy_to_host(void* dst_host, const void* src, size_t bytes) {
   std::memcpy(dst_host, src, bytes);
@@ -75,9 +77,8 @@ void run_sgemm(const GemmParams& p) {
       for (int64_t j = 0; j < p.n; ++j) p.c[i * p.ldc + j] *= p.beta;
     return;
   }
-  const dnnl_status_t st =
-      dnnl_sgemm(p.trans_a ? 'T' : 'N', p.trans_b ? 'T' : 'N', p.m, p.n, p.k, p.alpha, p.a, p.lda,
-                 p.b, p.ldb, p.beta, p.c, p.ldc);
+  const dnnl_status_t st = dnnl_sgemm(p.trans_a ? 'T' : 'N', p.trans_b ? 'T' : 'N', p.m, p.n, p.k,
+                                      p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, p.c, p.ldc);
   MOHGE_CHECK(st == dnnl_success, "dnnl_sgemm failed with status " << static_cast<int>(st));
 }
 

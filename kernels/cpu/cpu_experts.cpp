@@ -30,7 +30,8 @@ void CpuBackend::dispatch_plan(const int32_t* topk_index, int64_t num_tokens, in
   plan->sorted_token.resize(static_cast<size_t>(M));
   for (int64_t a = 0; a < M; ++a) {
     const int32_t e = topk_index[a];
-    MOHGE_CHECK(e >= 0 && e < num_experts, "expert id " << e << " outside [0," << num_experts << ")");
+    MOHGE_CHECK(e >= 0 && e < num_experts,
+                "expert id " << e << " outside [0," << num_experts << ")");
     ++plan->expert_offsets[static_cast<size_t>(e) + 1];
   }
   std::partial_sum(plan->expert_offsets.begin(), plan->expert_offsets.end(),
@@ -159,12 +160,30 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
       const int64_t r0 = t.begin;
       float* act = s.act + r0 * 2 * W;
       float* hid = s.hidden + r0 * W;
-      cpu_gemm_serial({.trans_a = false, .trans_b = true, .m = rows, .n = 2 * W, .k = D,
-                       .a = s.x + r0 * D, .lda = D, .b = s.w_gate_up, .ldb = D, .beta = 0.0f,
-                       .c = act, .ldc = 2 * W});
+      cpu_gemm_serial({.trans_a = false,
+                       .trans_b = true,
+                       .m = rows,
+                       .n = 2 * W,
+                       .k = D,
+                       .a = s.x + r0 * D,
+                       .lda = D,
+                       .b = s.w_gate_up,
+                       .ldb = D,
+                       .beta = 0.0f,
+                       .c = act,
+                       .ldc = 2 * W});
       swiglu_rows(act, hid, rows, W);
-      cpu_gemm_serial({.trans_a = false, .trans_b = true, .m = rows, .n = D, .k = W, .a = hid,
-                       .lda = W, .b = s.w_down, .ldb = W, .beta = 0.0f, .c = s.y + r0 * D,
+      cpu_gemm_serial({.trans_a = false,
+                       .trans_b = true,
+                       .m = rows,
+                       .n = D,
+                       .k = W,
+                       .a = hid,
+                       .lda = W,
+                       .b = s.w_down,
+                       .ldb = W,
+                       .beta = 0.0f,
+                       .c = s.y + r0 * D,
                        .ldc = D});
       break;
     }
@@ -172,24 +191,60 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
       const int64_t r0 = t.begin;
       float* dh = s.d_hidden + r0 * W;
       float* da = s.d_act + r0 * 2 * W;
-      cpu_gemm_serial({.trans_a = false, .trans_b = false, .m = rows, .n = W, .k = D,
-                       .a = s.d_y + r0 * D, .lda = D, .b = s.w_down, .ldb = W, .beta = 0.0f,
-                       .c = dh, .ldc = W});
+      cpu_gemm_serial({.trans_a = false,
+                       .trans_b = false,
+                       .m = rows,
+                       .n = W,
+                       .k = D,
+                       .a = s.d_y + r0 * D,
+                       .lda = D,
+                       .b = s.w_down,
+                       .ldb = W,
+                       .beta = 0.0f,
+                       .c = dh,
+                       .ldc = W});
       swiglu_rows_backward(s.act + r0 * 2 * W, dh, da, rows, W);
-      cpu_gemm_serial({.trans_a = false, .trans_b = false, .m = rows, .n = D, .k = 2 * W, .a = da,
-                       .lda = 2 * W, .b = s.w_gate_up, .ldb = D, .beta = 0.0f,
-                       .c = s.d_x + r0 * D, .ldc = D});
+      cpu_gemm_serial({.trans_a = false,
+                       .trans_b = false,
+                       .m = rows,
+                       .n = D,
+                       .k = 2 * W,
+                       .a = da,
+                       .lda = 2 * W,
+                       .b = s.w_gate_up,
+                       .ldb = D,
+                       .beta = 0.0f,
+                       .c = s.d_x + r0 * D,
+                       .ldc = D});
       break;
     }
     case TaskKind::kGradDown:  // dDown[c0:c1, :] += dY[:, c0:c1]ᵀ · H
-      cpu_gemm_serial({.trans_a = true, .trans_b = false, .m = rows, .n = W, .k = s.rows,
-                       .a = s.d_y + t.begin, .lda = D, .b = s.hidden, .ldb = W, .beta = 1.0f,
-                       .c = s.d_w_down + t.begin * W, .ldc = W});
+      cpu_gemm_serial({.trans_a = true,
+                       .trans_b = false,
+                       .m = rows,
+                       .n = W,
+                       .k = s.rows,
+                       .a = s.d_y + t.begin,
+                       .lda = D,
+                       .b = s.hidden,
+                       .ldb = W,
+                       .beta = 1.0f,
+                       .c = s.d_w_down + t.begin * W,
+                       .ldc = W});
       break;
     case TaskKind::kGradGateUp:  // dGU[r0:r1, :] += dA[:, r0:r1]ᵀ · X
-      cpu_gemm_serial({.trans_a = true, .trans_b = false, .m = rows, .n = D, .k = s.rows,
-                       .a = s.d_act + t.begin, .lda = 2 * W, .b = s.x, .ldb = D, .beta = 1.0f,
-                       .c = s.d_w_gate_up + t.begin * D, .ldc = D});
+      cpu_gemm_serial({.trans_a = true,
+                       .trans_b = false,
+                       .m = rows,
+                       .n = D,
+                       .k = s.rows,
+                       .a = s.d_act + t.begin,
+                       .lda = 2 * W,
+                       .b = s.x,
+                       .ldb = D,
+                       .beta = 1.0f,
+                       .c = s.d_w_gate_up + t.begin * D,
+                       .ldc = D});
       break;
   }
 }

@@ -24,9 +24,13 @@ namespace {
 constexpr float kGroupNormEps = 1e-20f;  // reference-code renormalisation of group scores
 constexpr int64_t kTokenChunk = 256;     // tokens per partial sum (thread-count independent)
 
-inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoidf(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
 
-bool is_mohge(const RouterParams& p) { return p.kind != RouterKind::kMoeSoftmax; }
+bool is_mohge(const RouterParams& p) {
+  return p.kind != RouterKind::kMoeSoftmax;
+}
 int64_t num_experts(const RouterParams& p) {
   return static_cast<int64_t>(p.num_groups) * p.experts_per_group;
 }
@@ -64,19 +68,24 @@ void softmax(const float* x, int64_t len, float* y) {
 
 // The router state of one token, recomputed from its logits.
 struct TokenState {
-  std::vector<float> gs;       // (G) GS
-  std::vector<float> gamma;    // (G) γ
-  std::vector<uint8_t> gsel;   // (G) group kept
-  std::vector<uint8_t> esel;   // (E) expert is in a kept group (MoE: all 1)
-  std::vector<float> es;       // (E) ES' (MoE: softmax probabilities)
-  std::vector<float> u;        // (E) ES''
-  std::vector<float> q;        // (E) u / Σu
+  std::vector<float> gs;      // (G) GS
+  std::vector<float> gamma;   // (G) γ
+  std::vector<uint8_t> gsel;  // (G) group kept
+  std::vector<uint8_t> esel;  // (E) expert is in a kept group (MoE: all 1)
+  std::vector<float> es;      // (E) ES' (MoE: softmax probabilities)
+  std::vector<float> u;       // (E) ES''
+  std::vector<float> q;       // (E) u / Σu
   float usum = 0.0f;
   float gs_kept_sum = 0.0f;
 
   explicit TokenState(const RouterParams& p)
-      : gs(p.num_groups), gamma(p.num_groups), gsel(p.num_groups),
-        esel(num_experts(p)), es(num_experts(p)), u(num_experts(p)), q(num_experts(p)) {}
+      : gs(p.num_groups),
+        gamma(p.num_groups),
+        gsel(p.num_groups),
+        esel(num_experts(p)),
+        es(num_experts(p)),
+        u(num_experts(p)),
+        q(num_experts(p)) {}
 
   // Fills every field. `kept_groups`: use this selection (backward) or choose it (null).
   void compute(const RouterParams& p, const float* logits, const uint8_t* kept_groups) {
@@ -98,7 +107,7 @@ struct TokenState {
     gs_kept_sum = 0.0f;
     for (int64_t g = 0; g < G; ++g) gs_kept_sum += gsel[g] ? gs[g] : 0.0f;
     for (int64_t g = 0; g < G; ++g) {
-      gamma[g] = !gsel[g] ? 0.0f
+      gamma[g] = !gsel[g]                            ? 0.0f
                  : p.kind == RouterKind::kMohgePaper ? gs[g]
                                                      : gs[g] / (gs_kept_sum + kGroupNormEps);
     }
@@ -122,9 +131,12 @@ struct TokenState {
   // The scores the top-K selection ranks.
   const float* selection_score(const RouterParams& p) const {
     switch (p.kind) {
-      case RouterKind::kMohgePaper: return u.data();
-      case RouterKind::kMohgeReference: return q.data();
-      case RouterKind::kMoeSoftmax: return es.data();
+      case RouterKind::kMohgePaper:
+        return u.data();
+      case RouterKind::kMohgeReference:
+        return q.data();
+      case RouterKind::kMoeSoftmax:
+        return es.data();
     }
     return nullptr;
   }

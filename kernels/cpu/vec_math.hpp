@@ -29,6 +29,8 @@ inline float vexp(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-inline float vsigmoid(float x) { return 1.0f / (1.0f + vexp(-x)); }
+inline float vsigmoid(float x) {
+  return 1.0f / (1.0f + vexp(-x));
+}
 
 }  // namespace mohge

@@ -33,7 +33,9 @@ const char* kDesignExample = R"({ "name": "brown-mohge-small",
   "checkpoint": { "every": 500, "keep": 3 },
   "priority": 50 })";
 
-json example() { return json::parse(kDesignExample); }
+json example() {
+  return json::parse(kDesignExample);
+}
 
 TEST(JobSpec, DesignExampleParses) {
   Result<JobSpec> s = parse_job_spec(example());
@@ -77,7 +79,8 @@ TEST(JobSpec, BadFieldsNameTheFieldAndTheRule) {
        "model.ffn.experts_per_group", "divisible by resources.workers"},
       {"too many experts", [](json& j) { j["model"]["ffn"]["top_experts"] = 13; },
        "model.ffn.top_experts", "top_groups"},
-      {"heads", [](json& j) { j["model"]["heads"] = 7; }, "model.d_model", "divisible by model.heads"},
+      {"heads", [](json& j) { j["model"]["heads"] = 7; }, "model.d_model",
+       "divisible by model.heads"},
       {"odd head dim", [](json& j) { j["model"]["heads"] = 256; }, "model.heads", "even head_dim"},
       {"unknown", [](json& j) { j["train"]["learning_rate"] = 1; }, "train.learning_rate",
        "not a known field"},
@@ -98,8 +101,8 @@ TEST(JobSpec, BadFieldsNameTheFieldAndTheRule) {
       {"device", [](json& j) { j["resources"]["device"] = "tpu"; }, "resources.device", "one of"},
       {"moe divisible",
        [](json& j) {
-         j["model"]["ffn"] = {{"kind", "moe"}, {"experts", 5}, {"expert_width", 64},
-                              {"top_experts", 2}};
+         j["model"]["ffn"] = {
+             {"kind", "moe"}, {"experts", 5}, {"expert_width", 64}, {"top_experts", 2}};
        },
        "model.ffn.experts", "divisible by resources.workers"},
   };
@@ -130,7 +133,8 @@ TEST(JobSpec, ShippedJobsAreValid) {
     Result<JobSpec> s = load_job_spec(std::string(MOHGE_SOURCE_DIR) + "/deploy/jobs/" + f);
     EXPECT_TRUE(s.ok()) << f << ": " << (s.ok() ? "" : s.error().to_string());
   }
-  Result<JobSpec> bench = load_job_spec(std::string(MOHGE_SOURCE_DIR) + "/tests/bench/layer-mohge.json");
+  Result<JobSpec> bench =
+      load_job_spec(std::string(MOHGE_SOURCE_DIR) + "/tests/bench/layer-mohge.json");
   EXPECT_TRUE(bench.ok()) << (bench.ok() ? "" : bench.error().to_string());
 }
 

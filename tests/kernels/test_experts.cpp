@@ -42,8 +42,8 @@ TEST_F(ExpertsTest, DispatchSortsAssignmentsByExpertStablyAndCombineUndoesIt) {
   // Combine with identity experts: y[t] = Σ_k w_{t,k} x[t].
   const std::vector<float> w = {0.25f, 0.75f, 1.0f, 2.0f, 0.5f, 0.5f, 3.0f, 1.0f, 0.1f, 0.2f};
   std::vector<float> y(N * D, 0.0f);
-  be_->combine_forward({.dim = D, .plan = &plan, .weight = w.data(), .y_sorted = xs.data(),
-                        .y = y.data()});
+  be_->combine_forward(
+      {.dim = D, .plan = &plan, .weight = w.data(), .y_sorted = xs.data(), .y = y.data()});
   for (int64_t t = 0; t < N; ++t)
     for (int64_t c = 0; c < D; ++c)
       EXPECT_FLOAT_EQ(y[t * D + c], (w[2 * t] + w[2 * t + 1]) * x[t * D + c]);
@@ -66,13 +66,18 @@ TEST_F(ExpertsTest, CombineBackwardMatchesFiniteDifferences) {
   std::vector<float> y(N * D);
   auto loss = [&] {
     std::fill(y.begin(), y.end(), 0.0f);
-    be_->combine_forward({.dim = D, .plan = &plan, .weight = w.data(), .y_sorted = ys.data(),
-                          .y = y.data()});
+    be_->combine_forward(
+        {.dim = D, .plan = &plan, .weight = w.data(), .y_sorted = ys.data(), .y = y.data()});
     return dot(y, proj);
   };
   std::vector<float> dys(N * K * D), dw(N * K);
-  be_->combine_backward({.dim = D, .plan = &plan, .weight = w.data(), .y_sorted = ys.data(),
-                         .d_y = proj.data(), .d_y_sorted = dys.data(), .d_weight = dw.data()});
+  be_->combine_backward({.dim = D,
+                         .plan = &plan,
+                         .weight = w.data(),
+                         .y_sorted = ys.data(),
+                         .d_y = proj.data(),
+                         .d_y_sorted = dys.data(),
+                         .d_weight = dw.data()});
   EXPECT_TRUE(gradient_matches(ys, dys, 1e-2f, loss, 1e-3, 1e-2));
   EXPECT_TRUE(gradient_matches(w, dw, 1e-2f, loss, 1e-3, 1e-2));
 }
@@ -109,8 +114,8 @@ struct GroupedCase {
       s.y = y[i].data();
       slices.push_back(s);
     }
-    be.grouped_swiglu_forward({.dim = D, .slices = slices.data(),
-                               .num_slices = static_cast<int64_t>(slices.size())});
+    be.grouped_swiglu_forward(
+        {.dim = D, .slices = slices.data(), .num_slices = static_cast<int64_t>(slices.size())});
   }
 };
 
@@ -159,8 +164,8 @@ TEST_F(ExpertsTest, GroupedSwigluBackwardMatchesFiniteDifferences) {
     s.d_w_gate_up = dwgu[i].data();
     s.d_w_down = dwd[i].data();
   }
-  be_->grouped_swiglu_backward({.dim = c.D, .slices = c.slices.data(),
-                                .num_slices = static_cast<int64_t>(c.slices.size())});
+  be_->grouped_swiglu_backward(
+      {.dim = c.D, .slices = c.slices.data(), .num_slices = static_cast<int64_t>(c.slices.size())});
   auto loss = [&] {
     c.run(*be_);
     double s = 0;

@@ -51,9 +51,19 @@ TEST_F(OpsTest, GemmMatchesNaiveForEveryTransposeAndLeadingDimension) {
           expected[i * ldc + j] = static_cast<float>(0.5 * s + 2.0 * c[i * ldc + j]);
         }
       }
-      be_->gemm({.trans_a = ta, .trans_b = tb, .m = m, .n = n, .k = k, .alpha = 0.5f,
-                 .a = a.data(), .lda = lda, .b = b.data(), .ldb = ldb, .beta = 2.0f,
-                 .c = c.data(), .ldc = ldc});
+      be_->gemm({.trans_a = ta,
+                 .trans_b = tb,
+                 .m = m,
+                 .n = n,
+                 .k = k,
+                 .alpha = 0.5f,
+                 .a = a.data(),
+                 .lda = lda,
+                 .b = b.data(),
+                 .ldb = ldb,
+                 .beta = 2.0f,
+                 .c = c.data(),
+                 .ldc = ldc});
       EXPECT_TRUE(all_close(c, expected, kFwdAtol, kFwdRtol)) << "ta=" << ta << " tb=" << tb;
     }
   }
@@ -64,16 +74,24 @@ TEST_F(OpsTest, EmbeddingGathersRowsAndScattersGradients) {
   std::vector<int32_t> tokens = {3, 0, 3, 5, 1};
   auto table = random_vector(V * D, 4);
   std::vector<float> out(N * D);
-  be_->embedding_forward({.num_tokens = N, .dim = D, .vocab = V, .tokens = tokens.data(),
-                          .table = table.data(), .out = out.data()});
+  be_->embedding_forward({.num_tokens = N,
+                          .dim = D,
+                          .vocab = V,
+                          .tokens = tokens.data(),
+                          .table = table.data(),
+                          .out = out.data()});
   for (int64_t t = 0; t < N; ++t)
     for (int64_t c = 0; c < D; ++c) EXPECT_EQ(out[t * D + c], table[tokens[t] * D + c]);
   auto dout = random_vector(N * D, 5);
   std::vector<float> dtable(V * D, 0.0f), expected(V * D, 0.0f);
   for (int64_t t = 0; t < N; ++t)
     for (int64_t c = 0; c < D; ++c) expected[tokens[t] * D + c] += dout[t * D + c];
-  be_->embedding_backward({.num_tokens = N, .dim = D, .vocab = V, .tokens = tokens.data(),
-                           .d_out = dout.data(), .d_table = dtable.data()});
+  be_->embedding_backward({.num_tokens = N,
+                           .dim = D,
+                           .vocab = V,
+                           .tokens = tokens.data(),
+                           .d_out = dout.data(),
+                           .d_table = dtable.data()});
   EXPECT_TRUE(all_close(dtable, expected, 1e-6, 0));
 }
 
@@ -87,21 +105,36 @@ TEST_F(OpsTest, RmsNormForwardAndBackward) {
     double ss = 0;
     for (int64_t c = 0; c < D; ++c) ss += double{x[r * D + c]} * x[r * D + c];
     const double inv = 1.0 / std::sqrt(ss / D + 1e-5);
-    for (int64_t c = 0; c < D; ++c) expected[r * D + c] = static_cast<float>(x[r * D + c] * inv * w[c]);
+    for (int64_t c = 0; c < D; ++c)
+      expected[r * D + c] = static_cast<float>(x[r * D + c] * inv * w[c]);
   }
   auto run = [&] {
-    be_->rmsnorm_forward({.rows = N, .dim = D, .eps = 1e-5f, .x = x.data(), .weight = w.data(),
-                          .y = y.data(), .rstd = rstd.data()});
+    be_->rmsnorm_forward({.rows = N,
+                          .dim = D,
+                          .eps = 1e-5f,
+                          .x = x.data(),
+                          .weight = w.data(),
+                          .y = y.data(),
+                          .rstd = rstd.data()});
   };
   run();
   EXPECT_TRUE(all_close(y, expected, kFwdAtol, kFwdRtol));
 
   auto proj = random_vector(N * D, 8);
   std::vector<float> dx(N * D, 0.0f), dw(D, 0.0f);
-  be_->rmsnorm_backward({.rows = N, .dim = D, .eps = 1e-5f, .x = x.data(), .weight = w.data(),
-                         .rstd = rstd.data(), .d_y = proj.data(), .d_x = dx.data(),
+  be_->rmsnorm_backward({.rows = N,
+                         .dim = D,
+                         .eps = 1e-5f,
+                         .x = x.data(),
+                         .weight = w.data(),
+                         .rstd = rstd.data(),
+                         .d_y = proj.data(),
+                         .d_x = dx.data(),
                          .d_weight = dw.data()});
-  auto loss = [&] { run(); return dot(y, proj); };
+  auto loss = [&] {
+    run();
+    return dot(y, proj);
+  };
   EXPECT_TRUE(gradient_matches(x, dx, kH, loss, kGradAtol, kGradRtol));
   EXPECT_TRUE(gradient_matches(w, dw, kH, loss, kGradAtol, kGradRtol));
 }
@@ -137,7 +170,8 @@ std::vector<float> reference_attention(const std::vector<float>& qkv, int64_t B,
         for (int64_t j = 0; j <= i; ++j) z += (s[j] = std::exp(s[j] - mx));
         for (int64_t c = 0; c < hd; ++c) {
           double o = 0;
-          for (int64_t j = 0; j <= i; ++j) o += s[j] / z * qkv[(b * T + j) * 3 * D + 2 * D + h * hd + c];
+          for (int64_t j = 0; j <= i; ++j)
+            o += s[j] / z * qkv[(b * T + j) * 3 * D + 2 * D + h * hd + c];
           out[(b * T + i) * D + h * hd + c] = static_cast<float>(o);
         }
       }
@@ -152,18 +186,32 @@ TEST_F(OpsTest, AttentionWithRopeForwardAndBackward) {
   std::vector<float> qkv, probs(B * H * T * T), out(B * T * D);
   auto run = [&] {
     qkv = qkv0;  // forward rotates q,k in place
-    be_->attention_forward({.batch = B, .seq = T, .heads = H, .head_dim = hd, .qkv = qkv.data(),
-                            .probs = probs.data(), .out = out.data()});
+    be_->attention_forward({.batch = B,
+                            .seq = T,
+                            .heads = H,
+                            .head_dim = hd,
+                            .qkv = qkv.data(),
+                            .probs = probs.data(),
+                            .out = out.data()});
   };
   run();
   EXPECT_TRUE(all_close(out, reference_attention(qkv0, B, T, H, hd), kFwdAtol, kFwdRtol));
 
   auto proj = random_vector(B * T * D, 10);
   std::vector<float> dqkv(B * T * 3 * D), scratch(be_->num_threads() * T * T);
-  be_->attention_backward({.batch = B, .seq = T, .heads = H, .head_dim = hd, .qkv = qkv.data(),
-                           .probs = probs.data(), .d_out = proj.data(), .d_qkv = dqkv.data(),
+  be_->attention_backward({.batch = B,
+                           .seq = T,
+                           .heads = H,
+                           .head_dim = hd,
+                           .qkv = qkv.data(),
+                           .probs = probs.data(),
+                           .d_out = proj.data(),
+                           .d_qkv = dqkv.data(),
                            .scratch = scratch.data()});
-  auto loss = [&] { run(); return dot(out, proj); };
+  auto loss = [&] {
+    run();
+    return dot(out, proj);
+  };
   EXPECT_TRUE(gradient_matches(qkv0, dqkv, kH, loss, kGradAtol, kGradRtol));
 }
 
@@ -183,10 +231,15 @@ TEST_F(OpsTest, SwigluForwardAndBackward) {
   EXPECT_TRUE(all_close(h, expected, kFwdAtol, kFwdRtol));
   auto proj = random_vector(R * W, 12);
   std::vector<float> dact(R * 2 * W);
-  be_->swiglu_backward({.rows = R, .width = W, .act = act.data(), .d_hidden = proj.data(),
-                        .d_act = dact.data()});
-  EXPECT_TRUE(gradient_matches(act, dact, kH, [&] { run(); return dot(h, proj); }, kGradAtol,
-                               kGradRtol));
+  be_->swiglu_backward(
+      {.rows = R, .width = W, .act = act.data(), .d_hidden = proj.data(), .d_act = dact.data()});
+  EXPECT_TRUE(gradient_matches(
+      act, dact, kH,
+      [&] {
+        run();
+        return dot(h, proj);
+      },
+      kGradAtol, kGradRtol));
 }
 
 TEST_F(OpsTest, CrossEntropyForwardAndBackwardWithIgnoredRows) {
@@ -197,9 +250,13 @@ TEST_F(OpsTest, CrossEntropyForwardAndBackwardWithIgnoredRows) {
   const float scale = 1.0f / 3.0f;  // three non-ignored rows
   auto run = [&] {
     logits = logits0;
-    return be_->cross_entropy_forward({.rows = N, .vocab = V, .targets = targets.data(),
-                                       .logits = logits.data(), .lse = lse.data(),
-                                       .losses = losses.data()}) * scale;
+    return be_->cross_entropy_forward({.rows = N,
+                                       .vocab = V,
+                                       .targets = targets.data(),
+                                       .logits = logits.data(),
+                                       .lse = lse.data(),
+                                       .losses = losses.data()}) *
+           scale;
   };
   const double mean = run();
   double expected = 0.0;
@@ -211,8 +268,12 @@ TEST_F(OpsTest, CrossEntropyForwardAndBackwardWithIgnoredRows) {
   }
   EXPECT_NEAR(mean, expected, 1e-5);
   EXPECT_EQ(losses[1], 0.0f);
-  be_->cross_entropy_backward({.rows = N, .vocab = V, .targets = targets.data(),
-                               .logits = logits.data(), .lse = lse.data(), .grad_scale = scale});
+  be_->cross_entropy_backward({.rows = N,
+                               .vocab = V,
+                               .targets = targets.data(),
+                               .logits = logits.data(),
+                               .lse = lse.data(),
+                               .grad_scale = scale});
   const std::vector<float> grad = logits;
   EXPECT_TRUE(gradient_matches(logits0, grad, kH, run, kGradAtol, kGradRtol));
 }
@@ -247,9 +308,18 @@ TEST_F(OpsTest, AdamWMatchesPyTorchFormula) {
     const double mh = em[i] / (1 - std::pow(b1, step)), vh = ev[i] / (1 - std::pow(b2, step));
     ep[i] = static_cast<float>(p[i] * (1 - lr * wd) - lr * mh / (std::sqrt(vh) + eps));
   }
-  be_->adamw_update({.size = n, .param = p.data(), .grad = g.data(), .exp_avg = m.data(),
-                     .exp_avg_sq = v.data(), .lr = lr, .beta1 = b1, .beta2 = b2, .eps = eps,
-                     .weight_decay = wd, .step = step, .grad_scale = gs});
+  be_->adamw_update({.size = n,
+                     .param = p.data(),
+                     .grad = g.data(),
+                     .exp_avg = m.data(),
+                     .exp_avg_sq = v.data(),
+                     .lr = lr,
+                     .beta1 = b1,
+                     .beta2 = b2,
+                     .eps = eps,
+                     .weight_decay = wd,
+                     .step = step,
+                     .grad_scale = gs});
   EXPECT_TRUE(all_close(p, ep, 1e-6, 1e-5));
   EXPECT_TRUE(all_close(m, em, 1e-7, 1e-6));
   EXPECT_TRUE(all_close(v, ev, 1e-7, 1e-6));
@@ -260,7 +330,8 @@ TEST_F(OpsTest, SumSquaresIsIndependentOfThreadCount) {
   auto one = make_cpu_backend(1);
   double expected = 0.0;
   for (float v : x) expected += double{v} * v;
-  EXPECT_NEAR(be_->sum_squares(static_cast<int64_t>(x.size()), x.data()), expected, 1e-9 * expected);
+  EXPECT_NEAR(be_->sum_squares(static_cast<int64_t>(x.size()), x.data()), expected,
+              1e-9 * expected);
   EXPECT_EQ(be_->sum_squares(static_cast<int64_t>(x.size()), x.data()),
             one->sum_squares(static_cast<int64_t>(x.size()), x.data()));
 }

@@ -13,7 +13,9 @@ namespace {
 
 using testing::random_vector;
 
-double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double sig(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
 
 struct RouterRun {
   std::vector<int32_t> index;
@@ -155,7 +157,8 @@ AuxCase make_case(Backend& be, RouterKind kind, GroupLossKind gl, ExpertLossKind
 }
 
 TEST_F(RouterTest, CountsMatchTheSelections) {
-  AuxCase c = make_case(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper, ExpertLossKind::kPaper);
+  AuxCase c =
+      make_case(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper, ExpertLossKind::kPaper);
   double groups = 0, experts = 0;
   for (double v : c.group_count) groups += v;
   for (double v : c.expert_count) experts += v;
@@ -170,7 +173,8 @@ TEST_F(RouterTest, CountsMatchTheSelections) {
 }
 
 TEST_F(RouterTest, PaperAuxLossValuesFollowTheFormulas) {
-  AuxCase c = make_case(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper, ExpertLossKind::kPaper);
+  AuxCase c =
+      make_case(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper, ExpertLossKind::kPaper);
   RouterParams p = c.p;
   p.logits = c.logits.data();
   p.group_selected = c.run.groups.data();
@@ -206,7 +210,8 @@ TEST_F(RouterTest, PaperAuxLossValuesFollowTheFormulas) {
 }
 
 TEST_F(RouterTest, MoeSwitchLossValue) {
-  AuxCase c = make_case(*be_, RouterKind::kMoeSoftmax, GroupLossKind::kPaper, ExpertLossKind::kPaper);
+  AuxCase c =
+      make_case(*be_, RouterKind::kMoeSoftmax, GroupLossKind::kPaper, ExpertLossKind::kPaper);
   RouterParams p = c.p;
   p.logits = c.logits.data();
   p.topk_index = c.run.index.data();
@@ -291,7 +296,8 @@ void check_router_gradient(Backend& be, RouterKind kind, GroupLossKind gl, Exper
 }
 
 TEST_F(RouterTest, PaperGradientsIncludingAuxLosses) {
-  check_router_gradient(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper, ExpertLossKind::kPaper);
+  check_router_gradient(*be_, RouterKind::kMohgePaper, GroupLossKind::kPaper,
+                        ExpertLossKind::kPaper);
 }
 TEST_F(RouterTest, ReferenceGradientsIncludingReferenceAuxLosses) {
   check_router_gradient(*be_, RouterKind::kMohgeReference, GroupLossKind::kReference,
@@ -306,7 +312,8 @@ TEST_F(RouterTest, ReferenceRouterWithPaperLossesGradients) {
                         ExpertLossKind::kPaper);
 }
 TEST_F(RouterTest, MoeGradientsIncludingSwitchLoss) {
-  check_router_gradient(*be_, RouterKind::kMoeSoftmax, GroupLossKind::kPaper, ExpertLossKind::kPaper);
+  check_router_gradient(*be_, RouterKind::kMoeSoftmax, GroupLossKind::kPaper,
+                        ExpertLossKind::kPaper);
 }
 
 }  // namespace

@@ -57,7 +57,8 @@ TEST(Safetensors, ByteLayoutFollowsTheFormat) {
   ASSERT_TRUE(w.write(p).ok());
   const std::string bytes = read_all(p);
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
   EXPECT_EQ(n % 8, 0u) << "header padded to a multiple of 8";
   EXPECT_EQ(bytes.size(), 8 + n + 8);
   const auto header = nlohmann::json::parse(bytes.substr(8, n));

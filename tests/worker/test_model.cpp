@@ -102,7 +102,8 @@ TEST(ModelAccounting, ParameterCountsAndActivatedExpertParameters) {
   for (const LayerRouting* r : model.routing()) {
     ASSERT_NE(r, nullptr);
     double routed = 0.0;
-    for (int e = 0; e < 8; ++e) routed += r->expert_assignments[e] * 3.0 * D * spec.model.ffn.widths[e / 2];
+    for (int e = 0; e < 8; ++e)
+      routed += r->expert_assignments[e] * 3.0 * D * spec.model.ffn.widths[e / 2];
     expected += routed / 12.0 + 3.0 * D * 8;
     double assignments = 0.0;
     for (double a : r->expert_assignments) assignments += a;

@@ -16,9 +16,8 @@ namespace {
 namespace fs = std::filesystem;
 
 TEST(Brown, StripsTagsAndDetokenizes) {
-  EXPECT_EQ(brown_untag_line(
-                "\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, and/cc "
-                "1/2-inch/jj pipes/nns ./."),
+  EXPECT_EQ(brown_untag_line("\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ,/, and/cc "
+                             "1/2-inch/jj pipes/nns ./."),
             "The jury said \"no evidence\", and 1/2-inch pipes.");
   EXPECT_EQ(brown_untag_line("It/pps doesn't/doz* matter/vb (/( much/ap )/) !/."),
             "It doesn't matter (much)!");
@@ -85,7 +84,8 @@ TEST_F(PrepareFiles, TextFilesBecomeTokenizerAndTokenFiles) {
   EXPECT_EQ(val.value().back(), tok.value().eos_id());
   std::vector<int32_t> ids(val.value().begin(), val.value().end() - 1);
   const std::string text = tok.value().decode(ids);
-  EXPECT_EQ(text.rfind("The quick brown fox 2 jumps over the lazy dog.", 0), 0u) << text.substr(0, 80);
+  EXPECT_EQ(text.rfind("The quick brown fox 2 jumps over the lazy dog.", 0), 0u)
+      << text.substr(0, 80);
 
   // Deterministic: a second run writes the same tokens.
   opt.out_dir = dir_ / "again";

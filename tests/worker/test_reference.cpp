@@ -116,7 +116,8 @@ TEST_P(ReferenceTest, MatchesPyTorch) {
   model.backward();
   for (const ParamInfo& p : ps.all()) {
     const float* g = ps.grad_arena() + p.offset;
-    EXPECT_TRUE(close_to_reference(std::vector<float>(g, g + p.size), read_f32(f, "grad." + p.name)))
+    EXPECT_TRUE(
+        close_to_reference(std::vector<float>(g, g + p.size), read_f32(f, "grad." + p.name)))
         << "gradient of " << p.name;
   }
 }

@@ -90,7 +90,7 @@ TEST_F(TrainerTest, OverfitsOneBatch) {
   write_tokens("val.bin", 2 * 6 + 1, 32, 1);
   const auto l = train(spec, root_ / "run", false);
   ASSERT_EQ(l.size(), 80u);
-  EXPECT_GT(l.front(), 2.5);   // ≈ ln 32 = 3.47 at initialisation
+  EXPECT_GT(l.front(), 2.5);  // ≈ ln 32 = 3.47 at initialisation
   EXPECT_LT(l.back(), 0.1) << "first " << l.front();
 }
 
@@ -122,7 +122,8 @@ TEST_F(TrainerTest, CheckpointsAreCompleteRotatedAndReloadable) {
   ASSERT_EQ(ckpts.size(), 2u);
   EXPECT_EQ(ckpts[0].filename(), "step-00000006");
   EXPECT_EQ(ckpts[1].filename(), "step-00000008");
-  for (const char* f : {"model.safetensors", "optimizer.safetensors", "job.json", "trainer_state.json"})
+  for (const char* f :
+       {"model.safetensors", "optimizer.safetensors", "job.json", "trainer_state.json"})
     EXPECT_TRUE(fs::exists(ckpts[1] / f)) << f;
   for (const auto& e : fs::directory_iterator(root_ / "run" / "checkpoints"))
     EXPECT_EQ(e.path().filename().string().rfind(".tmp", 0), std::string::npos) << e.path();

@@ -65,8 +65,16 @@ double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads) {
       std::vector<float> c(static_cast<size_t>(s.m * s.n));
       const double t = time_median(
           [&] {
-            be.gemm({.trans_a = false, .trans_b = true, .m = s.m, .n = s.n, .k = s.k,
-                     .a = a.data(), .lda = s.k, .b = b.data(), .ldb = s.k, .c = c.data(),
+            be.gemm({.trans_a = false,
+                     .trans_b = true,
+                     .m = s.m,
+                     .n = s.n,
+                     .k = s.k,
+                     .a = a.data(),
+                     .lda = s.k,
+                     .b = b.data(),
+                     .ldb = s.k,
+                     .c = c.data(),
                      .ldc = s.n});
           },
           10, 0.3);
@@ -85,9 +93,17 @@ double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads) {
 #pragma omp parallel num_threads(threads)
             {
               const int i = omp_get_thread_num();
-              cpu_gemm_serial({.trans_a = false, .trans_b = true, .m = s.m, .n = s.n, .k = s.k,
-                               .a = a[i].data(), .lda = s.k, .b = b[i].data(), .ldb = s.k,
-                               .c = c[i].data(), .ldc = s.n});
+              cpu_gemm_serial({.trans_a = false,
+                               .trans_b = true,
+                               .m = s.m,
+                               .n = s.n,
+                               .k = s.k,
+                               .a = a[i].data(),
+                               .lda = s.k,
+                               .b = b[i].data(),
+                               .ldb = s.k,
+                               .c = c[i].data(),
+                               .ldc = s.n});
             }
           },
           10, 0.3);

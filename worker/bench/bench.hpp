@@ -33,12 +33,12 @@ struct LayerBenchResult {
 Result<LayerBenchResult> bench_layer(const JobSpec& spec, int64_t tokens, int threads);
 
 struct TrainBenchResult {
-  double tokens_per_s = 0;    // median step
+  double tokens_per_s = 0;  // median step
   double ms_per_step = 0;
   double model_gflop_per_step = 0;
   double achieved_gflops = 0;
   double ceiling_gflops = 0;
-  double mfu = 0;             // achieved / ceiling
+  double mfu = 0;  // achieved / ceiling
   int64_t steps = 0;
   int threads = 0;
 };

@@ -68,14 +68,18 @@ void add_bench(CLI::App& app, int& exit_code) {
   bench->require_subcommand(1);
   CLI::App* layer = bench->add_subcommand("layer", "Forward+backward of the config's FFN layer");
   layer->add_option("--config", args->config, "Job spec JSON")->required();
-  layer->add_option("--tokens", args->tokens, "Tokens")->check(CLI::PositiveNumber)->capture_default_str();
+  layer->add_option("--tokens", args->tokens, "Tokens")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   layer->add_option("--threads", args->threads, "Compute threads (default: all cores)");
   layer->callback([args, &exit_code] { exit_code = run_bench_layer(*args); });
   CLI::App* train = bench->add_subcommand("train", "Training tokens/s and model-FLOPs utilisation");
   train->add_option("--config", args->config, "Job spec JSON")->required();
   train->add_option("--storage", args->storage, "Storage root for the spec's data paths")
       ->capture_default_str();
-  train->add_option("--steps", args->steps, "Timed steps")->check(CLI::PositiveNumber)->capture_default_str();
+  train->add_option("--steps", args->steps, "Timed steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   train->add_option("--threads", args->threads, "Compute threads (default: all cores)");
   train->callback([args, &exit_code] { exit_code = run_bench_train(*args); });
 }

@@ -37,7 +37,8 @@ int run_eval(const EvalArgs& a) {
   const int64_t batch_size = a.batch_size > 0 ? a.batch_size : s.train.batch_size;
   const int64_t batches = a.batches > 0 ? a.batches : s.train.eval_batches;
   const EvalResult r = evaluate(model, data.value(), batches, batch_size);
-  const nlohmann::json out = {{"loss", r.loss}, {"tokens", r.tokens}, {"perplexity", std::exp(r.loss)}};
+  const nlohmann::json out = {
+      {"loss", r.loss}, {"tokens", r.tokens}, {"perplexity", std::exp(r.loss)}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

@@ -27,7 +27,8 @@ struct GenerateArgs {
 
 // Samples from softmax(logits / temperature); temperature 0 takes the argmax.
 int32_t sample(const float* logits, int64_t vocab, double temperature, Rng& rng) {
-  if (temperature <= 0.0) return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
+  if (temperature <= 0.0)
+    return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
   const float mx = *std::max_element(logits, logits + vocab);
   std::vector<double> p(static_cast<size_t>(vocab));
   double z = 0.0;
@@ -43,8 +44,8 @@ int run_generate(const GenerateArgs& a) {
   namespace fs = std::filesystem;
   Result<JobSpec> spec = checkpoint_read_spec(a.checkpoint);
   if (!spec.ok()) return report(spec.error());
-  const fs::path tok_path = a.tokenizer.empty() ? fs::path(a.checkpoint) / "tokenizer.model"
-                                                : fs::path(a.tokenizer);
+  const fs::path tok_path =
+      a.tokenizer.empty() ? fs::path(a.checkpoint) / "tokenizer.model" : fs::path(a.tokenizer);
   Result<Tokenizer> tok = Tokenizer::load(tok_path);
   if (!tok.ok()) {
     Error e = tok.error();
@@ -53,9 +54,9 @@ int run_generate(const GenerateArgs& a) {
   }
   const ModelSpec& m = spec.value().model;
   if (tok.value().vocab_size() > m.vocab_size) {
-    return report(invalid_argument("--tokenizer", "has " + std::to_string(tok.value().vocab_size()) +
-                                                      " pieces, more than model.vocab_size " +
-                                                      std::to_string(m.vocab_size)));
+    return report(invalid_argument(
+        "--tokenizer", "has " + std::to_string(tok.value().vocab_size()) +
+                           " pieces, more than model.vocab_size " + std::to_string(m.vocab_size)));
   }
   Result<std::unique_ptr<Backend>> backend = make_backend(spec.value(), a.threads);
   if (!backend.ok()) return report(backend.error());
@@ -67,7 +68,6 @@ int run_generate(const GenerateArgs& a) {
   std::vector<int32_t> ids = {tok.value().eos_id()};
   const std::vector<int32_t> prompt = tok.value().encode(a.prompt);
   ids.insert(ids.end(), prompt.begin(), prompt.end());
-  const size_t prompt_end = ids.size();
   Rng rng(a.seed);
   std::vector<float> last(static_cast<size_t>(m.vocab_size));
   for (int i = 0; i < a.tokens; ++i) {
@@ -80,9 +80,9 @@ int run_generate(const GenerateArgs& a) {
     if (next == tok.value().eos_id()) break;
     ids.push_back(next);
   }
-  const std::vector<int32_t> generated(ids.begin() + static_cast<std::ptrdiff_t>(prompt_end), ids.end());
-  std::printf("%s%s\n", a.prompt.c_str(),
-              (generated.empty() ? std::string() : " " + tok.value().decode(generated)).c_str());
+  // Decode prompt and continuation together so pieces join as SentencePiece joins them.
+  const std::vector<int32_t> text_ids(ids.begin() + 1, ids.end());
+  std::printf("%s\n", tok.value().decode(text_ids).c_str());
   return 0;
 }
 
@@ -93,10 +93,12 @@ void add_generate(CLI::App& app, int& exit_code) {
   CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with a checkpoint");
   cmd->add_option("--checkpoint", args->checkpoint, "Checkpoint folder")->required();
   cmd->add_option("--prompt", args->prompt, "Text to continue")->required();
-  cmd->add_option("--tokens", args->tokens, "Tokens to generate")->check(CLI::Range(1, 100000))
+  cmd->add_option("--tokens", args->tokens, "Tokens to generate")
+      ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   cmd->add_option("--temperature", args->temperature, "Sampling temperature (0: greedy)")
-      ->check(CLI::Range(0.0, 100.0))->capture_default_str();
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
   cmd->add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--tokenizer", args->tokenizer,
                   "SentencePiece model (default: tokenizer.model in the checkpoint)");

@@ -26,7 +26,8 @@ int run_prepare(const PrepareArgs& a) {
   opt.brown_dir = a.brown_dir;
   opt.out_dir = a.out;
   opt.vocab_size = a.vocab;
-  Result<PrepareSummary> r = prepare_dataset(opt, [](const std::string& msg) { spdlog::info("{}", msg); });
+  Result<PrepareSummary> r =
+      prepare_dataset(opt, [](const std::string& msg) { spdlog::info("{}", msg); });
   if (!r.ok()) return report(r.error());
   const PrepareSummary& s = r.value();
   spdlog::info("wrote {} ({} tokens, {} documents), {} ({} tokens, {} documents), {} ({} pieces)",

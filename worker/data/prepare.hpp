@@ -19,9 +19,9 @@
 namespace mohge {
 
 struct PrepareOptions {
-  std::string corpus;                              // "brown", or empty with text_files
-  std::vector<std::filesystem::path> text_files;   // UTF-8 text, one document per file
-  std::filesystem::path brown_dir;                 // default: brown_find_corpus_dir()
+  std::string corpus;                             // "brown", or empty with text_files
+  std::vector<std::filesystem::path> text_files;  // UTF-8 text, one document per file
+  std::filesystem::path brown_dir;                // default: brown_find_corpus_dir()
   std::filesystem::path out_dir;
   int vocab_size = 4096;
 };

@@ -28,7 +28,11 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   return sp_->DecodeIds(std::vector<int>(ids.begin(), ids.end()));
 }
 
-int Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int Tokenizer::eos_id() const { return sp_->eos_id(); }
+int Tokenizer::vocab_size() const {
+  return sp_->GetPieceSize();
+}
+int Tokenizer::eos_id() const {
+  return sp_->eos_id();
+}
 
 }  // namespace mohge

@@ -20,9 +20,9 @@ struct LayerRouting {
   std::vector<double> expert_assignments;  // (E) tokens routed to expert e
   std::vector<double> group_assignments;   // (G) assignments landing in group g (MoE: G = 1)
   double num_tokens = 0;
-  double activated_expert_params = 0;      // per token: routed (measured) + shared
-  double aux_group = 0;                    // L_G of this layer (0 for MoE)
-  double aux_expert = 0;                   // L_E (MoHGE) or the switch loss (MoE)
+  double activated_expert_params = 0;  // per token: routed (measured) + shared
+  double aux_group = 0;                // L_G of this layer (0 for MoE)
+  double aux_expert = 0;               // L_E (MoHGE) or the switch loss (MoE)
 };
 
 /// Per-step switches of the FFN.

@@ -44,6 +44,8 @@ int ParamStore::find(const std::string& name) const {
   return it == by_name_.end() ? -1 : it->second;
 }
 
-void ParamStore::zero_grad() { backend_->fill_zero(grad_.data(), total_); }
+void ParamStore::zero_grad() {
+  backend_->fill_zero(grad_.data(), total_);
+}
 
 }  // namespace mohge

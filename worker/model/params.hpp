@@ -19,11 +19,11 @@ enum class ParamInit {
 };
 
 struct ParamInfo {
-  std::string name;             // e.g. "model.layers.0.self_attn.q_proj.weight"
-  std::vector<int64_t> shape;   // (out, in) for linear weights
-  int64_t offset = 0;           // into the arena, in floats
-  int64_t size = 0;             // numel
-  bool weight_decay = true;     // false for norms
+  std::string name;            // e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;  // (out, in) for linear weights
+  int64_t offset = 0;          // into the arena, in floats
+  int64_t size = 0;            // numel
+  bool weight_decay = true;    // false for norms
   ParamInit init = ParamInit::kNormal;
   float init_std = 0.02f;
 };

@@ -16,7 +16,9 @@ namespace mohge {
 
 namespace {
 
-std::string layer_prefix(int layer) { return "model.layers." + std::to_string(layer) + ".mlp."; }
+std::string layer_prefix(int layer) {
+  return "model.layers." + std::to_string(layer) + ".mlp.";
+}
 
 }  // namespace
 
@@ -47,10 +49,9 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
     return e;
   };
   for (int e = 0; e < E; ++e) {
-    const std::string name =
-        mohge_ ? p + "experts." + std::to_string(e / f_.experts_per_group) + "." +
-                     std::to_string(e % f_.experts_per_group)
-               : p + "experts." + std::to_string(e);
+    const std::string name = mohge_ ? p + "experts." + std::to_string(e / f_.experts_per_group) +
+                                          "." + std::to_string(e % f_.experts_per_group)
+                                    : p + "experts." + std::to_string(e);
     experts_.push_back(add_expert(name, f_.expert_hidden_width(e)));
   }
   for (int s = 0; s < f_.shared_experts; ++s)
@@ -61,8 +62,9 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
     const double wmax = *std::max_element(f_.widths.begin(), f_.widths.end());
     const double wmin = *std::min_element(f_.widths.begin(), f_.widths.end());
     for (int w : f_.widths) {
-      group_cost_.push_back(f_.group_loss == "paper" ? static_cast<float>(w / wmax)
-                                                     : static_cast<float>((w - wmin + 1024.0) / 1024.0));
+      group_cost_.push_back(f_.group_loss == "paper"
+                                ? static_cast<float>(w / wmax)
+                                : static_cast<float>((w - wmin + 1024.0) / 1024.0));
     }
   } else {
     group_cost_.assign(1, 0.0f);
@@ -81,7 +83,7 @@ int64_t RoutedFfn::expert_params() const {
 
 RouterParams RoutedFfn::router_params(int64_t num_tokens) {
   RouterParams r;
-  r.kind = !mohge_                             ? RouterKind::kMoeSoftmax
+  r.kind = !mohge_                            ? RouterKind::kMoeSoftmax
            : f_.router_variant == "reference" ? RouterKind::kMohgeReference
                                               : RouterKind::kMohgePaper;
   r.num_tokens = num_tokens;
@@ -161,7 +163,8 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   expert_count_.assign(static_cast<size_t>(E), 0.0);
   be_.router_count(rp, group_count_.data(), expert_count_.data());
   aux_ = RouterAuxParams{};
-  aux_.group_loss = f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
+  aux_.group_loss =
+      f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
   aux_.expert_loss =
       f_.expert_loss == "reference" ? ExpertLossKind::kReference : ExpertLossKind::kPaper;
   aux_.alpha_group = mohge_ && opt.group_loss_on ? static_cast<float>(f_.alpha_group) : 0.0f;
@@ -173,15 +176,19 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   const RouterAuxValues aux = be_.router_aux_forward(rp, aux_);
 
   // Dispatch, experts, combine.
-  be_.dispatch_plan(topk_index_.data(), N, static_cast<int32_t>(K), static_cast<int32_t>(E), &plan_);
+  be_.dispatch_plan(topk_index_.data(), N, static_cast<int32_t>(K), static_cast<int32_t>(E),
+                    &plan_);
   be_.dispatch_forward({.dim = D, .plan = &plan_, .x = x, .x_sorted = x_sorted_.data()});
   build_slices(N, x);
-  be_.grouped_swiglu_forward({.dim = D, .slices = slices_.data(),
-                              .num_slices = static_cast<int64_t>(slices_.size())});
+  be_.grouped_swiglu_forward(
+      {.dim = D, .slices = slices_.data(), .num_slices = static_cast<int64_t>(slices_.size())});
   for (size_t s = 0; s < shared_.size(); ++s)
     be_.axpy(N * D, 1.0f, shared_y_.data() + static_cast<int64_t>(s) * N * D, y);
-  be_.combine_forward({.dim = D, .plan = &plan_, .weight = topk_weight_.data(),
-                       .y_sorted = y_sorted_.data(), .y = y});
+  be_.combine_forward({.dim = D,
+                       .plan = &plan_,
+                       .weight = topk_weight_.data(),
+                       .y_sorted = y_sorted_.data(),
+                       .y = y});
 
   // Routing statistics.
   last_tokens_ = N;
@@ -225,9 +232,13 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   buffer_reserve(ws.d_act, be_, act_.size());
   buffer_reserve(ws.d_hidden, be_, hidden_.size());
 
-  be_.combine_backward({.dim = D, .plan = &plan_, .weight = topk_weight_.data(),
-                        .y_sorted = y_sorted_.data(), .d_y = dy,
-                        .d_y_sorted = ws.d_y_sorted.data(), .d_weight = ws.d_weight.data()});
+  be_.combine_backward({.dim = D,
+                        .plan = &plan_,
+                        .weight = topk_weight_.data(),
+                        .y_sorted = y_sorted_.data(),
+                        .d_y = dy,
+                        .d_y_sorted = ws.d_y_sorted.data(),
+                        .d_weight = ws.d_weight.data()});
   for (size_t i = 0; i < slices_.size(); ++i) {
     ExpertSlice& s = slices_[i];
     const bool routed = static_cast<int64_t>(i) < E;
@@ -245,8 +256,8 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
     s.d_w_gate_up = ps_.grad(p.gate_up);
     s.d_w_down = ps_.grad(p.down);
   }
-  be_.grouped_swiglu_backward({.dim = D, .slices = slices_.data(),
-                               .num_slices = static_cast<int64_t>(slices_.size())});
+  be_.grouped_swiglu_backward(
+      {.dim = D, .slices = slices_.data(), .num_slices = static_cast<int64_t>(slices_.size())});
   be_.dispatch_backward({.dim = D, .plan = &plan_, .d_x_sorted = ws.d_x_sorted.data(), .d_x = dx});
   for (int64_t s = 0; s < S; ++s) be_.axpy(N * D, 1.0f, ws.d_x.data() + s * N * D, dx);
 

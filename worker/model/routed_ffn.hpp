@@ -33,30 +33,30 @@ class RoutedFfn final : public FeedForward {
   Backend& be_;
   ParamStore& ps_;
   FfnSpec f_;
-  int64_t dim_;                    // D
+  int64_t dim_;  // D
   bool mohge_ = false;
-  int router_param_ = -1;          // (G+E, D) mohge: group_gate then expert_gate; (E, D) moe
-  int64_t logits_width_ = 0;       // G+E or E
+  int router_param_ = -1;              // (G+E, D) mohge: group_gate then expert_gate; (E, D) moe
+  int64_t logits_width_ = 0;           // G+E or E
   std::vector<ExpertParams> experts_;  // (E)
   std::vector<ExpertParams> shared_;   // (S)
   std::vector<float> group_cost_;      // (G) weights of L_G
 
   // Forward state kept for backward.
-  Buffer<float> logits_;           // (N, G+E)
-  Buffer<int32_t> topk_index_;     // (N, K)
-  Buffer<float> topk_weight_;      // (N, K)
-  Buffer<uint8_t> group_selected_; // (N, G)
+  Buffer<float> logits_;            // (N, G+E)
+  Buffer<int32_t> topk_index_;      // (N, K)
+  Buffer<float> topk_weight_;       // (N, K)
+  Buffer<uint8_t> group_selected_;  // (N, G)
   DispatchPlan plan_;
-  Buffer<float> x_sorted_;         // (M, D)
-  Buffer<float> y_sorted_;         // (M, D)
-  Buffer<float> act_;              // (Σ rows·2W) routed then shared
-  Buffer<float> hidden_;           // (Σ rows·W)
-  Buffer<float> shared_y_;         // (S, N, D)
-  std::vector<ExpertSlice> slices_;    // (E + S)
-  std::vector<int64_t> act_offset_;    // (E + S)
-  std::vector<int64_t> hidden_offset_; // (E + S)
-  std::vector<double> group_count_;    // (G)
-  std::vector<double> expert_count_;   // (E)
+  Buffer<float> x_sorted_;              // (M, D)
+  Buffer<float> y_sorted_;              // (M, D)
+  Buffer<float> act_;                   // (Σ rows·2W) routed then shared
+  Buffer<float> hidden_;                // (Σ rows·W)
+  Buffer<float> shared_y_;              // (S, N, D)
+  std::vector<ExpertSlice> slices_;     // (E + S)
+  std::vector<int64_t> act_offset_;     // (E + S)
+  std::vector<int64_t> hidden_offset_;  // (E + S)
+  std::vector<double> group_count_;     // (G)
+  std::vector<double> expert_count_;    // (E)
   RouterAuxParams aux_;
   LayerRouting routing_;
   int64_t last_tokens_ = 0;  // N of the last forward

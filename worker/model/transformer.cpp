@@ -66,8 +66,8 @@ void Transformer::reserve(int64_t batch, int64_t seq) {
 
 ForwardResult Transformer::forward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                                    int64_t seq, const FfnStepOptions& opt) {
-  MOHGE_CHECK(seq >= 1 && seq <= spec_.seq_len, "sequence length " << seq << " outside [1, "
-                                                                    << spec_.seq_len << "]");
+  MOHGE_CHECK(seq >= 1 && seq <= spec_.seq_len,
+              "sequence length " << seq << " outside [1, " << spec_.seq_len << "]");
   reserve(batch, seq);
   const int64_t N = batch * seq, D = spec_.d_model, V = spec_.vocab_size, H = spec_.heads;
   be_.copy_from_host(tokens_.data(), tokens, sizeof(int32_t) * static_cast<size_t>(N));
@@ -76,29 +76,51 @@ ForwardResult Transformer::forward(const int32_t* tokens, const int32_t* targets
     be_.copy_from_host(targets_.data(), targets, sizeof(int32_t) * static_cast<size_t>(N));
 
   float* first = layers_.empty() ? x_final_.data() : layers_[0].x.data();
-  be_.embedding_forward({.num_tokens = N, .dim = D, .vocab = V, .tokens = tokens_.data(),
-                         .table = params_.data(embed_), .out = first});
+  be_.embedding_forward({.num_tokens = N,
+                         .dim = D,
+                         .vocab = V,
+                         .tokens = tokens_.data(),
+                         .table = params_.data(embed_),
+                         .out = first});
   const float eps = static_cast<float>(spec_.norm_eps);
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = layers_[l];
-    be_.rmsnorm_forward({.rows = N, .dim = D, .eps = eps, .x = L.x.data(),
-                         .weight = params_.data(L.ln1), .y = L.ln1_out.data(),
+    be_.rmsnorm_forward({.rows = N,
+                         .dim = D,
+                         .eps = eps,
+                         .x = L.x.data(),
+                         .weight = params_.data(L.ln1),
+                         .y = L.ln1_out.data(),
                          .rstd = L.rstd1.data()});
     linear_forward(be_, L.ln1_out.data(), params_.data(L.qkv), L.qkv_out.data(), N, D, 3 * D);
-    be_.attention_forward({.batch = batch, .seq = seq, .heads = H, .head_dim = D / H,
+    be_.attention_forward({.batch = batch,
+                           .seq = seq,
+                           .heads = H,
+                           .head_dim = D / H,
                            .rope_base = static_cast<float>(spec_.rope_base),
-                           .qkv = L.qkv_out.data(), .probs = L.probs.data(), .out = L.attn.data()});
+                           .qkv = L.qkv_out.data(),
+                           .probs = L.probs.data(),
+                           .out = L.attn.data()});
     be_.copy(L.h.data(), L.x.data(), N * D);
     linear_forward(be_, L.attn.data(), params_.data(L.o), L.h.data(), N, D, D, 1.0f);
-    be_.rmsnorm_forward({.rows = N, .dim = D, .eps = eps, .x = L.h.data(),
-                         .weight = params_.data(L.ln2), .y = L.ln2_out.data(),
+    be_.rmsnorm_forward({.rows = N,
+                         .dim = D,
+                         .eps = eps,
+                         .x = L.h.data(),
+                         .weight = params_.data(L.ln2),
+                         .y = L.ln2_out.data(),
                          .rstd = L.rstd2.data()});
     float* next = l + 1 < layers_.size() ? layers_[l + 1].x.data() : x_final_.data();
     be_.copy(next, L.h.data(), N * D);
     L.ffn->forward(L.ln2_out.data(), next, N, opt);
   }
-  be_.rmsnorm_forward({.rows = N, .dim = D, .eps = eps, .x = x_final_.data(),
-                       .weight = params_.data(norm_), .y = lnf_out_.data(), .rstd = rstdf_.data()});
+  be_.rmsnorm_forward({.rows = N,
+                       .dim = D,
+                       .eps = eps,
+                       .x = x_final_.data(),
+                       .weight = params_.data(norm_),
+                       .y = lnf_out_.data(),
+                       .rstd = rstdf_.data()});
   linear_forward(be_, lnf_out_.data(), params_.data(lm_head_), logits_.data(), N, D, V);
 
   ForwardResult r;
@@ -109,9 +131,11 @@ ForwardResult Transformer::forward(const int32_t* tokens, const int32_t* targets
     }
   }
   if (has_targets_) {
-    const double sum = be_.cross_entropy_forward({.rows = N, .vocab = V,
+    const double sum = be_.cross_entropy_forward({.rows = N,
+                                                  .vocab = V,
                                                   .targets = targets_.data(),
-                                                  .logits = logits_.data(), .lse = lse_.data(),
+                                                  .logits = logits_.data(),
+                                                  .lse = lse_.data(),
                                                   .losses = losses_.data()});
     for (int64_t i = 0; i < N; ++i) r.num_targets += targets[i] >= 0 ? 1 : 0;
     r.ce_loss = r.num_targets > 0 ? sum / static_cast<double>(r.num_targets) : 0.0;
@@ -129,43 +153,71 @@ void Transformer::backward() {
   for (int32_t t : host_targets) num_targets += t >= 0 ? 1 : 0;
   const float scale = num_targets > 0 ? 1.0f / static_cast<float>(num_targets) : 0.0f;
 
-  be_.cross_entropy_backward({.rows = N, .vocab = V, .targets = targets_.data(),
-                              .logits = logits_.data(), .lse = lse_.data(),
+  be_.cross_entropy_backward({.rows = N,
+                              .vocab = V,
+                              .targets = targets_.data(),
+                              .logits = logits_.data(),
+                              .lse = lse_.data(),
                               .grad_scale = scale});
   has_targets_ = false;  // the logits now hold their gradient
   linear_backward(be_, lnf_out_.data(), params_.data(lm_head_), logits_.data(), d_a_.data(),
                   params_.grad(lm_head_), N, D, V, 0.0f);
   be_.fill_zero(d_res_.data(), N * D);
   const float eps = static_cast<float>(spec_.norm_eps);
-  be_.rmsnorm_backward({.rows = N, .dim = D, .eps = eps, .x = x_final_.data(),
-                        .weight = params_.data(norm_), .rstd = rstdf_.data(), .d_y = d_a_.data(),
-                        .d_x = d_res_.data(), .d_weight = params_.grad(norm_)});
+  be_.rmsnorm_backward({.rows = N,
+                        .dim = D,
+                        .eps = eps,
+                        .x = x_final_.data(),
+                        .weight = params_.data(norm_),
+                        .rstd = rstdf_.data(),
+                        .d_y = d_a_.data(),
+                        .d_x = d_res_.data(),
+                        .d_weight = params_.grad(norm_)});
   for (size_t li = layers_.size(); li-- > 0;) {
     Layer& L = layers_[li];
     // d_res_ = ∂/∂x_{l+1}; FFN path into d_res_ (= ∂/∂h afterwards).
     be_.fill_zero(d_a_.data(), N * D);
     L.ffn->backward(L.ln2_out.data(), d_res_.data(), d_a_.data(), N, ffn_ws_);
-    be_.rmsnorm_backward({.rows = N, .dim = D, .eps = eps, .x = L.h.data(),
-                          .weight = params_.data(L.ln2), .rstd = L.rstd2.data(),
-                          .d_y = d_a_.data(), .d_x = d_res_.data(),
+    be_.rmsnorm_backward({.rows = N,
+                          .dim = D,
+                          .eps = eps,
+                          .x = L.h.data(),
+                          .weight = params_.data(L.ln2),
+                          .rstd = L.rstd2.data(),
+                          .d_y = d_a_.data(),
+                          .d_x = d_res_.data(),
                           .d_weight = params_.grad(L.ln2)});
     // Attention path into d_res_ (= ∂/∂x_l afterwards).
     linear_backward(be_, L.attn.data(), params_.data(L.o), d_res_.data(), d_b_.data(),
                     params_.grad(L.o), N, D, D, 0.0f);
-    be_.attention_backward({.batch = B, .seq = T, .heads = H, .head_dim = D / H,
+    be_.attention_backward({.batch = B,
+                            .seq = T,
+                            .heads = H,
+                            .head_dim = D / H,
                             .rope_base = static_cast<float>(spec_.rope_base),
-                            .qkv = L.qkv_out.data(), .probs = L.probs.data(),
-                            .d_out = d_b_.data(), .d_qkv = d_qkv_.data(),
+                            .qkv = L.qkv_out.data(),
+                            .probs = L.probs.data(),
+                            .d_out = d_b_.data(),
+                            .d_qkv = d_qkv_.data(),
                             .scratch = d_scores_.data()});
     linear_backward(be_, L.ln1_out.data(), params_.data(L.qkv), d_qkv_.data(), d_a_.data(),
                     params_.grad(L.qkv), N, D, 3 * D, 0.0f);
-    be_.rmsnorm_backward({.rows = N, .dim = D, .eps = eps, .x = L.x.data(),
-                          .weight = params_.data(L.ln1), .rstd = L.rstd1.data(),
-                          .d_y = d_a_.data(), .d_x = d_res_.data(),
+    be_.rmsnorm_backward({.rows = N,
+                          .dim = D,
+                          .eps = eps,
+                          .x = L.x.data(),
+                          .weight = params_.data(L.ln1),
+                          .rstd = L.rstd1.data(),
+                          .d_y = d_a_.data(),
+                          .d_x = d_res_.data(),
                           .d_weight = params_.grad(L.ln1)});
   }
-  be_.embedding_backward({.num_tokens = N, .dim = D, .vocab = V, .tokens = tokens_.data(),
-                          .d_out = d_res_.data(), .d_table = params_.grad(embed_)});
+  be_.embedding_backward({.num_tokens = N,
+                          .dim = D,
+                          .vocab = V,
+                          .tokens = tokens_.data(),
+                          .d_out = d_res_.data(),
+                          .d_table = params_.grad(embed_)});
 }
 
 std::vector<const LayerRouting*> Transformer::routing() const {
@@ -184,7 +236,8 @@ double Transformer::activated_expert_params() const {
   double total = 0.0;
   for (const Layer& L : layers_) {
     const LayerRouting* r = L.ffn->routing();
-    total += r != nullptr ? r->activated_expert_params : static_cast<double>(L.ffn->expert_params());
+    total +=
+        r != nullptr ? r->activated_expert_params : static_cast<double>(L.ffn->expert_params());
   }
   return total;
 }
@@ -198,8 +251,7 @@ double Transformer::flops_per_token(int64_t seq) const {
   // Forward multiply-adds per token: projections, causal attention (QKᵀ and PV over on
   // average (T+1)/2 positions), router, experts, LM head.
   const double per_layer = 4.0 * D * D + D * static_cast<double>(seq + 1) + router;
-  const double forward_macs =
-      spec_.layers * per_layer + activated_expert_params() + D * V;
+  const double forward_macs = spec_.layers * per_layer + activated_expert_params() + D * V;
   return 3.0 * 2.0 * forward_macs;
 }
 

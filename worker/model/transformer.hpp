@@ -38,8 +38,8 @@ class Transformer {
 
   /// tokens: (B, T) host int32 inputs; targets: (B, T) host int32 or nullptr (no loss).
   /// T may be shorter than seq_len (generation). Keeps activations for backward().
-  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                        int64_t seq, const FfnStepOptions& opt = {});
+  ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
+                        const FfnStepOptions& opt = {});
   /// Accumulates ∂(CE + aux)/∂θ into params().grad (zero them first). Requires a forward
   /// with targets; consumes the logits.
   void backward();
@@ -64,19 +64,19 @@ class Transformer {
 
  private:
   struct Layer {
-    int ln1 = -1;   // input_layernorm (D)
-    int qkv = -1;   // q_proj, k_proj, v_proj: the fused (3D, D)
-    int o = -1;     // o_proj (D, D)
-    int ln2 = -1;   // post_attention_layernorm (D)
+    int ln1 = -1;  // input_layernorm (D)
+    int qkv = -1;  // q_proj, k_proj, v_proj: the fused (3D, D)
+    int o = -1;    // o_proj (D, D)
+    int ln2 = -1;  // post_attention_layernorm (D)
     std::unique_ptr<FeedForward> ffn;
     // Activations, (N, D) unless noted.
-    Buffer<float> x;      // residual stream entering the layer
+    Buffer<float> x;  // residual stream entering the layer
     Buffer<float> ln1_out;
-    Buffer<float> rstd1;  // (N)
+    Buffer<float> rstd1;    // (N)
     Buffer<float> qkv_out;  // (N, 3D), q and k rotated by RoPE
-    Buffer<float> probs;  // (B, H, T, T)
-    Buffer<float> attn;   // heads concatenated, before o_proj
-    Buffer<float> h;      // residual after attention
+    Buffer<float> probs;    // (B, H, T, T)
+    Buffer<float> attn;     // heads concatenated, before o_proj
+    Buffer<float> h;        // residual after attention
     Buffer<float> ln2_out;
     Buffer<float> rstd2;  // (N)
   };
@@ -86,9 +86,9 @@ class Transformer {
   ModelSpec spec_;
   Backend& be_;
   ParamStore params_;
-  int embed_ = -1;     // (V, D)
-  int norm_ = -1;      // (D)
-  int lm_head_ = -1;   // (V, D); == embed_ when tied
+  int embed_ = -1;    // (V, D)
+  int norm_ = -1;     // (D)
+  int lm_head_ = -1;  // (V, D); == embed_ when tied
   std::vector<Layer> layers_;
 
   int64_t batch_ = 0, seq_ = 0;
@@ -102,11 +102,11 @@ class Transformer {
   Buffer<float> lse_;        // (N)
   Buffer<float> losses_;     // (N)
   // Backward scratch.
-  Buffer<float> d_res_;      // (N, D) gradient of the residual stream
-  Buffer<float> d_a_;        // (N, D)
-  Buffer<float> d_b_;        // (N, D)
-  Buffer<float> d_qkv_;      // (N, 3D)
-  Buffer<float> d_scores_;   // (threads, T, T)
+  Buffer<float> d_res_;     // (N, D) gradient of the residual stream
+  Buffer<float> d_a_;       // (N, D)
+  Buffer<float> d_b_;       // (N, D)
+  Buffer<float> d_qkv_;     // (N, 3D)
+  Buffer<float> d_scores_;  // (threads, T, T)
   FfnWorkspace ffn_ws_;
 };
 

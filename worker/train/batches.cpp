@@ -26,9 +26,9 @@ Result<TokenWindows> TokenWindows::load(const std::filesystem::path& path, int64
     }
   }
   if (static_cast<int64_t>(t.size()) < seq + 1) {
-    return invalid_argument(field, path.string() + " holds " + std::to_string(t.size()) +
-                                       " tokens; one window needs model.seq_len + 1 = " +
-                                       std::to_string(seq + 1));
+    return invalid_argument(
+        field, path.string() + " holds " + std::to_string(t.size()) +
+                   " tokens; one window needs model.seq_len + 1 = " + std::to_string(seq + 1));
   }
   return TokenWindows(std::move(tokens).value(), seq);
 }

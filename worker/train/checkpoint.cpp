@@ -97,7 +97,8 @@ Result<fs::path> checkpoint_write(const fs::path& dir, Transformer& model, AdamW
 
   fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier attempt
   fs::rename(tmp_dir, final_dir, ec);
-  if (ec) return io_error("cannot rename " + tmp_dir.string() + " to " + final_dir.string(), ec).error();
+  if (ec)
+    return io_error("cannot rename " + tmp_dir.string() + " to " + final_dir.string(), ec).error();
 
   // Retention: the oldest complete checkpoints beyond `keep` go.
   std::vector<fs::path> all = checkpoint_list(dir);
@@ -132,7 +133,8 @@ Result<JobSpec> checkpoint_read_spec(const fs::path& checkpoint) {
   try {
     return parse_job_spec(json::parse(it->second));
   } catch (const json::parse_error& e) {
-    return Error{ErrorCode::kDataLoss, "mohge_spec metadata is not JSON: " + std::string(e.what()), ""};
+    return Error{ErrorCode::kDataLoss, "mohge_spec metadata is not JSON: " + std::string(e.what()),
+                 ""};
   }
 }
 
@@ -143,7 +145,8 @@ Status params_load(const SafetensorsFile& file, ParamStore& params, Backend& bac
     expected.insert(p.name);
     host.resize(static_cast<size_t>(p.size));
     if (Status s = file.read_f32(p.name, p.shape, host.data()); !s.ok()) return s;
-    backend.copy_from_host(params.data_arena() + p.offset, host.data(), sizeof(float) * host.size());
+    backend.copy_from_host(params.data_arena() + p.offset, host.data(),
+                           sizeof(float) * host.size());
   }
   for (const SafetensorsEntry& e : file.entries()) {
     if (!expected.contains(e.name)) {
@@ -170,7 +173,9 @@ Status checkpoint_load(const fs::path& checkpoint, Transformer& model, AdamW* op
       host.resize(static_cast<size_t>(p.size));
       for (const char* kind : {".exp_avg", ".exp_avg_sq"}) {
         if (Status s = opt.value().read_f32(p.name + kind, p.shape, host.data()); !s.ok()) return s;
-        float* dst = (std::string(kind) == ".exp_avg" ? optimizer->exp_avg() : optimizer->exp_avg_sq()) + p.offset;
+        float* dst =
+            (std::string(kind) == ".exp_avg" ? optimizer->exp_avg() : optimizer->exp_avg_sq()) +
+            p.offset;
         model.backend().copy_from_host(dst, host.data(), sizeof(float) * host.size());
       }
     }
@@ -192,7 +197,8 @@ Status checkpoint_load(const fs::path& checkpoint, Transformer& model, AdamW* op
       if (optimizer != nullptr) optimizer->set_steps_taken(j.at("optimizer_steps").get<int64_t>());
     } catch (const json::exception& e) {
       return Error{ErrorCode::kDataLoss,
-                   (checkpoint / "trainer_state.json").string() + " is unreadable: " + e.what(), ""};
+                   (checkpoint / "trainer_state.json").string() + " is unreadable: " + e.what(),
+                   ""};
     }
   }
   return {};

@@ -20,9 +20,9 @@ class SafetensorsFile;
 
 /// What, besides weights and optimizer moments, a run needs to continue bit-exactly.
 struct TrainerState {
-  int64_t step = 0;        // completed steps
-  BatchPosition data;      // position of the training batches
-  uint64_t seed = 0;       // train.seed of the run
+  int64_t step = 0;    // completed steps
+  BatchPosition data;  // position of the training batches
+  uint64_t seed = 0;   // train.seed of the run
 };
 
 /// "step-00000500".
@@ -31,11 +31,10 @@ std::string checkpoint_folder_name(int64_t step);
 /// Writes the checkpoint of `state.step` under `checkpoints_dir` atomically, then deletes the
 /// oldest complete checkpoints beyond `keep`. `extra_files` (e.g. the tokenizer) are copied
 /// into the folder. Returns the folder written.
-Result<std::filesystem::path> checkpoint_write(const std::filesystem::path& checkpoints_dir,
-                                               Transformer& model, AdamW& optimizer,
-                                               const JobSpec& spec, const TrainerState& state,
-                                               int keep,
-                                               const std::vector<std::filesystem::path>& extra_files);
+Result<std::filesystem::path> checkpoint_write(
+    const std::filesystem::path& checkpoints_dir, Transformer& model, AdamW& optimizer,
+    const JobSpec& spec, const TrainerState& state, int keep,
+    const std::vector<std::filesystem::path>& extra_files);
 
 /// Complete checkpoints under `checkpoints_dir`, oldest first (leftover temp folders are
 /// ignored).

@@ -30,18 +30,19 @@ void AdamW::step(double lr, double grad_norm) {
   const float scale =
       clip > 0.0 && grad_norm > clip ? static_cast<float>(clip / (grad_norm + 1e-6)) : 1.0f;
   for (const ParamInfo& p : params_.all()) {
-    be_.adamw_update({.size = p.size,
-                      .param = params_.data_arena() + p.offset,
-                      .grad = params_.grad_arena() + p.offset,
-                      .exp_avg = exp_avg_.data() + p.offset,
-                      .exp_avg_sq = exp_avg_sq_.data() + p.offset,
-                      .lr = static_cast<float>(lr),
-                      .beta1 = static_cast<float>(spec_.beta1),
-                      .beta2 = static_cast<float>(spec_.beta2),
-                      .eps = static_cast<float>(spec_.adam_eps),
-                      .weight_decay = p.weight_decay ? static_cast<float>(spec_.weight_decay) : 0.0f,
-                      .step = step_,
-                      .grad_scale = scale});
+    be_.adamw_update(
+        {.size = p.size,
+         .param = params_.data_arena() + p.offset,
+         .grad = params_.grad_arena() + p.offset,
+         .exp_avg = exp_avg_.data() + p.offset,
+         .exp_avg_sq = exp_avg_sq_.data() + p.offset,
+         .lr = static_cast<float>(lr),
+         .beta1 = static_cast<float>(spec_.beta1),
+         .beta2 = static_cast<float>(spec_.beta2),
+         .eps = static_cast<float>(spec_.adam_eps),
+         .weight_decay = p.weight_decay ? static_cast<float>(spec_.weight_decay) : 0.0f,
+         .step = step_,
+         .grad_scale = scale});
   }
 }
 

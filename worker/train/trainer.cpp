@@ -8,8 +8,8 @@
 #include <fstream>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "worker/train/checkpoint.hpp"
 #include "worker/train/optimizer.hpp"
@@ -30,7 +30,8 @@ EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batche
     const int64_t B = std::min(batch_size, windows - w0);
     inputs.resize(static_cast<size_t>(B * T));
     targets.resize(static_cast<size_t>(B * T));
-    for (int64_t b = 0; b < B; ++b) data.window(w0 + b, inputs.data() + b * T, targets.data() + b * T);
+    for (int64_t b = 0; b < B; ++b)
+      data.window(w0 + b, inputs.data() + b * T, targets.data() + b * T);
     const ForwardResult f = model.forward(inputs.data(), targets.data(), B, T);
     sum += f.ce_loss * static_cast<double>(f.num_targets);
     r.tokens += f.num_targets;
@@ -100,16 +101,18 @@ std::string format_duration(double seconds) {
 // The live progress line: rewritten in place on a terminal, a line every ~5% otherwise.
 class Progress {
  public:
-  Progress(bool enabled, int64_t total) : enabled_(enabled), total_(total), tty_(::isatty(2) != 0) {}
+  Progress(bool enabled, int64_t total)
+      : enabled_(enabled), total_(total), tty_(::isatty(2) != 0) {}
   void update(const StepReport& r, std::optional<double> last_val, double eta_s) {
     if (!enabled_) return;
     const int64_t every = std::max<int64_t>(1, total_ / 20);
     if (!tty_ && r.step % every != 0 && r.step != total_ && r.step != 1 && !r.val_loss) return;
     char line[256];
-    const int n = std::snprintf(line, sizeof(line),
-                                "step %lld/%lld  loss %.4f  aux %.2e  lr %.2e  %.0f tok/s  %.0f ms/step",
-                                static_cast<long long>(r.step), static_cast<long long>(total_),
-                                r.loss, r.aux_group + r.aux_expert, r.lr, r.tokens_per_s, r.step_ms);
+    const int n =
+        std::snprintf(line, sizeof(line),
+                      "step %lld/%lld  loss %.4f  aux %.2e  lr %.2e  %.0f tok/s  %.0f ms/step",
+                      static_cast<long long>(r.step), static_cast<long long>(total_), r.loss,
+                      r.aux_group + r.aux_expert, r.lr, r.tokens_per_s, r.step_ms);
     std::string s(line, static_cast<size_t>(std::max(0, n)));
     if (last_val) {
       std::snprintf(line, sizeof(line), "  val %.4f", *last_val);
@@ -140,13 +143,13 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const Trai
                                                  Backend& backend) {
   TrainOptions opt = options;
   if (opt.run_dir.empty()) opt.run_dir = opt.storage_root / "runs" / spec.name;
-  Result<TokenWindows> train = TokenWindows::load(resolve(opt.storage_root, spec.data.train),
-                                                  spec.model.seq_len, spec.model.vocab_size,
-                                                  "data.train");
+  Result<TokenWindows> train =
+      TokenWindows::load(resolve(opt.storage_root, spec.data.train), spec.model.seq_len,
+                         spec.model.vocab_size, "data.train");
   if (!train.ok()) return train.error();
-  Result<TokenWindows> val = TokenWindows::load(resolve(opt.storage_root, spec.data.val),
-                                                spec.model.seq_len, spec.model.vocab_size,
-                                                "data.val");
+  Result<TokenWindows> val =
+      TokenWindows::load(resolve(opt.storage_root, spec.data.val), spec.model.seq_len,
+                         spec.model.vocab_size, "data.val");
   if (!val.ok()) return val.error();
   if (train.value().num_windows() < spec.train.batch_size) {
     return invalid_argument("train.batch_size",
@@ -156,8 +159,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const Trai
   const fs::path ckpt = opt.run_dir / "checkpoints";
   if (!opt.resume && !checkpoint_list(ckpt).empty()) {
     return Error{ErrorCode::kAlreadyExists,
-                 opt.run_dir.string() + " already holds checkpoints; pass --resume to continue "
-                                        "that run or --out to start a new one",
+                 opt.run_dir.string() +
+                     " already holds checkpoints; pass --resume to continue "
+                     "that run or --out to start a new one",
                  ""};
   }
   if (opt.resume && checkpoint_list(ckpt).empty()) {
@@ -169,8 +173,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const Trai
     return Error{ErrorCode::kInvalidArgument,
                  "cannot create run folder " + opt.run_dir.string() + ": " + ec.message(), "--out"};
   }
-  return std::unique_ptr<Trainer>(new Trainer(spec, opt, backend, std::move(train).value(),
-                                              std::move(val).value()));
+  return std::unique_ptr<Trainer>(
+      new Trainer(spec, opt, backend, std::move(train).value(), std::move(val).value()));
 }
 
 Trainer::Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend,
@@ -199,8 +203,8 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
     const fs::path latest = checkpoint_list(ckpt_dir).back();
     if (Status s = checkpoint_load(latest, *model_, &optimizer, &state); !s.ok()) return s;
     if (state.seed != ts.seed) {
-      return invalid_argument("train.seed", "differs from the run being resumed (" +
-                                                std::to_string(state.seed) + ")");
+      return invalid_argument(
+          "train.seed", "differs from the run being resumed (" + std::to_string(state.seed) + ")");
     }
     batches.set_position(state.data);
     truncate_metrics(metrics_path, state.step);
@@ -228,8 +232,8 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
   Progress progress(options_.progress, ts.steps);
   std::optional<double> last_val;
   double recent_step_s = 0.0;
-  const int64_t group_loss_start =
-      static_cast<int64_t>(std::ceil(spec_.model.ffn.group_loss_start * static_cast<double>(ts.steps)));
+  const int64_t group_loss_start = static_cast<int64_t>(
+      std::ceil(spec_.model.ffn.group_loss_start * static_cast<double>(ts.steps)));
   std::vector<int32_t> inputs, targets;
 
   for (int64_t step = state.step; step < ts.steps; ++step) {
@@ -262,10 +266,14 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
     r.grad_norm = norm;
     r.step_ms = step_s * 1e3;
     r.tokens_per_s = static_cast<double>(B * T) / step_s;
-    json rec = {{"step", r.step},         {"loss", r.loss},
-                {"aux_group", r.aux_group}, {"aux_expert", r.aux_expert},
-                {"lr", r.lr},             {"grad_norm", r.grad_norm},
-                {"tokens_per_s", r.tokens_per_s}, {"step_ms", r.step_ms},
+    json rec = {{"step", r.step},
+                {"loss", r.loss},
+                {"aux_group", r.aux_group},
+                {"aux_expert", r.aux_expert},
+                {"lr", r.lr},
+                {"grad_norm", r.grad_norm},
+                {"tokens_per_s", r.tokens_per_s},
+                {"step_ms", r.step_ms},
                 {"activated_expert_params", model_->activated_expert_params()}};
     const json layers = layer_metrics(*model_);
     if (!layers.empty()) rec["layers"] = layers;
@@ -277,8 +285,11 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
         const EvalResult e = evaluate(*model_, val_, ts.eval_batches, B);
         r.val_loss = e.loss;
         last_val = e.loss;
-        metrics << json{{"step", r.step}, {"val_loss", e.loss}, {"val_perplexity", std::exp(e.loss)},
-                        {"val_tokens", e.tokens}}.dump()
+        metrics << json{{"step", r.step},
+                        {"val_loss", e.loss},
+                        {"val_perplexity", std::exp(e.loss)},
+                        {"val_tokens", e.tokens}}
+                       .dump()
                 << "\n";
       }
     }

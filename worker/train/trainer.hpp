@@ -59,8 +59,8 @@ class Trainer {
   Transformer& model() { return *model_; }
 
  private:
-  Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend,
-          TokenWindows train, TokenWindows val);
+  Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend, TokenWindows train,
+          TokenWindows val);
 
   JobSpec spec_;
   TrainOptions options_;
