@@ -282,19 +282,22 @@ void CpuBackend::grouped_swiglu_backward(const GroupedSwigluParams& p) {
   for (int64_t i = 0; i < p.num_slices; ++i)
     total += 6.0 * D * static_cast<double>(p.slices[i].rows * p.slices[i].width);
   const double target = std::max(1.0, total / (kTasksPerThread * num_threads_));
-  // Phase 1: data gradients (row chunks). Phase 2: weight gradients (output-row chunks),
-  // which read d_act written in phase 1.
+  // Phase 1: data gradients (row chunks) and dDown = dYᵀ·H (output-row chunks), which needs
+  // only forward state. Phase 2: dGateUp = dAᵀ·X, which reads d_act written in phase 1.
   std::vector<Task> tasks;
-  for (int64_t i = 0; i < p.num_slices; ++i)
-    add_chunks(tasks, TaskKind::kBackwardData, i, p.slices[i].rows,
-               6.0 * D * static_cast<double>(p.slices[i].width), target, 32);
+  for (int64_t i = 0; i < p.num_slices; ++i) {
+    const ExpertSlice& s = p.slices[i];
+    if (s.rows == 0) continue;
+    add_chunks(tasks, TaskKind::kBackwardData, i, s.rows, 6.0 * D * static_cast<double>(s.width),
+               target, 32);
+    add_chunks(tasks, TaskKind::kGradDown, i, p.dim, 2.0 * static_cast<double>(s.rows * s.width),
+               target, 16);
+  }
   run_tasks(tasks, p, num_threads_);
   tasks.clear();
   for (int64_t i = 0; i < p.num_slices; ++i) {
     const ExpertSlice& s = p.slices[i];
     if (s.rows == 0) continue;
-    add_chunks(tasks, TaskKind::kGradDown, i, p.dim, 2.0 * static_cast<double>(s.rows * s.width),
-               target, 16);
     add_chunks(tasks, TaskKind::kGradGateUp, i, 2 * s.width, 2.0 * D * static_cast<double>(s.rows),
                target, 16);
   }
