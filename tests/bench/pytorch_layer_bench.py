@@ -5,7 +5,9 @@ timed forward+backward on random tokens: the comparison figure for `mohge bench 
 
 Run with Debian's python3-torch (deploy/install-deps.sh --with-torch):
     OMP_WAIT_POLICY=passive /usr/bin/python3 tests/bench/pytorch_layer_bench.py [--tokens 2048] [--threads 2]
-Prints one JSON line.
+Prints one JSON line (median of --iters timed steps after 2 warm-up steps). OMP_WAIT_POLICY
+defaults to passive (set here before torch loads OpenMP): with spinning OpenMP threads PyTorch
+runs several times slower on a 2-core machine that has anything else to do.
 """
 import argparse
 import json
@@ -13,7 +15,9 @@ import os
 import statistics
 import time
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import torch  # noqa: E402 (after the OpenMP setting)
 
 
 class MohgeLayer(torch.nn.Module):

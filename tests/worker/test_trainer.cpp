@@ -149,6 +149,38 @@ TEST_F(TrainerTest, CheckpointsAreCompleteRotatedAndReloadable) {
   EXPECT_EQ(e.tokens, 2 * 2 * 6);
 }
 
+TEST_F(TrainerTest, MetricsHoldEveryDocumentedField) {
+  const JobSpec spec = testing::tiny_spec("mohge");  // 8 steps, eval every 4
+  write_tokens("train.bin", 400, 32, 11);
+  write_tokens("val.bin", 100, 32, 12);
+  train(spec, root_ / "run", false);
+  std::ifstream in(root_ / "run" / "metrics.jsonl");
+  std::string line;
+  int steps = 0, evals = 0;
+  while (std::getline(in, line)) {
+    const auto r = nlohmann::json::parse(line);
+    if (r.contains("val_loss")) {
+      ++evals;
+      EXPECT_NEAR(r["val_perplexity"].get<double>(), std::exp(r["val_loss"].get<double>()), 1e-9);
+      continue;
+    }
+    ++steps;
+    for (const char* k : {"step", "loss", "aux_group", "aux_expert", "lr", "grad_norm",
+                          "tokens_per_s", "step_ms", "activated_expert_params"})
+      EXPECT_TRUE(r.contains(k)) << k;
+    EXPECT_GT(r["aux_group"].get<double>(), 0.0);
+    EXPECT_GT(r["aux_expert"].get<double>(), 0.0);
+    ASSERT_EQ(r["layers"].size(), 2u);
+    double share = 0.0;
+    for (double v : r["layers"][0]["group_share"]) share += v;
+    EXPECT_NEAR(share, 1.0, 1e-9);
+    EXPECT_EQ(r["layers"][0]["group_share"].size(), 4u);
+    EXPECT_GT(r["layers"][1]["activated_expert_params"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(steps, 8);
+  EXPECT_EQ(evals, 2);
+}
+
 TEST_F(TrainerTest, RefusesToOverwriteARunWithoutResume) {
   const JobSpec spec = testing::tiny_spec("dense");
   write_tokens("train.bin", 400, 32, 6);

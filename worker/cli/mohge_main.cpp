@@ -1,5 +1,6 @@
 // mohge: the command-line tool (DESIGN.md §3). Training in one process, evaluation,
 // generation, data preparation and benchmarks.
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -11,6 +12,8 @@ int main(int argc, char** argv) {
   CLI::App app{"mohge: train and evaluate Mixture-of-Heterogeneous-Grouped-Experts models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mohge 0.1.0");
+  // Logs and progress go to stderr; stdout carries only results (eval JSON, generated text).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("mohge"));
   spdlog::set_pattern("[mohge %H:%M:%S] %v");
   int exit_code = 0;
   mohge::cli::add_prepare_data(app, exit_code);
