@@ -38,7 +38,9 @@ int run_train(const TrainArgs& a) {
   if (!trainer.ok()) return report(trainer.error());
   const auto t0 = std::chrono::steady_clock::now();
   std::optional<double> first_val, last_val;
+  double activated = 0.0;
   Status s = trainer.value()->run([&](const StepReport& r) {
+    activated = r.activated_expert_params;
     if (r.val_loss) {
       if (!first_val) first_val = r.val_loss;
       last_val = r.val_loss;
@@ -52,6 +54,10 @@ int run_train(const TrainArgs& a) {
         "done in {:.1f} min: validation loss {:.4f} (perplexity {:.1f}), first eval {:.4f}",
         minutes, *last_val, std::exp(*last_val), *first_val);
   }
+  const Transformer& model = trainer.value()->model();
+  spdlog::info("parameters: {} total, {} in experts; activated expert parameters per token at the "
+               "last step: {:.0f}",
+               model.total_params(), model.expert_params(), activated);
   spdlog::info("run folder: {} (metrics.jsonl, checkpoints/)", trainer.value()->run_dir().string());
   return 0;
 }

@@ -266,6 +266,7 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
     r.grad_norm = norm;
     r.step_ms = step_s * 1e3;
     r.tokens_per_s = static_cast<double>(B * T) / step_s;
+    r.activated_expert_params = model_->activated_expert_params();
     json rec = {{"step", r.step},
                 {"loss", r.loss},
                 {"aux_group", r.aux_group},
@@ -274,7 +275,7 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
                 {"grad_norm", r.grad_norm},
                 {"tokens_per_s", r.tokens_per_s},
                 {"step_ms", r.step_ms},
-                {"activated_expert_params", model_->activated_expert_params()}};
+                {"activated_expert_params", r.activated_expert_params}};
     const json layers = layer_metrics(*model_);
     if (!layers.empty()) rec["layers"] = layers;
     metrics << rec.dump() << "\n";

@@ -31,6 +31,7 @@ struct StepReport {
   int64_t step = 0;  // 1-based, completed steps
   double loss = 0, aux_group = 0, aux_expert = 0, lr = 0, grad_norm = 0;
   double tokens_per_s = 0, step_ms = 0;
+  double activated_expert_params = 0;  // per token, summed over layers (measured routing)
   std::optional<double> val_loss;  // set on evaluation steps
 };
 
