@@ -17,12 +17,14 @@ constexpr int64_t kRowChunk = 64;
 
 void CpuBackend::embedding_forward(const EmbeddingParams& p) {
   const int64_t D = p.dim;
-#pragma omp parallel for schedule(static) num_threads(num_threads_)
+  // Checked before the parallel loop: an exception cannot leave an OpenMP region.
   for (int64_t t = 0; t < p.num_tokens; ++t) {
-    const int32_t tok = p.tokens[t];
-    MOHGE_CHECK(tok >= 0 && tok < p.vocab, "token " << tok << " outside vocab " << p.vocab);
-    std::copy_n(p.table + tok * D, D, p.out + t * D);
+    MOHGE_CHECK(p.tokens[t] >= 0 && p.tokens[t] < p.vocab,
+                "token " << p.tokens[t] << " outside vocab " << p.vocab);
   }
+#pragma omp parallel for schedule(static) num_threads(num_threads_)
+  for (int64_t t = 0; t < p.num_tokens; ++t)
+    std::copy_n(p.table + static_cast<int64_t>(p.tokens[t]) * D, D, p.out + t * D);
 }
 
 void CpuBackend::embedding_backward(const EmbeddingParams& p) {
@@ -112,6 +114,8 @@ void CpuBackend::swiglu_backward(const SwigluParams& p) {
 
 double CpuBackend::cross_entropy_forward(const CrossEntropyParams& p) {
   const int64_t V = p.vocab;
+  for (int64_t r = 0; r < p.rows; ++r)  // before the parallel loop (no throwing inside it)
+    MOHGE_CHECK(p.targets[r] < V, "target " << p.targets[r] << " outside vocab " << V);
 #pragma omp parallel for schedule(static) num_threads(num_threads_)
   for (int64_t r = 0; r < p.rows; ++r) {
     const float* z = p.logits + r * V;
@@ -123,7 +127,6 @@ double CpuBackend::cross_entropy_forward(const CrossEntropyParams& p) {
     const float lse = mx + std::log(sum);
     p.lse[r] = lse;
     const int32_t tgt = p.targets[r];
-    MOHGE_CHECK(tgt < V, "target " << tgt << " outside vocab " << V);
     p.losses[r] = tgt < 0 ? 0.0f : lse - z[tgt];
   }
   double total = 0.0;
