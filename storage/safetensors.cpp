@@ -1,13 +1,12 @@
 #include "storage/safetensors.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+
+#include "storage/atomic_file.hpp"
 
 namespace mohge {
 
@@ -70,10 +69,7 @@ Status SafetensorsWriter::write(const fs::path& path) const {
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return Error{ErrorCode::kInternal, "cannot write " + tmp.string(), ""};
+  return atomic_write_file(path, [&](std::ostream& out) {
     unsigned char len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(header_len >> (8 * i));
     out.write(reinterpret_cast<const char*>(len), 8);
@@ -82,22 +78,7 @@ Status SafetensorsWriter::write(const fs::path& path) const {
       const int64_t bytes = numel(t.entry.shape) * dtype_size(t.entry.dtype);
       out.write(static_cast<const char*>(t.data), static_cast<std::streamsize>(bytes));
     }
-    out.flush();
-    if (!out) return Error{ErrorCode::kInternal, "write failed: " + tmp.string(), ""};
-  }
-  // Durable before it becomes visible under its final name.
-  if (int fd = ::open(tmp.c_str(), O_RDONLY); fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return Error{ErrorCode::kInternal,
-                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(),
-                 ""};
-  }
-  return {};
+  });
 }
 
 Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {

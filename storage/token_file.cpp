@@ -1,9 +1,9 @@
 #include "storage/token_file.hpp"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <fstream>
+
+#include "storage/atomic_file.hpp"
 
 namespace mohge {
 
@@ -57,10 +57,7 @@ Status token_file_write(const fs::path& path, std::span<const uint16_t> tokens) 
     return invalid_argument("", path.string() + ": " + std::to_string(tokens.size()) +
                                     " tokens do not fit the int32 count of the header");
   }
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return Error{ErrorCode::kInvalidArgument, "cannot write " + tmp.string(), ""};
+  return atomic_write_file(path, [&](std::ostream& out) {
     int32_t header[kTokenFileHeaderInts] = {};
     header[0] = kTokenFileMagic;
     header[1] = kTokenFileVersion;
@@ -68,17 +65,7 @@ Status token_file_write(const fs::path& path, std::span<const uint16_t> tokens) 
     out.write(reinterpret_cast<const char*>(header), sizeof(header));
     out.write(reinterpret_cast<const char*>(tokens.data()),
               static_cast<std::streamsize>(tokens.size() * sizeof(uint16_t)));
-    out.flush();
-    if (!out) return Error{ErrorCode::kInternal, "write failed: " + tmp.string(), ""};
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return Error{ErrorCode::kInternal,
-                 "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(),
-                 ""};
-  }
-  return {};
+  });
 }
 
 }  // namespace mohge
