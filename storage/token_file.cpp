@@ -1,13 +1,18 @@
 #include "storage/token_file.hpp"
 
-#include <cstdio>
+#include <bit>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 
 #include "storage/atomic_file.hpp"
 
 namespace mohge {
 
 namespace fs = std::filesystem;
+
+static_assert(std::endian::native == std::endian::little,
+              "token files are little-endian; a big-endian host would need byte swapping");
 
 Result<std::vector<uint16_t>> token_file_read(const fs::path& path) {
   std::error_code ec;
@@ -38,8 +43,14 @@ Result<std::vector<uint16_t>> token_file_read(const fs::path& path) {
                                     " (uint16 tokens)");
   }
   const int64_t count = header[2];
+  if (count < 0) {
+    return Error{ErrorCode::kDataLoss,
+                 path.string() + ": the header's token count " + std::to_string(count) +
+                     " is negative (corrupt)",
+                 ""};
+  }
   const uintmax_t expected = kHeaderBytes + static_cast<uintmax_t>(count) * sizeof(uint16_t);
-  if (count < 0 || size != expected) {
+  if (size != expected) {
     return Error{ErrorCode::kDataLoss,
                  path.string() + ": the header says " + std::to_string(count) + " tokens (" +
                      std::to_string(expected) + " bytes) but the file has " + std::to_string(size) +
@@ -53,7 +64,7 @@ Result<std::vector<uint16_t>> token_file_read(const fs::path& path) {
 }
 
 Status token_file_write(const fs::path& path, std::span<const uint16_t> tokens) {
-  if (tokens.size() > static_cast<size_t>(INT32_MAX)) {
+  if (tokens.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
     return invalid_argument("", path.string() + ": " + std::to_string(tokens.size()) +
                                     " tokens do not fit the int32 count of the header");
   }

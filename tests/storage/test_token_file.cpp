@@ -1,6 +1,8 @@
 // Token files in the llm.c layout: round trip, header fields, refusal of bad files.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -63,7 +65,14 @@ TEST(TokenFile, RefusesWrongMagicVersionAndSize) {
   EXPECT_NE(r.error().message.find("truncated"), std::string::npos) << r.error().message;
 
   write_raw(p, 20240520, 1, 2, 4);  // trailing bytes
-  EXPECT_FALSE(token_file_read(p).ok());
+  r = token_file_read(p);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kDataLoss);
+
+  write_raw(p, 20240520, 1, -4, 4);
+  r = token_file_read(p);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("negative"), std::string::npos) << r.error().message;
 
   std::ofstream(p, std::ios::binary | std::ios::trunc) << "short";
   r = token_file_read(p);

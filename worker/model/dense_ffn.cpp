@@ -71,9 +71,10 @@ class DenseFfn final : public FeedForward {
 }  // namespace
 
 std::unique_ptr<FeedForward> ffn_create(const ModelSpec& spec, int layer, Backend& backend,
-                                        ParamStore& params) {
+                                        ParamStore& params, const ParallelContext& parallel) {
+  // A dense FFN is replicated on every rank (data parallel).
   if (spec.ffn.kind == "dense") return std::make_unique<DenseFfn>(spec, layer, backend, params);
-  return std::make_unique<RoutedFfn>(spec, layer, backend, params);
+  return std::make_unique<RoutedFfn>(spec, layer, backend, params, parallel);
 }
 
 }  // namespace mohge

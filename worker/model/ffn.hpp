@@ -10,6 +10,7 @@
 
 #include "api/job_spec.hpp"
 #include "kernels/backend.hpp"
+#include "worker/dist/parallel.hpp"
 #include "worker/model/params.hpp"
 
 namespace mohge {
@@ -23,6 +24,13 @@ struct LayerRouting {
   double activated_expert_params = 0;  // per token: routed (measured) + shared
   double aux_group = 0;                // L_G of this layer (0 for MoE)
   double aux_expert = 0;               // L_E (MoHGE) or the switch loss (MoE)
+};
+
+/// Where the last forward+backward of a layer spent its time on this rank.
+struct LayerTimes {
+  double compute_ms = 0;   // router, experts, dispatch/combine copies
+  double comm_ms = 0;      // token exchange with the other ranks
+  int64_t comm_bytes = 0;  // bytes this rank sent in those exchanges
 };
 
 /// Per-step switches of the FFN.
@@ -39,6 +47,8 @@ struct FfnWorkspace {
   Buffer<float> d_x;         // (S+1, N, D) data gradients of shared experts / dense FFN
   Buffer<float> d_logits;    // (N, G+E)
   Buffer<float> d_weight;    // (N, K)
+  Buffer<float> d_y_local;   // (L, D) output gradients at the experts' owner (distributed)
+  Buffer<float> d_x_local;   // (L, D)
 };
 
 class FeedForward {
@@ -57,13 +67,17 @@ class FeedForward {
   virtual bool routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const {
     return false;
   }
-  /// Expert parameters held by this layer (routed + shared; the whole FFN for dense).
+  /// Expert parameters held by this layer on this rank (owned routed + shared; the whole
+  /// FFN for dense).
   virtual int64_t expert_params() const = 0;
+  /// Timing of the last forward+backward; nullptr for dense layers.
+  virtual const LayerTimes* times() const { return nullptr; }
 };
 
 /// Registers the layer's parameters in `params` (names per storage/FORMAT.md) and returns
-/// the block. Parameters must be allocated before the first forward.
+/// the block. Parameters must be allocated before the first forward. With a distributed
+/// `parallel`, routed FFNs hold only this rank's experts and exchange tokens with the others.
 std::unique_ptr<FeedForward> ffn_create(const ModelSpec& spec, int layer, Backend& backend,
-                                        ParamStore& params);
+                                        ParamStore& params, const ParallelContext& parallel = {});
 
 }  // namespace mohge

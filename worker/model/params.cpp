@@ -8,13 +8,14 @@
 namespace mohge {
 
 int ParamStore::add(std::string name, std::vector<int64_t> shape, ParamInit init, float init_std,
-                    bool weight_decay) {
+                    bool weight_decay, bool replicated) {
   MOHGE_CHECK(backend_ == nullptr, "add() after allocate(): " << name);
   MOHGE_CHECK(!by_name_.contains(name), "duplicate parameter " << name);
   int64_t size = 1;
   for (int64_t d : shape) size *= d;
-  ParamInfo p{std::move(name), std::move(shape), total_, size, weight_decay, init, init_std};
+  ParamInfo p{std::move(name), std::move(shape), 0, size, weight_decay, replicated, init, init_std};
   total_ += size;
+  if (replicated) replicated_ += size;
   by_name_[p.name] = static_cast<int>(info_.size());
   info_.push_back(std::move(p));
   return static_cast<int>(info_.size()) - 1;
@@ -23,6 +24,13 @@ int ParamStore::add(std::string name, std::vector<int64_t> shape, ParamInit init
 void ParamStore::allocate(Backend& backend) {
   MOHGE_CHECK(backend_ == nullptr, "allocate() called twice");
   backend_ = &backend;
+  // Offsets: replicated parameters first, then routed experts, each in registration order.
+  int64_t rep = 0, own = replicated_;
+  for (ParamInfo& p : info_) {
+    int64_t& cursor = p.replicated ? rep : own;
+    p.offset = cursor;
+    cursor += p.size;
+  }
   data_ = Buffer<float>(backend, total_);
   grad_ = Buffer<float>(backend, total_);
 }

@@ -1,7 +1,9 @@
 // ParamStore: every trainable tensor of a model, with its checkpoint name (storage/FORMAT.md),
 // shape and optimizer flags, laid out in one arena (and a same-shaped gradient arena).
-// Parameters registered one after another are contiguous, which the model uses to fuse
-// GEMMs (q|k|v, gate|up, group_gate|expert_gate) without renaming tensors.
+// The arena has two regions: replicated parameters (identical on every expert-parallel rank,
+// gradients all-reduced) first, then this rank's routed experts. Within a region, parameters
+// registered one after another are contiguous, which the model uses to fuse GEMMs (q|k|v,
+// gate|up, group_gate|expert_gate) without renaming tensors.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,7 @@ struct ParamInfo {
   int64_t offset = 0;          // into the arena, in floats
   int64_t size = 0;            // numel
   bool weight_decay = true;    // false for norms
+  bool replicated = true;      // false for routed experts (owned by one rank)
   ParamInit init = ParamInit::kNormal;
   float init_std = 0.02f;
 };
@@ -32,7 +35,7 @@ class ParamStore {
  public:
   /// Registers a parameter before allocate(); returns its index.
   int add(std::string name, std::vector<int64_t> shape, ParamInit init, float init_std,
-          bool weight_decay);
+          bool weight_decay, bool replicated = true);
   /// Allocates the value and gradient arenas (zero-filled). Call once.
   void allocate(Backend& backend);
   /// Fills every parameter from its own named random stream (see rng_stream_seed).
@@ -45,6 +48,8 @@ class ParamStore {
   int find(const std::string& name) const;
   const std::vector<ParamInfo>& all() const { return info_; }
   int64_t total_size() const { return total_; }
+  /// Floats of the replicated region, which starts the arena.
+  int64_t replicated_size() const { return replicated_; }
   float* data_arena() { return data_.data(); }
   float* grad_arena() { return grad_.data(); }
   void zero_grad();
@@ -54,6 +59,7 @@ class ParamStore {
   std::vector<ParamInfo> info_;
   std::unordered_map<std::string, int> by_name_;
   int64_t total_ = 0;
+  int64_t replicated_ = 0;
   Buffer<float> data_;
   Buffer<float> grad_;
 };

@@ -1,29 +1,49 @@
 // The routed FFN: MoHGE (two-level router, heterogeneous expert groups) and the uniform MoE
-// baseline, with shared experts. Forward: route → dispatch (sort tokens by expert) → all
-// experts and shared experts in one grouped pass → combine. Backward mirrors it.
+// baseline, with shared experts.
+//
+// Forward: route → sort assignments by expert (dispatch) → [distributed: exchange rows with the
+// experts' owners] → the owned experts and the shared experts in one grouped pass →
+// [distributed: rows back to their sources] → combine. Backward mirrors it: the backward of
+// the exchange out is the exchange back and vice versa. With several ranks the router counts
+// (and so the aux-loss frequencies f) are summed over ranks, so every rank trains exactly as
+// the single process does on the global batch.
 //
 // Shape legend: N tokens, D model width, G groups, n experts per group, E routed experts,
-// K kept experts per token, M = N·K, S shared experts, W an expert's width.
+// K kept experts per token, M = N·K, L rows this rank's experts compute, S shared experts,
+// W an expert's width.
+#include "worker/model/routed_ffn.hpp"
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "kernels/check.hpp"
 #include "kernels/linear.hpp"
-#include "worker/model/ffn.hpp"
-#include "worker/model/routed_ffn.hpp"
 
 namespace mohge {
 
 namespace {
 
-std::string layer_prefix(int layer) {
-  return "model.layers." + std::to_string(layer) + ".mlp.";
-}
+std::string layer_prefix(int layer) { return "model.layers." + std::to_string(layer) + ".mlp."; }
+
+class Stopwatch {
+ public:
+  double lap_ms() {
+    const auto now = std::chrono::steady_clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(now - last_).count();
+    last_ = now;
+    return ms;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
 
 }  // namespace
 
-RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamStore& params)
-    : be_(backend), ps_(params), f_(spec.ffn), dim_(spec.d_model) {
+RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamStore& params,
+                     const ParallelContext& parallel)
+    : be_(backend), ps_(params), parallel_(parallel), f_(spec.ffn), dim_(spec.d_model) {
   mohge_ = f_.kind == "mohge";
   const int64_t D = dim_, E = f_.num_experts();
   const int64_t G = mohge_ ? f_.groups : 1;
@@ -40,22 +60,31 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
     router_param_ = params.add(p + "gate.weight", {E, D}, ParamInit::kNormal, std, true);
     logits_width_ = E;
   }
-  auto add_expert = [&](const std::string& name, int64_t width) {
+  auto add_expert = [&](const std::string& name, int64_t width, bool replicated) {
     ExpertParams e;
     e.width = width;
-    e.gate_up = params.add(name + ".gate_proj.weight", {width, D}, ParamInit::kNormal, std, true);
-    params.add(name + ".up_proj.weight", {width, D}, ParamInit::kNormal, std, true);
-    e.down = params.add(name + ".down_proj.weight", {D, width}, ParamInit::kNormal, out_std, true);
+    e.gate_up = params.add(name + ".gate_proj.weight", {width, D}, ParamInit::kNormal, std, true,
+                           replicated);
+    params.add(name + ".up_proj.weight", {width, D}, ParamInit::kNormal, std, true, replicated);
+    e.down = params.add(name + ".down_proj.weight", {D, width}, ParamInit::kNormal, out_std, true,
+                        replicated);
     return e;
   };
-  for (int e = 0; e < E; ++e) {
+  if (parallel_.distributed()) {
+    MOHGE_CHECK(parallel_.placement != nullptr, "a distributed RoutedFfn needs a placement");
+    owned_ = parallel_.placement->experts[static_cast<size_t>(parallel_.rank())];
+    exchange_ = std::make_unique<TokenExchange>(*parallel_.comm, *parallel_.placement, D);
+  } else {
+    for (int e = 0; e < E; ++e) owned_.push_back(e);
+  }
+  for (int e : owned_) {
     const std::string name = mohge_ ? p + "experts." + std::to_string(e / f_.experts_per_group) +
                                           "." + std::to_string(e % f_.experts_per_group)
                                     : p + "experts." + std::to_string(e);
-    experts_.push_back(add_expert(name, f_.expert_hidden_width(e)));
+    experts_.push_back(add_expert(name, f_.expert_hidden_width(e), !parallel_.distributed()));
   }
   for (int s = 0; s < f_.shared_experts; ++s)
-    shared_.push_back(add_expert(p + "shared_experts." + std::to_string(s), f_.shared_width));
+    shared_.push_back(add_expert(p + "shared_experts." + std::to_string(s), f_.shared_width, true));
 
   // Group cost weights of L_G.
   if (mohge_) {
@@ -98,15 +127,15 @@ RouterParams RoutedFfn::router_params(int64_t num_tokens) {
   return r;
 }
 
-void RoutedFfn::build_slices(int64_t num_tokens, const float* x) {
-  const int64_t D = dim_, E = static_cast<int64_t>(experts_.size());
-  const auto& off = plan_.expert_offsets;
-  // Activation storage of the routed experts: Σ_e rows_e·2W_e and Σ_e rows_e·W_e.
+void RoutedFfn::build_slices(int64_t num_tokens, const float* x, const float* rows_in,
+                             float* rows_out, const std::vector<int64_t>& offsets) {
+  const int64_t D = dim_, owned = static_cast<int64_t>(experts_.size());
+  // Activation storage: Σ rows·2W and Σ rows·W over owned experts, then the shared experts.
   int64_t act_total = 0, hid_total = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t rows = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];
-    act_total += rows * 2 * experts_[static_cast<size_t>(e)].width;
-    hid_total += rows * experts_[static_cast<size_t>(e)].width;
+  for (int64_t j = 0; j < owned; ++j) {
+    const int64_t rows = offsets[static_cast<size_t>(j) + 1] - offsets[static_cast<size_t>(j)];
+    act_total += rows * 2 * experts_[static_cast<size_t>(j)].width;
+    hid_total += rows * experts_[static_cast<size_t>(j)].width;
   }
   for (const auto& s : shared_) {
     act_total += num_tokens * 2 * s.width;
@@ -135,19 +164,51 @@ void RoutedFfn::build_slices(int64_t num_tokens, const float* x) {
     h += rows * p.width;
     slices_.push_back(s);
   };
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t r0 = off[static_cast<size_t>(e)], r1 = off[static_cast<size_t>(e) + 1];
-    add(experts_[static_cast<size_t>(e)], r1 - r0, x_sorted_.data() + r0 * D,
-        y_sorted_.data() + r0 * D);
+  for (int64_t j = 0; j < owned; ++j) {
+    const int64_t r0 = offsets[static_cast<size_t>(j)], r1 = offsets[static_cast<size_t>(j) + 1];
+    add(experts_[static_cast<size_t>(j)], r1 - r0, rows_in + r0 * D, rows_out + r0 * D);
   }
   for (size_t s = 0; s < shared_.size(); ++s)
     add(shared_[s], num_tokens, x, shared_y_.data() + static_cast<int64_t>(s) * num_tokens * D);
 }
 
+void RoutedFfn::reduce_counts(int64_t num_tokens, const FfnStepOptions& opt) {
+  const size_t G = routing_.group_tokens.size(), E = routing_.expert_assignments.size();
+  group_count_.assign(G, 0.0);
+  expert_count_.assign(E, 0.0);
+  const RouterParams rp = router_params(num_tokens);
+  be_.router_count(rp, group_count_.data(), expert_count_.data());
+  global_tokens_ = static_cast<double>(num_tokens);
+  if (parallel_.distributed()) {
+    // One all-reduce: [group counts | expert counts | tokens].
+    std::vector<double> all(group_count_);
+    all.insert(all.end(), expert_count_.begin(), expert_count_.end());
+    all.push_back(global_tokens_);
+    collective_check(parallel_.comm->all_reduce(all.data(), static_cast<int64_t>(all.size()),
+                                                ReduceOp::kSum));
+    std::copy_n(all.begin(), G, group_count_.begin());
+    std::copy_n(all.begin() + static_cast<std::ptrdiff_t>(G), E, expert_count_.begin());
+    global_tokens_ = all.back();
+  }
+  aux_ = RouterAuxParams{};
+  aux_.group_loss = f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
+  aux_.expert_loss =
+      f_.expert_loss == "reference" ? ExpertLossKind::kReference : ExpertLossKind::kPaper;
+  aux_.alpha_group = mohge_ && opt.group_loss_on ? static_cast<float>(f_.alpha_group) : 0.0f;
+  aux_.alpha_expert = static_cast<float>(mohge_ ? f_.alpha_expert : f_.alpha_balance);
+  aux_.total_tokens = global_tokens_;
+  aux_.group_cost = group_cost_.data();
+  aux_.group_count = group_count_.data();
+  aux_.expert_count = expert_count_.data();
+}
+
 void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnStepOptions& opt) {
   const int64_t N = num_tokens, D = dim_, K = f_.top_experts, M = N * K;
-  const int64_t E = static_cast<int64_t>(experts_.size());
+  const int64_t E = f_.num_experts();
   const int64_t G = static_cast<int64_t>(routing_.group_tokens.size());
+  times_ = LayerTimes{};
+  if (exchange_) exchange_->reset_stats();
+  Stopwatch clock;
   buffer_reserve(logits_, be_, N * logits_width_);
   buffer_reserve(topk_index_, be_, M);
   buffer_reserve(topk_weight_, be_, M);
@@ -155,33 +216,44 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   buffer_reserve(x_sorted_, be_, M * D);
   buffer_reserve(y_sorted_, be_, M * D);
 
-  // Route.
+  // Route; counts over all ranks; this rank's share of the aux losses.
   linear_forward(be_, x, ps_.data(router_param_), logits_.data(), N, D, logits_width_);
-  const RouterParams rp = router_params(N);
-  be_.router_forward(rp);
-  group_count_.assign(static_cast<size_t>(G), 0.0);
-  expert_count_.assign(static_cast<size_t>(E), 0.0);
-  be_.router_count(rp, group_count_.data(), expert_count_.data());
-  aux_ = RouterAuxParams{};
-  aux_.group_loss =
-      f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
-  aux_.expert_loss =
-      f_.expert_loss == "reference" ? ExpertLossKind::kReference : ExpertLossKind::kPaper;
-  aux_.alpha_group = mohge_ && opt.group_loss_on ? static_cast<float>(f_.alpha_group) : 0.0f;
-  aux_.alpha_expert = static_cast<float>(mohge_ ? f_.alpha_expert : f_.alpha_balance);
-  aux_.total_tokens = static_cast<double>(N);
-  aux_.group_cost = group_cost_.data();
-  aux_.group_count = group_count_.data();
-  aux_.expert_count = expert_count_.data();
-  const RouterAuxValues aux = be_.router_aux_forward(rp, aux_);
+  be_.router_forward(router_params(N));
+  reduce_counts(N, opt);
+  const RouterAuxValues aux = be_.router_aux_forward(router_params(N), aux_);
 
-  // Dispatch, experts, combine.
-  be_.dispatch_plan(topk_index_.data(), N, static_cast<int32_t>(K), static_cast<int32_t>(E),
-                    &plan_);
+  // Dispatch to the experts (their owners), run them and the shared experts, combine.
+  const int32_t* order = topk_index_.data();
+  if (exchange_) {
+    buffer_reserve(slot_index_, be_, M);
+    const std::vector<int32_t>& slot = exchange_->slot_of_expert();
+    for (int64_t a = 0; a < M; ++a) slot_index_.data()[a] = slot[static_cast<size_t>(order[a])];
+    order = slot_index_.data();
+  }
+  be_.dispatch_plan(order, N, static_cast<int32_t>(K), static_cast<int32_t>(E), &plan_);
   be_.dispatch_forward({.dim = D, .plan = &plan_, .x = x, .x_sorted = x_sorted_.data()});
-  build_slices(N, x);
+  const float* rows_in = x_sorted_.data();
+  float* rows_out = y_sorted_.data();
+  const std::vector<int64_t>* offsets = &plan_.expert_offsets;
+  if (exchange_) {
+    times_.compute_ms += clock.lap_ms();
+    collective_check(exchange_->plan(plan_));
+    buffer_reserve(x_local_, be_, exchange_->local_rows() * D);
+    buffer_reserve(y_local_, be_, exchange_->local_rows() * D);
+    collective_check(exchange_->dispatch(x_sorted_.data(), x_local_.data()));
+    clock.lap_ms();
+    rows_in = x_local_.data();
+    rows_out = y_local_.data();
+    offsets = &exchange_->local_offsets();
+  }
+  build_slices(N, x, rows_in, rows_out, *offsets);
   be_.grouped_swiglu_forward(
       {.dim = D, .slices = slices_.data(), .num_slices = static_cast<int64_t>(slices_.size())});
+  if (exchange_) {
+    times_.compute_ms += clock.lap_ms();
+    collective_check(exchange_->combine(y_local_.data(), y_sorted_.data()));
+    clock.lap_ms();
+  }
   for (size_t s = 0; s < shared_.size(); ++s)
     be_.axpy(N * D, 1.0f, shared_y_.data() + static_cast<int64_t>(s) * N * D, y);
   be_.combine_forward({.dim = D,
@@ -189,12 +261,17 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
                        .weight = topk_weight_.data(),
                        .y_sorted = y_sorted_.data(),
                        .y = y});
+  times_.compute_ms += clock.lap_ms();
 
-  // Routing statistics.
   last_tokens_ = N;
-  routing_.num_tokens = static_cast<double>(N);
   routing_.aux_group = aux.group;
   routing_.aux_expert = aux.expert;
+  record_routing();
+}
+
+void RoutedFfn::record_routing() {
+  const int64_t E = f_.num_experts();
+  routing_.num_tokens = global_tokens_;
   routing_.group_tokens = group_count_;
   routing_.expert_assignments = expert_count_;
   std::fill(routing_.group_assignments.begin(), routing_.group_assignments.end(), 0.0);
@@ -202,12 +279,12 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   for (int64_t e = 0; e < E; ++e) {
     const int64_t g = mohge_ ? e / f_.experts_per_group : 0;
     routing_.group_assignments[static_cast<size_t>(g)] += expert_count_[static_cast<size_t>(e)];
-    routed_params += expert_count_[static_cast<size_t>(e)] * 3.0 * static_cast<double>(D) *
-                     static_cast<double>(experts_[static_cast<size_t>(e)].width);
+    routed_params += expert_count_[static_cast<size_t>(e)] * 3.0 * static_cast<double>(dim_) *
+                     f_.expert_hidden_width(static_cast<int>(e));
   }
   double shared_params = 0.0;
-  for (const auto& s : shared_) shared_params += 3.0 * static_cast<double>(D * s.width);
-  routing_.activated_expert_params = routed_params / static_cast<double>(N) + shared_params;
+  for (const auto& s : shared_) shared_params += 3.0 * static_cast<double>(dim_ * s.width);
+  routing_.activated_expert_params = routed_params / global_tokens_ + shared_params;
 }
 
 bool RoutedFfn::routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const {
@@ -222,8 +299,10 @@ bool RoutedFfn::routing_decisions(std::vector<int32_t>* index, std::vector<float
 void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num_tokens,
                          FfnWorkspace& ws) {
   const int64_t N = num_tokens, D = dim_, K = f_.top_experts, M = N * K;
-  const int64_t E = static_cast<int64_t>(experts_.size());
+  const int64_t owned = static_cast<int64_t>(experts_.size());
   const int64_t S = static_cast<int64_t>(shared_.size());
+  const int64_t L = exchange_ ? exchange_->local_rows() : M;
+  Stopwatch clock;
   buffer_reserve(ws.d_y_sorted, be_, M * D);
   buffer_reserve(ws.d_x_sorted, be_, M * D);
   buffer_reserve(ws.d_weight, be_, M);
@@ -231,6 +310,10 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   buffer_reserve(ws.d_x, be_, std::max<int64_t>(1, S) * N * D);
   buffer_reserve(ws.d_act, be_, act_.size());
   buffer_reserve(ws.d_hidden, be_, hidden_.size());
+  if (exchange_) {
+    buffer_reserve(ws.d_y_local, be_, L * D);
+    buffer_reserve(ws.d_x_local, be_, L * D);
+  }
 
   be_.combine_backward({.dim = D,
                         .plan = &plan_,
@@ -239,17 +322,28 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
                         .d_y = dy,
                         .d_y_sorted = ws.d_y_sorted.data(),
                         .d_weight = ws.d_weight.data()});
+  // The backward of combine is a dispatch: output gradients go to the experts' owners.
+  const float* d_rows_in = ws.d_y_sorted.data();
+  float* d_rows_out = ws.d_x_sorted.data();
+  const std::vector<int64_t>& offsets = exchange_ ? exchange_->local_offsets() : plan_.expert_offsets;
+  if (exchange_) {
+    times_.compute_ms += clock.lap_ms();
+    collective_check(exchange_->dispatch(ws.d_y_sorted.data(), ws.d_y_local.data()));
+    clock.lap_ms();
+    d_rows_in = ws.d_y_local.data();
+    d_rows_out = ws.d_x_local.data();
+  }
   for (size_t i = 0; i < slices_.size(); ++i) {
     ExpertSlice& s = slices_[i];
-    const bool routed = static_cast<int64_t>(i) < E;
-    const ExpertParams& p = routed ? experts_[i] : shared_[i - static_cast<size_t>(E)];
+    const bool routed = static_cast<int64_t>(i) < owned;
+    const ExpertParams& p = routed ? experts_[i] : shared_[i - static_cast<size_t>(owned)];
     if (routed) {
-      const int64_t r0 = plan_.expert_offsets[i];
-      s.d_y = ws.d_y_sorted.data() + r0 * D;
-      s.d_x = ws.d_x_sorted.data() + r0 * D;
+      const int64_t r0 = offsets[i];
+      s.d_y = d_rows_in + r0 * D;
+      s.d_x = d_rows_out + r0 * D;
     } else {
       s.d_y = dy;
-      s.d_x = ws.d_x.data() + (static_cast<int64_t>(i) - E) * N * D;
+      s.d_x = ws.d_x.data() + (static_cast<int64_t>(i) - owned) * N * D;
     }
     s.d_act = ws.d_act.data() + act_offset_[i];
     s.d_hidden = ws.d_hidden.data() + hidden_offset_[i];
@@ -258,6 +352,12 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   }
   be_.grouped_swiglu_backward(
       {.dim = D, .slices = slices_.data(), .num_slices = static_cast<int64_t>(slices_.size())});
+  // The backward of dispatch is a combine: input gradients go back to the rows' sources.
+  if (exchange_) {
+    times_.compute_ms += clock.lap_ms();
+    collective_check(exchange_->combine(ws.d_x_local.data(), ws.d_x_sorted.data()));
+    clock.lap_ms();
+  }
   be_.dispatch_backward({.dim = D, .plan = &plan_, .d_x_sorted = ws.d_x_sorted.data(), .d_x = dx});
   for (int64_t s = 0; s < S; ++s) be_.axpy(N * D, 1.0f, ws.d_x.data() + s * N * D, dx);
 
@@ -267,6 +367,11 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   be_.router_backward(rp, aux_);
   linear_backward(be_, x, ps_.data(router_param_), ws.d_logits.data(), dx, ps_.grad(router_param_),
                   N, D, logits_width_, 1.0f);
+  times_.compute_ms += clock.lap_ms();
+  if (exchange_) {
+    times_.comm_ms = exchange_->comm_ms();
+    times_.comm_bytes = exchange_->comm_bytes();
+  }
 }
 
 }  // namespace mohge

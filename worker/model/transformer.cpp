@@ -7,7 +7,8 @@
 
 namespace mohge {
 
-Transformer::Transformer(const ModelSpec& spec, Backend& backend) : spec_(spec), be_(backend) {
+Transformer::Transformer(const ModelSpec& spec, Backend& backend, const ParallelContext& parallel)
+    : spec_(spec), be_(backend) {
   const int64_t D = spec.d_model, V = spec.vocab_size;
   const float std = static_cast<float>(spec.init_std);
   const float out_std = std / std::sqrt(2.0f * static_cast<float>(spec.layers));
@@ -22,7 +23,7 @@ Transformer::Transformer(const ModelSpec& spec, Backend& backend) : spec_(spec),
     params_.add(p + "self_attn.v_proj.weight", {D, D}, ParamInit::kNormal, std, true);
     L.o = params_.add(p + "self_attn.o_proj.weight", {D, D}, ParamInit::kNormal, out_std, true);
     L.ln2 = params_.add(p + "post_attention_layernorm.weight", {D}, ParamInit::kOnes, 0.0f, false);
-    L.ffn = ffn_create(spec, l, backend, params_);
+    L.ffn = ffn_create(spec, l, backend, params_, parallel);
   }
   norm_ = params_.add("model.norm.weight", {D}, ParamInit::kOnes, 0.0f, false);
   lm_head_ = spec.tie_embeddings
@@ -143,7 +144,7 @@ ForwardResult Transformer::forward(const int32_t* tokens, const int32_t* targets
   return r;
 }
 
-void Transformer::backward() {
+void Transformer::backward(double loss_tokens) {
   MOHGE_CHECK(has_targets_, "backward() needs a forward() with targets");
   const int64_t B = batch_, T = seq_, N = B * T, D = spec_.d_model, V = spec_.vocab_size;
   const int64_t H = spec_.heads;
@@ -151,7 +152,8 @@ void Transformer::backward() {
   std::vector<int32_t> host_targets(static_cast<size_t>(N));
   be_.copy_to_host(host_targets.data(), targets_.data(), sizeof(int32_t) * host_targets.size());
   for (int32_t t : host_targets) num_targets += t >= 0 ? 1 : 0;
-  const float scale = num_targets > 0 ? 1.0f / static_cast<float>(num_targets) : 0.0f;
+  const double denominator = loss_tokens > 0.0 ? loss_tokens : static_cast<double>(num_targets);
+  const float scale = denominator > 0.0 ? static_cast<float>(1.0 / denominator) : 0.0f;
 
   be_.cross_entropy_backward({.rows = N,
                               .vocab = V,

@@ -17,6 +17,8 @@
 
 namespace mohge {
 
+// With several ranks, each rank's ForwardResult covers its own tokens: the CE mean over its
+// targets, and its share of the aux losses (the shares of all ranks sum to the losses).
 struct ForwardResult {
   double ce_loss = 0.0;     // mean next-token cross-entropy over the targets
   double aux_group = 0.0;   // Σ over layers of L_G
@@ -28,7 +30,8 @@ struct ForwardResult {
 class Transformer {
  public:
   /// Registers and allocates every parameter (zero-valued; call initialize() or load them).
-  Transformer(const ModelSpec& spec, Backend& backend);
+  /// With a distributed `parallel`, routed experts are those this rank owns.
+  Transformer(const ModelSpec& spec, Backend& backend, const ParallelContext& parallel = {});
   ~Transformer();
 
   const ModelSpec& spec() const { return spec_; }
@@ -41,8 +44,10 @@ class Transformer {
   ForwardResult forward(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t seq,
                         const FfnStepOptions& opt = {});
   /// Accumulates ∂(CE + aux)/∂θ into params().grad (zero them first). Requires a forward
-  /// with targets; consumes the logits.
-  void backward();
+  /// with targets; consumes the logits. The CE is averaged over `loss_tokens` targets (all
+  /// ranks' targets when distributed; default: this forward's), so per-rank gradients sum to
+  /// the gradient of the global loss.
+  void backward(double loss_tokens = 0.0);
 
   /// (N, V) logits of the last forward; invalid after backward().
   const float* logits() const { return logits_.data(); }
@@ -54,7 +59,7 @@ class Transformer {
   const FeedForward& ffn(int layer) const { return *layers_[static_cast<size_t>(layer)].ffn; }
 
   int64_t total_params() const { return params_.total_size(); }
-  /// Parameters of all FFN experts (routed + shared), or of the dense FFNs.
+  /// Parameters of the FFN experts held on this rank (routed + shared), or of the dense FFNs.
   int64_t expert_params() const;
   /// Σ over layers of activated expert parameters per token in the last forward.
   double activated_expert_params() const;
