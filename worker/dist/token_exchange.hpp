@@ -57,7 +57,7 @@ class TokenExchange {
 
   Communicator& comm_;
   const ExpertPlacement& placement_;
-  int64_t dim_;                          // D
+  int64_t dim_;  // D
   int world_, rank_;
   std::vector<int32_t> slot_of_expert_;  // (E)
   std::vector<int> slot_begin_;          // (R+1) first slot of each rank

@@ -74,6 +74,10 @@ class FeedForward {
   virtual const LayerTimes* times() const { return nullptr; }
 };
 
+/// Name prefix of routed expert `expert` of layer `layer` (storage/FORMAT.md):
+/// "model.layers.{l}.mlp.experts.{g}.{i}" (MoHGE, expert = g·n + i) or "….experts.{e}" (MoE).
+std::string ffn_expert_name(const FfnSpec& ffn, int layer, int expert);
+
 /// Registers the layer's parameters in `params` (names per storage/FORMAT.md) and returns
 /// the block. Parameters must be allocated before the first forward. With a distributed
 /// `parallel`, routed FFNs hold only this rank's experts and exchange tokens with the others.

@@ -24,7 +24,9 @@ namespace mohge {
 
 namespace {
 
-std::string layer_prefix(int layer) { return "model.layers." + std::to_string(layer) + ".mlp."; }
+std::string layer_prefix(int layer) {
+  return "model.layers." + std::to_string(layer) + ".mlp.";
+}
 
 class Stopwatch {
  public:
@@ -40,6 +42,15 @@ class Stopwatch {
 };
 
 }  // namespace
+
+std::string ffn_expert_name(const FfnSpec& ffn, int layer, int expert) {
+  const std::string p = layer_prefix(layer) + "experts.";
+  if (ffn.kind == "mohge") {
+    return p + std::to_string(expert / ffn.experts_per_group) + "." +
+           std::to_string(expert % ffn.experts_per_group);
+  }
+  return p + std::to_string(expert);
+}
 
 RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamStore& params,
                      const ParallelContext& parallel)
@@ -77,12 +88,9 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
   } else {
     for (int e = 0; e < E; ++e) owned_.push_back(e);
   }
-  for (int e : owned_) {
-    const std::string name = mohge_ ? p + "experts." + std::to_string(e / f_.experts_per_group) +
-                                          "." + std::to_string(e % f_.experts_per_group)
-                                    : p + "experts." + std::to_string(e);
-    experts_.push_back(add_expert(name, f_.expert_hidden_width(e), !parallel_.distributed()));
-  }
+  for (int e : owned_)
+    experts_.push_back(add_expert(ffn_expert_name(f_, layer, e), f_.expert_hidden_width(e),
+                                  !parallel_.distributed()));
   for (int s = 0; s < f_.shared_experts; ++s)
     shared_.push_back(add_expert(p + "shared_experts." + std::to_string(s), f_.shared_width, true));
 
@@ -184,14 +192,15 @@ void RoutedFfn::reduce_counts(int64_t num_tokens, const FfnStepOptions& opt) {
     std::vector<double> all(group_count_);
     all.insert(all.end(), expert_count_.begin(), expert_count_.end());
     all.push_back(global_tokens_);
-    collective_check(parallel_.comm->all_reduce(all.data(), static_cast<int64_t>(all.size()),
-                                                ReduceOp::kSum));
+    collective_check(
+        parallel_.comm->all_reduce(all.data(), static_cast<int64_t>(all.size()), ReduceOp::kSum));
     std::copy_n(all.begin(), G, group_count_.begin());
     std::copy_n(all.begin() + static_cast<std::ptrdiff_t>(G), E, expert_count_.begin());
     global_tokens_ = all.back();
   }
   aux_ = RouterAuxParams{};
-  aux_.group_loss = f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
+  aux_.group_loss =
+      f_.group_loss == "reference" ? GroupLossKind::kReference : GroupLossKind::kPaper;
   aux_.expert_loss =
       f_.expert_loss == "reference" ? ExpertLossKind::kReference : ExpertLossKind::kPaper;
   aux_.alpha_group = mohge_ && opt.group_loss_on ? static_cast<float>(f_.alpha_group) : 0.0f;
@@ -325,7 +334,8 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   // The backward of combine is a dispatch: output gradients go to the experts' owners.
   const float* d_rows_in = ws.d_y_sorted.data();
   float* d_rows_out = ws.d_x_sorted.data();
-  const std::vector<int64_t>& offsets = exchange_ ? exchange_->local_offsets() : plan_.expert_offsets;
+  const std::vector<int64_t>& offsets =
+      exchange_ ? exchange_->local_offsets() : plan_.expert_offsets;
   if (exchange_) {
     times_.compute_ms += clock.lap_ms();
     collective_check(exchange_->dispatch(ws.d_y_sorted.data(), ws.d_y_local.data()));

@@ -45,30 +45,30 @@ class RoutedFfn final : public FeedForward {
   ParamStore& ps_;
   ParallelContext parallel_;
   FfnSpec f_;
-  int64_t dim_;                          // D
+  int64_t dim_;  // D
   bool mohge_ = false;
-  int router_param_ = -1;                // (G+E, D) mohge: group_gate then expert_gate; (E, D) moe
-  int64_t logits_width_ = 0;             // G+E or E
-  std::vector<int> owned_;               // global ids of the routed experts held here
-  std::vector<ExpertParams> experts_;    // (owned) parameters of the owned experts
-  std::vector<ExpertParams> shared_;     // (S)
-  std::vector<float> group_cost_;        // (G) weights of L_G
+  int router_param_ = -1;              // (G+E, D) mohge: group_gate then expert_gate; (E, D) moe
+  int64_t logits_width_ = 0;           // G+E or E
+  std::vector<int> owned_;             // global ids of the routed experts held here
+  std::vector<ExpertParams> experts_;  // (owned) parameters of the owned experts
+  std::vector<ExpertParams> shared_;   // (S)
+  std::vector<float> group_cost_;      // (G) weights of L_G
   std::unique_ptr<TokenExchange> exchange_;  // null in a single process
 
   // Forward state kept for backward.
-  Buffer<float> logits_;            // (N, G+E)
-  Buffer<int32_t> topk_index_;      // (N, K) global expert ids
-  Buffer<int32_t> slot_index_;      // (N, K) owner-major slots (distributed only)
-  Buffer<float> topk_weight_;       // (N, K)
-  Buffer<uint8_t> group_selected_;  // (N, G)
-  DispatchPlan plan_;               // over experts (single process) or slots (distributed)
-  Buffer<float> x_sorted_;          // (M, D) this rank's rows in dispatch order
-  Buffer<float> y_sorted_;          // (M, D)
-  Buffer<float> x_local_;           // (L, D) rows this rank's experts compute (distributed)
-  Buffer<float> y_local_;           // (L, D)
-  Buffer<float> act_;               // (Σ rows·2W) owned experts then shared
-  Buffer<float> hidden_;            // (Σ rows·W)
-  Buffer<float> shared_y_;          // (S, N, D)
+  Buffer<float> logits_;                // (N, G+E)
+  Buffer<int32_t> topk_index_;          // (N, K) global expert ids
+  Buffer<int32_t> slot_index_;          // (N, K) owner-major slots (distributed only)
+  Buffer<float> topk_weight_;           // (N, K)
+  Buffer<uint8_t> group_selected_;      // (N, G)
+  DispatchPlan plan_;                   // over experts (single process) or slots (distributed)
+  Buffer<float> x_sorted_;              // (M, D) this rank's rows in dispatch order
+  Buffer<float> y_sorted_;              // (M, D)
+  Buffer<float> x_local_;               // (L, D) rows this rank's experts compute (distributed)
+  Buffer<float> y_local_;               // (L, D)
+  Buffer<float> act_;                   // (Σ rows·2W) owned experts then shared
+  Buffer<float> hidden_;                // (Σ rows·W)
+  Buffer<float> shared_y_;              // (S, N, D)
   std::vector<ExpertSlice> slices_;     // (owned + S)
   std::vector<int64_t> act_offset_;     // (owned + S)
   std::vector<int64_t> hidden_offset_;  // (owned + S)
@@ -78,7 +78,7 @@ class RoutedFfn final : public FeedForward {
   RouterAuxParams aux_;
   LayerRouting routing_;
   LayerTimes times_;
-  int64_t last_tokens_ = 0;             // N of the last forward
+  int64_t last_tokens_ = 0;  // N of the last forward
 };
 
 }  // namespace mohge

@@ -13,6 +13,8 @@
 
 #include "worker/train/checkpoint.hpp"
 #include "worker/train/optimizer.hpp"
+#include "worker/train/progress.hpp"
+#include "worker/train/step_metrics.hpp"
 
 namespace mohge {
 
@@ -20,24 +22,31 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,
-                    int64_t batch_size) {
+                    int64_t batch_size, const ParallelContext& parallel) {
   const int64_t T = data.seq();
   const int64_t windows = std::min(batches * batch_size, data.num_windows());
+  const int64_t R = parallel.world(), r = parallel.rank();
   std::vector<int32_t> inputs, targets;
-  double sum = 0.0;
-  EvalResult r;
+  double totals[2] = {0.0, 0.0};  // CE sum, targets
   for (int64_t w0 = 0; w0 < windows; w0 += batch_size) {
+    // This rank's share of the batch (every rank runs the forward, even with no windows,
+    // because the experts' token exchange is collective).
     const int64_t B = std::min(batch_size, windows - w0);
-    inputs.resize(static_cast<size_t>(B * T));
-    targets.resize(static_cast<size_t>(B * T));
-    for (int64_t b = 0; b < B; ++b)
-      data.window(w0 + b, inputs.data() + b * T, targets.data() + b * T);
-    const ForwardResult f = model.forward(inputs.data(), targets.data(), B, T);
-    sum += f.ce_loss * static_cast<double>(f.num_targets);
-    r.tokens += f.num_targets;
+    const int64_t first = w0 + B * r / R, count = B * (r + 1) / R - B * r / R;
+    inputs.resize(static_cast<size_t>(std::max<int64_t>(count, 1) * T));
+    targets.resize(inputs.size());
+    for (int64_t b = 0; b < count; ++b)
+      data.window(first + b, inputs.data() + b * T, targets.data() + b * T);
+    const ForwardResult f = model.forward(inputs.data(), targets.data(), count, T);
+    totals[0] += f.ce_loss * static_cast<double>(f.num_targets);
+    totals[1] += static_cast<double>(f.num_targets);
   }
-  r.loss = r.tokens > 0 ? sum / static_cast<double>(r.tokens) : 0.0;
-  return r;
+  if (parallel.distributed())
+    collective_check(parallel.comm->all_reduce(totals, 2, ReduceOp::kSum));
+  EvalResult e;
+  e.tokens = static_cast<int64_t>(totals[1]);
+  e.loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
+  return e;
 }
 
 namespace {
@@ -65,84 +74,24 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
   for (const auto& l : keep) out << l << "\n";
 }
 
-json layer_metrics(const Transformer& model) {
-  json layers = json::array();
-  const auto routing = model.routing();
-  for (size_t l = 0; l < routing.size(); ++l) {
-    const LayerRouting* r = routing[l];
-    if (r == nullptr) continue;
-    double total = 0.0;
-    for (double v : r->group_assignments) total += v;
-    std::vector<double> share;
-    for (double v : r->group_assignments) share.push_back(total > 0 ? v / total : 0.0);
-    layers.push_back({{"layer", l},
-                      {"group_share", share},
-                      {"expert_assignments", r->expert_assignments},
-                      {"activated_expert_params", r->activated_expert_params},
-                      {"aux_group", r->aux_group},
-                      {"aux_expert", r->aux_expert}});
-  }
-  return layers;
-}
-
-std::string format_duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
-  char buf[32];
-  if (s >= 3600) {
-    std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
-                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
-  } else {
-    std::snprintf(buf, sizeof(buf), "%lld:%02lld", static_cast<long long>(s / 60),
-                  static_cast<long long>(s % 60));
-  }
-  return buf;
-}
-
-// The live progress line: rewritten in place on a terminal, a line every ~5% otherwise.
-class Progress {
- public:
-  Progress(bool enabled, int64_t total)
-      : enabled_(enabled), total_(total), tty_(::isatty(2) != 0) {}
-  void update(const StepReport& r, std::optional<double> last_val, double eta_s) {
-    if (!enabled_) return;
-    const int64_t every = std::max<int64_t>(1, total_ / 20);
-    if (!tty_ && r.step % every != 0 && r.step != total_ && r.step != 1 && !r.val_loss) return;
-    char line[256];
-    const int n =
-        std::snprintf(line, sizeof(line),
-                      "step %lld/%lld  loss %.4f  aux %.2e  lr %.2e  %.0f tok/s  %.0f ms/step",
-                      static_cast<long long>(r.step), static_cast<long long>(total_), r.loss,
-                      r.aux_group + r.aux_expert, r.lr, r.tokens_per_s, r.step_ms);
-    std::string s(line, static_cast<size_t>(std::max(0, n)));
-    if (last_val) {
-      std::snprintf(line, sizeof(line), "  val %.4f", *last_val);
-      s += line;
-    }
-    s += "  ETA " + format_duration(eta_s);
-    if (tty_) {
-      std::fprintf(stderr, "\r%-120s", s.c_str());
-      if (r.step == total_) std::fprintf(stderr, "\n");
-    } else {
-      std::fprintf(stderr, "%s\n", s.c_str());
-    }
-    std::fflush(stderr);
-  }
-  void newline() {
-    if (enabled_ && tty_) std::fprintf(stderr, "\n");
-  }
-
- private:
-  bool enabled_;
-  int64_t total_;
-  bool tty_;
-};
-
 }  // namespace
 
 Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const TrainOptions& options,
                                                  Backend& backend) {
   TrainOptions opt = options;
   if (opt.run_dir.empty()) opt.run_dir = opt.storage_root / "runs" / spec.name;
+  const int world = opt.comm != nullptr ? opt.comm->world() : 1;
+  std::unique_ptr<ExpertPlacement> placement;
+  if (world > 1) {
+    if (spec.train.batch_size % world != 0) {
+      return invalid_argument("train.batch_size", "must be divisible by the number of workers (" +
+                                                      std::to_string(world) + "), got " +
+                                                      std::to_string(spec.train.batch_size));
+    }
+    Result<ExpertPlacement> p = placement_plan(spec.model, spec.placement, world);
+    if (!p.ok()) return p.error();
+    placement = std::make_unique<ExpertPlacement>(std::move(p).value());
+  }
   Result<TokenWindows> train =
       TokenWindows::load(resolve(opt.storage_root, spec.data.train), spec.model.seq_len,
                          spec.model.vocab_size, "data.train");
@@ -173,25 +122,39 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const Trai
     return Error{ErrorCode::kInvalidArgument,
                  "cannot create run folder " + opt.run_dir.string() + ": " + ec.message(), "--out"};
   }
-  return std::unique_ptr<Trainer>(
-      new Trainer(spec, opt, backend, std::move(train).value(), std::move(val).value()));
+  return std::unique_ptr<Trainer>(new Trainer(spec, opt, backend, std::move(train).value(),
+                                              std::move(val).value(), std::move(placement)));
 }
 
 Trainer::Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend,
-                 TokenWindows train, TokenWindows val)
+                 TokenWindows train, TokenWindows val, std::unique_ptr<ExpertPlacement> placement)
     : spec_(spec),
       options_(options),
       be_(backend),
       train_(std::move(train)),
       val_(std::move(val)),
-      model_(std::make_unique<Transformer>(spec.model, backend)) {}
+      placement_(std::move(placement)) {
+  if (placement_) parallel_ = ParallelContext{options_.comm, placement_.get()};
+  model_ = std::make_unique<Transformer>(spec.model, backend, parallel_);
+}
 
 Trainer::~Trainer() = default;
 
 Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
+  try {
+    return train_loop(on_step);
+  } catch (const CollectiveError& e) {
+    if (parallel_.distributed()) parallel_.comm->abort(e.error().message);
+    return e.error();
+  }
+}
+
+Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step) {
   using Clock = std::chrono::steady_clock;
   const TrainSpec& ts = spec_.train;
   const int64_t B = ts.batch_size, T = spec_.model.seq_len;
+  const int64_t R = parallel_.world(), rank = parallel_.rank(), B_local = B / R;
+  const bool lead = rank == 0;  // writes metrics, shows progress
   const fs::path ckpt_dir = options_.run_dir / "checkpoints";
   const fs::path metrics_path = options_.run_dir / "metrics.jsonl";
 
@@ -207,19 +170,22 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
           "train.seed", "differs from the run being resumed (" + std::to_string(state.seed) + ")");
     }
     batches.set_position(state.data);
-    truncate_metrics(metrics_path, state.step);
-    spdlog::info("resuming {} from {} (step {})", spec_.name, latest.string(), state.step);
+    if (lead) truncate_metrics(metrics_path, state.step);
+    if (lead)
+      spdlog::info("resuming {} from {} (step {})", spec_.name, latest.string(), state.step);
   } else {
     model_->initialize(ts.seed);
-    std::ofstream(metrics_path, std::ios::trunc);
+    if (lead) std::ofstream(metrics_path, std::ios::trunc);
   }
-  {
+  if (lead) {
     std::ofstream job(options_.run_dir / "job.json");
     job << job_spec_to_json(spec_).dump(2) << "\n";
+    spdlog::info(
+        "{}: {} parameters on rank 0 ({} in experts), {} ranks, {} train / {} val "
+        "tokens, {} threads per rank",
+        spec_.name, model_->total_params(), model_->expert_params(), R, train_.num_tokens(),
+        val_.num_tokens(), be_.num_threads());
   }
-  spdlog::info("{}: {} parameters ({} in experts), {} train / {} val tokens, {} threads",
-               spec_.name, model_->total_params(), model_->expert_params(), train_.num_tokens(),
-               val_.num_tokens(), be_.num_threads());
 
   // The tokenizer that prepare-data wrote next to the training data travels with every
   // checkpoint, so `mohge generate` needs nothing else.
@@ -228,28 +194,45 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
       resolve(options_.storage_root, spec_.data.train).parent_path() / "tokenizer.model";
   if (fs::exists(tokenizer)) extra_files.push_back(tokenizer);
 
-  std::ofstream metrics(metrics_path, std::ios::app);
-  Progress progress(options_.progress, ts.steps);
+  std::ofstream metrics;
+  if (lead) metrics.open(metrics_path, std::ios::app);
+  Progress progress(options_.progress && lead, ts.steps);
   std::optional<double> last_val;
   double recent_step_s = 0.0;
   const int64_t group_loss_start = static_cast<int64_t>(
       std::ceil(spec_.model.ffn.group_loss_start * static_cast<double>(ts.steps)));
+  ParamStore& params = model_->params();
   std::vector<int32_t> inputs, targets;
 
   for (int64_t step = state.step; step < ts.steps; ++step) {
     const auto t0 = Clock::now();
     const double lr = lr_at(ts, step);
+    // Every rank draws the same global batch and keeps its B/R sequences.
     batches.next(inputs, targets);
-    const ForwardResult f = model_->forward(inputs.data(), targets.data(), B, T,
-                                            {.group_loss_on = step >= group_loss_start});
-    model_->params().zero_grad();
-    model_->backward();
-    const double norm = optimizer.grad_norm();
-    if (!std::isfinite(norm) || !std::isfinite(f.total_loss())) {
+    const int64_t first = rank * B_local * T;
+    const ForwardResult f = model_->forward(inputs.data() + first, targets.data() + first, B_local,
+                                            T, {.group_loss_on = step >= group_loss_start});
+    const StepLosses losses = step_losses_reduce(parallel_, *model_, f);
+    params.zero_grad();
+    model_->backward(losses.targets);
+    // Replicated gradients: sum of the ranks' contributions (each already scaled by the
+    // global target count). Expert gradients stay with their owner.
+    double norm_sq[2] = {0.0, 0.0};  // replicated, owned experts
+    if (parallel_.distributed()) {
+      collective_check(parallel_.comm->all_reduce(params.grad_arena(), params.replicated_size(),
+                                                  ReduceOp::kSum));
+      norm_sq[1] = be_.sum_squares(params.total_size() - params.replicated_size(),
+                                   params.grad_arena() + params.replicated_size());
+      collective_check(parallel_.comm->all_reduce(&norm_sq[1], 1, ReduceOp::kSum));
+    }
+    norm_sq[0] = be_.sum_squares(params.replicated_size(), params.grad_arena());
+    const double norm = std::sqrt(norm_sq[0] + norm_sq[1]);
+    const double total_loss = losses.ce_loss + losses.aux_group + losses.aux_expert;
+    if (!std::isfinite(norm) || !std::isfinite(total_loss)) {
       progress.newline();
       return Error{ErrorCode::kFailedPrecondition,
                    "training diverged at step " + std::to_string(step + 1) + " (loss " +
-                       std::to_string(f.total_loss()) + ", grad norm " + std::to_string(norm) +
+                       std::to_string(total_loss) + ", grad norm " + std::to_string(norm) +
                        "); lower train.lr or raise train.warmup_steps",
                    "train.lr"};
     }
@@ -259,48 +242,53 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
 
     StepReport r;
     r.step = step + 1;
-    r.loss = f.ce_loss;
-    r.aux_group = f.aux_group;
-    r.aux_expert = f.aux_expert;
+    r.loss = losses.ce_loss;
+    r.aux_group = losses.aux_group;
+    r.aux_expert = losses.aux_expert;
     r.lr = lr;
     r.grad_norm = norm;
     r.step_ms = step_s * 1e3;
     r.tokens_per_s = static_cast<double>(B * T) / step_s;
     r.activated_expert_params = model_->activated_expert_params();
-    json rec = {{"step", r.step},
-                {"loss", r.loss},
-                {"aux_group", r.aux_group},
-                {"aux_expert", r.aux_expert},
-                {"lr", r.lr},
-                {"grad_norm", r.grad_norm},
-                {"tokens_per_s", r.tokens_per_s},
-                {"step_ms", r.step_ms},
-                {"activated_expert_params", r.activated_expert_params}};
-    const json layers = layer_metrics(*model_);
-    if (!layers.empty()) rec["layers"] = layers;
-    metrics << rec.dump() << "\n";
+    const json layers = step_layer_metrics(parallel_, *model_, losses);
+    if (lead) {
+      json rec = {{"step", r.step},
+                  {"loss", r.loss},
+                  {"aux_group", r.aux_group},
+                  {"aux_expert", r.aux_expert},
+                  {"lr", r.lr},
+                  {"grad_norm", r.grad_norm},
+                  {"tokens_per_s", r.tokens_per_s},
+                  {"step_ms", r.step_ms},
+                  {"activated_expert_params", r.activated_expert_params},
+                  {"workers", R}};
+      if (!layers.empty()) rec["layers"] = layers;
+      metrics << rec.dump() << "\n";
+    }
 
     const bool last = r.step == ts.steps;
     if ((ts.eval_every > 0 && r.step % ts.eval_every == 0) || last) {
       if (ts.eval_batches > 0) {
-        const EvalResult e = evaluate(*model_, val_, ts.eval_batches, B);
+        const EvalResult e = evaluate(*model_, val_, ts.eval_batches, B, parallel_);
         r.val_loss = e.loss;
         last_val = e.loss;
-        metrics << json{{"step", r.step},
-                        {"val_loss", e.loss},
-                        {"val_perplexity", std::exp(e.loss)},
-                        {"val_tokens", e.tokens}}
-                       .dump()
-                << "\n";
+        if (lead) {
+          metrics << json{{"step", r.step},
+                          {"val_loss", e.loss},
+                          {"val_perplexity", std::exp(e.loss)},
+                          {"val_tokens", e.tokens}}
+                         .dump()
+                  << "\n";
+        }
       }
     }
-    metrics.flush();
+    if (lead) metrics.flush();
     state.step = r.step;
     state.data = batches.position();
     const bool stop = options_.stop_after > 0 && r.step >= options_.stop_after;
     if ((spec_.checkpoint.every > 0 && r.step % spec_.checkpoint.every == 0) || last || stop) {
       Result<fs::path> written = checkpoint_write(ckpt_dir, *model_, optimizer, spec_, state,
-                                                  spec_.checkpoint.keep, extra_files);
+                                                  spec_.checkpoint.keep, extra_files, parallel_);
       if (!written.ok()) {
         progress.newline();
         return written.error();
@@ -310,7 +298,7 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
     if (on_step) on_step(r);
     if (stop) {
       progress.newline();
-      spdlog::info("stopped after step {} as asked; continue with --resume", r.step);
+      if (lead) spdlog::info("stopped after step {} as asked; continue with --resume", r.step);
       break;
     }
   }

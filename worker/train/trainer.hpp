@@ -1,6 +1,10 @@
-// The single-process trainer: `mohge train`. Each step is the flat sequence
-//   next batch → forward → zero grad → backward → clip → AdamW update
-// followed by metrics (RUN/metrics.jsonl), periodic evaluation and checkpoints.
+// The trainer behind `mohge train` and every rank of `mohge-worker`. Each step is the flat
+// sequence
+//   next batch → forward → zero grad → backward → all-reduce replicated grads → clip → AdamW
+// followed by metrics (RUN/metrics.jsonl, written by rank 0), periodic evaluation and
+// checkpoints. With R ranks (DESIGN.md §6) every rank reads the same global batch and trains on
+// its B/R sequences; routed experts live on their owners and tokens travel to them; losses and
+// gradients are those of the single process on the global batch.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +17,7 @@
 #include "api/job_spec.hpp"
 #include "api/result.hpp"
 #include "kernels/backend.hpp"
+#include "worker/dist/parallel.hpp"
 #include "worker/model/transformer.hpp"
 #include "worker/train/batches.hpp"
 
@@ -23,7 +28,8 @@ struct TrainOptions {
   std::filesystem::path run_dir;             // default: storage_root/runs/<spec name>
   bool resume = false;                       // continue from the latest checkpoint
   bool progress = true;                      // live progress on stderr
-  int64_t stop_after = 0;  // > 0: stop (with a checkpoint) once this step is reached
+  int64_t stop_after = 0;        // > 0: stop (with a checkpoint) once this step is reached
+  Communicator* comm = nullptr;  // the job's ranks; null or a world of one: single process
 };
 
 /// One training step's figures (also the record written to metrics.jsonl).
@@ -32,7 +38,7 @@ struct StepReport {
   double loss = 0, aux_group = 0, aux_expert = 0, lr = 0, grad_norm = 0;
   double tokens_per_s = 0, step_ms = 0;
   double activated_expert_params = 0;  // per token, summed over layers (measured routing)
-  std::optional<double> val_loss;  // set on evaluation steps
+  std::optional<double> val_loss;      // set on evaluation steps
 };
 
 struct EvalResult {
@@ -41,9 +47,11 @@ struct EvalResult {
 };
 
 /// Mean loss over the first `batches`·`batch_size` windows (window k starts at token k·T;
-/// fewer if the data is shorter).
+/// fewer if the data is shorter). With a distributed `parallel` every rank evaluates its share
+/// of each batch (collective) and all get the total. Throws CollectiveError on a failed
+/// collective.
 EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,
-                    int64_t batch_size);
+                    int64_t batch_size, const ParallelContext& parallel = {});
 
 class Trainer {
  public:
@@ -51,6 +59,8 @@ class Trainer {
   /// offending field or file.
   static Result<std::unique_ptr<Trainer>> create(const JobSpec& spec, const TrainOptions& options,
                                                  Backend& backend);
+  /// Rank of this trainer in its job (0 in a single process).
+  int rank() const { return parallel_.rank(); }
   ~Trainer();
 
   /// Trains to train.steps (or options.stop_after). `on_step` sees every step's report.
@@ -61,13 +71,16 @@ class Trainer {
 
  private:
   Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend, TokenWindows train,
-          TokenWindows val);
+          TokenWindows val, std::unique_ptr<ExpertPlacement> placement);
+  Status train_loop(const std::function<void(const StepReport&)>& on_step);
 
   JobSpec spec_;
   TrainOptions options_;
   Backend& be_;
   TokenWindows train_;
   TokenWindows val_;
+  std::unique_ptr<ExpertPlacement> placement_;  // null in a single process
+  ParallelContext parallel_;
   std::unique_ptr<Transformer> model_;
 };
 

@@ -1,0 +1,33 @@
+// One rank of a distributed job: join the rendezvous (rank 0 hosts it unless told otherwise),
+// build the UCX communicator, train. Driven today by `mohge-worker --rank …` processes (which
+// `mohge train --workers R` launches); the worker daemon of the service issue will call it for
+// the ranks the coordinator assigns.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "api/job_spec.hpp"
+#include "api/result.hpp"
+#include "worker/train/trainer.hpp"
+
+namespace mohge {
+
+struct RankConfig {
+  JobSpec spec;
+  int rank = 0;
+  int world = 1;
+  std::string rendezvous;        // HOST:PORT of the rendezvous service
+  bool host_rendezvous = true;   // rank 0 runs the service itself
+  std::string job_id;            // ranks of different jobs never meet; default: spec.name
+  int threads = 0;               // compute threads (0: all cores)
+  double comm_timeout_s = 60.0;  // deadline of every data-plane wait
+  TrainOptions train;            // storage root, run folder, resume, progress, stop_after
+};
+
+/// Runs the rank to the end of training (or the first error, which names the failing peer
+/// when a peer died). `on_step` sees every step's report on this rank.
+Status rank_run(const RankConfig& config,
+                const std::function<void(const StepReport&)>& on_step = {});
+
+}  // namespace mohge
