@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -252,8 +253,14 @@ class UcxCommunicator final : public Communicator {
     post_error_.clear();
     size_t done = 0;
     std::vector<bool> finished(reqs.size(), false);
+    int idle = 0;
     while (done < reqs.size() && error.empty()) {
-      ucp_worker_progress(worker_);
+      // Spin while messages flow; yield the core once idle (ranks may share cores).
+      if (ucp_worker_progress(worker_) != 0) {
+        idle = 0;
+      } else if (++idle > 256) {
+        std::this_thread::yield();
+      }
       for (size_t i = 0; i < reqs.size(); ++i) {
         if (finished[i]) continue;
         const ucs_status_t st = ucp_request_check_status(reqs[i].req);

@@ -33,7 +33,8 @@ constexpr const char* kTrainerFlags =
     " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --hard_vocab_limit=false"
     " --input_sentence_size=0 --shuffle_input_sentence=false --num_threads=1 --minloglevel=1";
 
-std::string megabytes(uint64_t bytes) {
+std::string byte_size(uint64_t bytes) {
+  if (bytes < 100'000) return std::to_string(bytes) + " bytes";
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.1f MB", static_cast<double>(bytes) / 1e6);
   return buf;
@@ -262,12 +263,12 @@ Result<PrepareSummary> prepare_dataset(const PrepareOptions& opt, const Progress
   }
   if (!docs.ok()) return docs.error();
   say("read " + std::to_string(docs.value().size()) + " documents, " +
-      megabytes(text_bytes(docs.value())));
+      byte_size(text_bytes(docs.value())));
   const DocumentSplit split = split_documents(std::move(docs).value());
   const uint64_t train_bytes = text_bytes(split.train);
   say("split: " + std::to_string(split.train.size()) + " training documents (" +
-      megabytes(train_bytes) + "), " + std::to_string(split.val.size()) +
-      " validation documents (" + megabytes(text_bytes(split.val)) + ")");
+      byte_size(train_bytes) + "), " + std::to_string(split.val.size()) +
+      " validation documents (" + byte_size(text_bytes(split.val)) + ")");
   const bool has_text = std::any_of(split.train.begin(), split.train.end(), [](const auto& d) {
     return d.text.find_first_not_of(" \t\r\n") != std::string::npos;
   });

@@ -1,0 +1,266 @@
+// Expert-parallel training across real processes over UCX on localhost: 2 and 4 ranks train
+// exactly like one process on the same global batch; a rank killed mid-step is named by the
+// others within the deadline; a checkpoint written by 4 ranks evaluates to the same loss in 2
+// ranks and in one process, and training resumes from it in 2 ranks.
+//
+// Every rank (and the single-process baseline) runs in a forked child: the parent never starts
+// OpenMP or UCX, so forking stays safe.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "storage/token_file.hpp"
+#include "tests/worker/multiprocess.hpp"
+#include "worker/comm/rendezvous.hpp"
+#include "worker/comm/ucx_communicator.hpp"
+#include "worker/dist/rank_runner.hpp"
+#include "worker/model/rng.hpp"
+#include "worker/train/checkpoint.hpp"
+
+namespace mohge {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+JobSpec spec_for(const std::string& kind) {
+  json ffn = kind == "moe"
+                 ? json{{"kind", "moe"},    {"experts", 4},        {"expert_width", 12},
+                        {"top_experts", 2}, {"shared_experts", 1}, {"shared_width", 8}}
+                 : json{{"kind", "mohge"},           {"groups", 4},      {"experts_per_group", 4},
+                        {"widths", {6, 10, 14, 18}}, {"top_groups", 2},  {"top_experts", 3},
+                        {"shared_experts", 1},       {"shared_width", 8}};
+  const json j = {{"name", "dist-" + kind},
+                  {"model",
+                   {{"vocab_size", 32},
+                    {"seq_len", 8},
+                    {"layers", 2},
+                    {"d_model", 16},
+                    {"heads", 2},
+                    {"init_std", 0.2},
+                    {"ffn", ffn}}},
+                  {"data", {{"train", "train.bin"}, {"val", "val.bin"}}},
+                  {"train",
+                   {{"steps", 6},
+                    {"batch_size", 8},
+                    {"lr", 1e-2},
+                    {"warmup_steps", 1},
+                    {"eval_every", 3},
+                    {"eval_batches", 2},
+                    {"seed", 5}}},
+                  {"checkpoint", {{"every", 3}, {"keep", 2}}}};
+  return parse_job_spec(j).value();
+}
+
+class Distributed : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("mohge-dist-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+    Rng rng(11);
+    for (const char* f : {"train.bin", "val.bin"}) {
+      std::vector<uint16_t> t(2000);
+      for (size_t i = 0; i < t.size(); ++i)
+        t[i] = static_cast<uint16_t>(rng.uniform() < 0.7 ? (i * 5) % 32 : rng.below(32));
+      ASSERT_TRUE(token_file_write(root_ / f, t).ok());
+    }
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // Trains `spec` with `world` ranks (world 1: the single-process trainer) into `run`;
+  // returns each rank's exit code.
+  std::vector<testing::RankExit> train(const JobSpec& spec, int world, const std::string& run,
+                                       bool resume = false, int kill_rank = -1) {
+    const int port = testing::free_port();
+    return testing::run_ranks(world, [&](int rank) -> int {
+      TrainOptions opt;
+      opt.storage_root = root_;
+      opt.run_dir = root_ / run;
+      opt.resume = resume;
+      opt.progress = false;
+      std::function<void(const StepReport&)> on_step;
+      if (rank == kill_rank) {
+        // SIGKILL this rank right after step 2: the others are then in the middle of step 3,
+        // waiting on it in a collective, and it dies without a word.
+        on_step = [](const StepReport& r) {
+          if (r.step == 2) ::kill(::getpid(), SIGKILL);
+        };
+      }
+      Status s;
+      if (world == 1) {
+        auto be = make_cpu_backend(1);
+        auto trainer = Trainer::create(spec, opt, *be);
+        s = trainer.ok() ? trainer.value()->run() : Status(trainer.error());
+      } else {
+        RankConfig c;
+        c.spec = spec;
+        c.rank = rank;
+        c.world = world;
+        c.rendezvous = "127.0.0.1:" + std::to_string(port);
+        c.threads = 1;
+        c.comm_timeout_s = 20.0;
+        c.train = opt;
+        s = rank_run(c, on_step);
+      }
+      if (!s.ok()) {
+        std::fprintf(stderr, "rank %d: %s\n", rank, s.error().to_string().c_str());
+        // The survivors of a killed rank must name it.
+        if (kill_rank >= 0 &&
+            s.error().message.find("rank " + std::to_string(kill_rank)) != std::string::npos)
+          return 42;
+        return 1;
+      }
+      return 0;
+    });
+  }
+
+  std::vector<double> read_metric(const std::string& run, const std::string& key) {
+    std::vector<double> out;
+    std::ifstream in(root_ / run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const json j = json::parse(line);
+      if (j.contains(key)) out.push_back(j[key].get<double>());
+    }
+    return out;
+  }
+
+  fs::path root_;
+};
+
+void expect_success(const std::vector<testing::RankExit>& exits) {
+  for (size_t r = 0; r < exits.size(); ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
+}
+
+class Equivalence : public Distributed,
+                    public ::testing::WithParamInterface<std::tuple<std::string, int>> {};
+
+TEST_P(Equivalence, RanksTrainExactlyLikeOneProcess) {
+  const auto [kind, world] = GetParam();
+  const JobSpec spec = spec_for(kind);
+  expect_success(train(spec, 1, "single"));
+  expect_success(train(spec, world, "ranks"));
+  const auto single = read_metric("single", "loss");
+  const auto ranks = read_metric("ranks", "loss");
+  ASSERT_EQ(single.size(), 6u);
+  ASSERT_EQ(ranks.size(), 6u);
+  for (size_t i = 0; i < single.size(); ++i)
+    EXPECT_NEAR(ranks[i], single[i], 1e-5 * std::abs(single[i])) << "step " << i + 1;
+  const auto aux_single = read_metric("single", "aux_expert");
+  const auto aux_ranks = read_metric("ranks", "aux_expert");
+  for (size_t i = 0; i < aux_single.size(); ++i)
+    EXPECT_NEAR(aux_ranks[i], aux_single[i], 1e-5 * std::abs(aux_single[i])) << "step " << i + 1;
+  const auto val_single = read_metric("single", "val_loss");
+  const auto val_ranks = read_metric("ranks", "val_loss");
+  ASSERT_EQ(val_single.size(), 2u);
+  for (size_t i = 0; i < val_single.size(); ++i)
+    EXPECT_NEAR(val_ranks[i], val_single[i], 1e-5 * val_single[i]);
+}
+
+INSTANTIATE_TEST_SUITE_P(KindsAndWorlds, Equivalence,
+                         ::testing::Combine(::testing::Values("mohge", "moe"),
+                                            ::testing::Values(2, 4)),
+                         [](const auto& param_info) {
+                           return std::get<0>(param_info.param) + "_world" +
+                                  std::to_string(std::get<1>(param_info.param));
+                         });
+
+TEST_F(Distributed, MetricsHoldPerRankLoadsImbalanceAndTheCounterfactual) {
+  expect_success(train(spec_for("mohge"), 2, "run"));
+  std::ifstream in(root_ / "run" / "metrics.jsonl");
+  std::string line;
+  std::getline(in, line);
+  const json rec = json::parse(line);
+  EXPECT_EQ(rec["workers"], 2);
+  ASSERT_EQ(rec["layers"].size(), 2u);
+  const json& layer = rec["layers"][0];
+  ASSERT_EQ(layer["ranks"].size(), 2u);
+  double tokens = 0.0, flops_max = 0.0, flops_sum = 0.0;
+  for (const json& r : layer["ranks"]) {
+    ASSERT_EQ(r["tokens"].size(), 4u);  // by group
+    for (double v : r["tokens"]) tokens += v;
+    flops_max = std::max(flops_max, r["flops"].get<double>());
+    flops_sum += r["flops"].get<double>();
+    EXPECT_GT(r["comm_bytes"].get<int64_t>(), 0);
+    EXPECT_GT(r["compute_ms"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(tokens, 8 * 8 * 3);  // every assignment of the global batch lands on some rank
+  EXPECT_NEAR(layer["imbalance"].get<double>(), flops_max / (flops_sum / 2), 1e-9);
+  EXPECT_TRUE(layer["imbalance_group_per_rank"].is_number());
+}
+
+TEST_F(Distributed, AKilledRankIsNamedByTheOthersWithinTheDeadline) {
+  const auto exits = train(spec_for("mohge"), 2, "run", false, /*kill_rank=*/1);
+  EXPECT_EQ(exits[1].code, -SIGKILL);
+  EXPECT_EQ(exits[0].code, 42) << "rank 0 must fail naming rank 1";
+  // Well inside the 20 s deadline: the rendezvous sees the dead process at once.
+  EXPECT_LT(exits[0].seconds, 15.0);
+}
+
+TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
+  const JobSpec spec = spec_for("mohge");
+  expect_success(train(spec, 4, "four"));
+  const fs::path ckpt = root_ / "four" / "checkpoints" / "step-00000006";
+  ASSERT_TRUE(fs::exists(ckpt / "model.safetensors.index.json"));
+  for (int r = 1; r <= 4; ++r)
+    EXPECT_TRUE(fs::exists(ckpt / shard_file_name("model", r - 1, 4))) << r;
+  const double trained = read_metric("four", "val_loss").back();
+
+  // One process and two ranks load the 4-rank checkpoint and evaluate the validation set.
+  for (int world : {1, 2}) {
+    const int port = testing::free_port();
+    const fs::path out = root_ / ("eval-" + std::to_string(world));
+    const auto exits = testing::run_ranks(world, [&](int rank) -> int {
+      auto be = make_cpu_backend(1);
+      std::unique_ptr<RendezvousServer> server;
+      std::unique_ptr<Rendezvous> rv;
+      std::unique_ptr<Communicator> comm;
+      ExpertPlacement placement;
+      ParallelContext parallel;
+      if (world > 1) {
+        const std::string addr = "127.0.0.1:" + std::to_string(port);
+        if (rank == 0) server = RendezvousServer::start(addr, world, "eval").value();
+        rv = rendezvous_connect(addr, rank, world, "eval", 20.0).value();
+        comm = make_ucx_communicator(*rv, {.timeout_s = 20.0}).value();
+        placement = placement_plan(spec.model, "all-size", world).value();
+        parallel = ParallelContext{comm.get(), &placement};
+      }
+      Transformer model(spec.model, *be, parallel);
+      if (Status s = checkpoint_load(ckpt, model, nullptr, nullptr); !s.ok()) {
+        std::fprintf(stderr, "rank %d: %s\n", rank, s.error().to_string().c_str());
+        return 1;
+      }
+      auto val = TokenWindows::load(root_ / "val.bin", 8, 32, "data.val").value();
+      const EvalResult e = evaluate(model, val, 2, 8, parallel);
+      if (rank == 0) std::ofstream(out) << std::setprecision(17) << e.loss;
+      if (comm && !comm->finalize().ok()) return 1;
+      if (rv) rv->leave();
+      return 0;
+    });
+    expect_success(exits);
+    double loss = 0;
+    std::ifstream(out) >> loss;
+    EXPECT_NEAR(loss, trained, 1e-5 * trained) << world << " rank(s)";
+  }
+
+  // Training continues from it in 2 ranks.
+  fs::copy(root_ / "four", root_ / "two", fs::copy_options::recursive);
+  JobSpec longer = spec;
+  longer.train.steps = 8;
+  expect_success(train(longer, 2, "two", /*resume=*/true));
+  EXPECT_EQ(read_metric("two", "loss").size(), 8u);
+}
+
+}  // namespace
+}  // namespace mohge
