@@ -74,4 +74,22 @@ grep -q "header" "$work/err" || fail "junk file message: $(cat "$work/err")"
 
 layer=$("$mohge" bench layer --config "$work/spec.json" --tokens 256 --threads 1)
 echo "$layer" | grep -q '"fraction_of_ceiling"' || fail "bench layer printed: $layer"
+
+# Two local worker processes train the same job to the same losses as the single process.
+"$mohge" train --config "$work/spec.json" --storage "$work" --out "$work/run2" --workers 2 \
+  --threads 1 --quiet 2> "$work/workers.log" || fail "train --workers 2: $(tail -5 "$work/workers.log")"
+[[ -f "$work/run2/checkpoints/step-00000006/model.safetensors.index.json" ]] ||
+  fail "no sharded checkpoint from 2 workers"
+last() { grep '"loss"' "$1" | tail -n 1 | sed 's/.*"loss":\([0-9.e-]*\).*/\1/'; }
+awk -v a="$(last "$work/run/metrics.jsonl")" -v b="$(last "$work/run2/metrics.jsonl")" \
+  'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * a) }' ||
+  fail "2 workers ended at loss $(last "$work/run2/metrics.jsonl"), one process at $(last "$work/run/metrics.jsonl")"
+out=$("$mohge" eval --checkpoint "$work/run2/checkpoints/step-00000006" --data "$work/data/val.bin" \
+  --batches 2 --batch-size 4 --threads 1)
+echo "$out" | grep -q '"perplexity"' || fail "eval of the sharded checkpoint printed: $out"
+
+comm=$("$mohge" bench comm --world 2 --bytes 65536)
+echo "$comm" | grep -q '"all_to_all_over_p2p"' || fail "bench comm printed: $comm"
+balance=$("$mohge" bench balance --run "$work/run2" --workers 2 --skip 1)
+echo "$balance" | grep -q '"imbalance_group_per_rank"' || fail "bench balance printed: $balance"
 echo "PASS"

@@ -8,7 +8,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "tests/worker/multiprocess.hpp"
+#include "worker/dist/local_ranks.hpp"
 #include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
@@ -16,7 +16,7 @@
 namespace mohge {
 namespace {
 
-using testing::run_ranks;
+
 
 #define CHILD_CHECK(cond, ...)                                                         \
   do {                                                                                 \
@@ -138,27 +138,27 @@ int broadcast_rank(int rank, int world, int port) {
   return 0;
 }
 
-void expect_all_ok(const std::vector<testing::RankExit>& exits) {
+void expect_all_ok(const std::vector<RankExit>& exits) {
   for (size_t r = 0; r < exits.size(); ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
 }
 
 class CommTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(CommTest, AllToAllVRoutesEveryRowIncludingEmptyAndUnevenBlocks) {
-  const int world = GetParam(), port = testing::free_port();
-  expect_all_ok(run_ranks(world, [&](int r) { return all_to_all_rank(r, world, port); }));
+  const int world = GetParam(), port = free_local_port();
+  expect_all_ok(run_local_ranks(world, [&](int r) { return all_to_all_rank(r, world, port); }));
 }
 
 TEST_P(CommTest, AllReduceSumAndAverageAreExactAndIdenticalOnEveryRank) {
-  const int world = GetParam(), port = testing::free_port();
-  expect_all_ok(run_ranks(world, [&](int r) { return all_reduce_rank<float>(r, world, port); }));
-  const int port2 = testing::free_port();
-  expect_all_ok(run_ranks(world, [&](int r) { return all_reduce_rank<double>(r, world, port2); }));
+  const int world = GetParam(), port = free_local_port();
+  expect_all_ok(run_local_ranks(world, [&](int r) { return all_reduce_rank<float>(r, world, port); }));
+  const int port2 = free_local_port();
+  expect_all_ok(run_local_ranks(world, [&](int r) { return all_reduce_rank<double>(r, world, port2); }));
 }
 
 TEST_P(CommTest, BroadcastFromTheLastRank) {
-  const int world = GetParam(), port = testing::free_port();
-  expect_all_ok(run_ranks(world, [&](int r) { return broadcast_rank(r, world, port); }));
+  const int world = GetParam(), port = free_local_port();
+  expect_all_ok(run_local_ranks(world, [&](int r) { return broadcast_rank(r, world, port); }));
 }
 
 INSTANTIATE_TEST_SUITE_P(Worlds, CommTest, ::testing::Values(2, 4), [](const auto& param_info) {
@@ -167,8 +167,8 @@ INSTANTIATE_TEST_SUITE_P(Worlds, CommTest, ::testing::Values(2, 4), [](const aut
 
 // A rank whose process dies: the others fail fast, naming it (via the rendezvous).
 TEST(CommFailure, DeadPeerIsNamedByTheOthers) {
-  const int world = 3, port = testing::free_port();
-  const auto exits = run_ranks(world, [&](int rank) {
+  const int world = 3, port = free_local_port();
+  const auto exits = run_local_ranks(world, [&](int rank) {
     RankEnv env(rank, world, port, /*timeout_s=*/30.0);
     CHILD_CHECK(env.comm != nullptr, env.error);
     if (rank == 2) ::_exit(7);  // dies without a word
@@ -190,8 +190,8 @@ TEST(CommFailure, DeadPeerIsNamedByTheOthers) {
 
 // A rank that is alive but never joins the collective: the deadline names it.
 TEST(CommFailure, SilentPeerIsNamedWithinTheDeadline) {
-  const int world = 2, port = testing::free_port();
-  const auto exits = run_ranks(world, [&](int rank) {
+  const int world = 2, port = free_local_port();
+  const auto exits = run_local_ranks(world, [&](int rank) {
     RankEnv env(rank, world, port, /*timeout_s=*/2.0);
     CHILD_CHECK(env.comm != nullptr, env.error);
     if (rank == 1) {
@@ -212,7 +212,7 @@ TEST(CommFailure, SilentPeerIsNamedWithinTheDeadline) {
 }
 
 TEST(Rendezvous, RefusesAWrongJobAndAnOutOfRangeRank) {
-  const int port = testing::free_port();
+  const int port = free_local_port();
   const std::string addr = "127.0.0.1:" + std::to_string(port);
   auto server = RendezvousServer::start(addr, 2, "job-a");
   ASSERT_TRUE(server.ok()) << server.error().to_string();
@@ -225,7 +225,7 @@ TEST(Rendezvous, RefusesAWrongJobAndAnOutOfRangeRank) {
   EXPECT_EQ(bad_rank.error().field, "--rank");
   EXPECT_EQ(parse_host_port("nohost", "--rendezvous").error().field, "--rendezvous");
   auto unreachable =
-      rendezvous_connect("127.0.0.1:" + std::to_string(testing::free_port()), 0, 1, "job", 0.3);
+      rendezvous_connect("127.0.0.1:" + std::to_string(free_local_port()), 0, 1, "job", 0.3);
   ASSERT_FALSE(unreachable.ok());
   EXPECT_NE(unreachable.error().message.find("could not reach"), std::string::npos);
 }
@@ -235,7 +235,7 @@ TEST(Rendezvous, RefusesAWrongJobAndAnOutOfRangeRank) {
 TEST(Nccl, OneRankCommunicatorRunsACollective) {
   std::string why;
   if (!nccl_available(&why)) GTEST_SKIP() << "NCCL communicator not testable here: " << why;
-  const std::string addr = "127.0.0.1:" + std::to_string(testing::free_port());
+  const std::string addr = "127.0.0.1:" + std::to_string(free_local_port());
   auto server = RendezvousServer::start(addr, 1, "nccl");
   ASSERT_TRUE(server.ok());
   auto rv = rendezvous_connect(addr, 0, 1, "nccl", 10.0);

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/token_file.hpp"
-#include "tests/worker/multiprocess.hpp"
+#include "worker/dist/local_ranks.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
 #include "worker/dist/rank_runner.hpp"
@@ -80,10 +80,10 @@ class Distributed : public ::testing::Test {
 
   // Trains `spec` with `world` ranks (world 1: the single-process trainer) into `run`;
   // returns each rank's exit code.
-  std::vector<testing::RankExit> train(const JobSpec& spec, int world, const std::string& run,
+  std::vector<RankExit> train(const JobSpec& spec, int world, const std::string& run,
                                        bool resume = false, int kill_rank = -1) {
-    const int port = testing::free_port();
-    return testing::run_ranks(world, [&](int rank) -> int {
+    const int port = free_local_port();
+    return run_local_ranks(world, [&](int rank) -> int {
       TrainOptions opt;
       opt.storage_root = root_;
       opt.run_dir = root_ / run;
@@ -139,7 +139,7 @@ class Distributed : public ::testing::Test {
   fs::path root_;
 };
 
-void expect_success(const std::vector<testing::RankExit>& exits) {
+void expect_success(const std::vector<RankExit>& exits) {
   for (size_t r = 0; r < exits.size(); ++r) EXPECT_EQ(exits[r].code, 0) << "rank " << r;
 }
 
@@ -219,9 +219,9 @@ TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
 
   // One process and two ranks load the 4-rank checkpoint and evaluate the validation set.
   for (int world : {1, 2}) {
-    const int port = testing::free_port();
+    const int port = free_local_port();
     const fs::path out = root_ / ("eval-" + std::to_string(world));
-    const auto exits = testing::run_ranks(world, [&](int rank) -> int {
+    const auto exits = run_local_ranks(world, [&](int rank) -> int {
       auto be = make_cpu_backend(1);
       std::unique_ptr<RendezvousServer> server;
       std::unique_ptr<Rendezvous> rv;

@@ -1,10 +1,13 @@
 // mohge bench layer|train --config FILE …: benchmarks that print one JSON line of figures.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "worker/bench/bench.hpp"
+#include "worker/bench/bench_dist.hpp"
 #include "worker/cli/commands.hpp"
 
 namespace mohge::cli {
@@ -17,6 +20,11 @@ struct BenchArgs {
   int64_t tokens = 2048;
   int64_t steps = 10;
   int threads = 0;
+  int workers = 1;
+  int world = 2;
+  std::vector<int64_t> bytes = {64 << 10, 1 << 20, 4 << 20, 16 << 20};
+  std::string run;
+  int64_t skip = 100;
 };
 
 int run_bench_layer(const BenchArgs& a) {
@@ -38,9 +46,63 @@ int run_bench_layer(const BenchArgs& a) {
   return 0;
 }
 
+int run_bench_comm(const BenchArgs& a) {
+  Result<std::vector<CommBenchRow>> rows = bench_comm(a.world, a.bytes);
+  if (!rows.ok()) return report(rows.error());
+  for (const CommBenchRow& r : rows.value()) {
+    const nlohmann::json out = {{"bench", "comm"},
+                                {"transport", "ucx"},
+                                {"world", a.world},
+                                {"bytes_per_rank", r.bytes_per_rank},
+                                {"all_to_all_gbps", r.all_to_all_gbps},
+                                {"p2p_gbps", r.p2p_gbps},
+                                {"all_to_all_over_p2p", r.ratio}};
+    std::printf("%s\n", out.dump().c_str());
+  }
+  return 0;
+}
+
+int run_bench_balance(const BenchArgs& a) {
+  Result<BalanceReport> r = bench_balance(a.run, a.workers, a.skip);
+  if (!r.ok()) return report(r.error());
+  const BalanceReport& b = r.value();
+  const nlohmann::json out = {{"bench", "balance"},
+                              {"run", a.run},
+                              {"workers", b.workers},
+                              {"steps", b.steps},
+                              {"imbalance_all_size", b.all_size},
+                              {"imbalance_group_per_rank", b.group_per_rank},
+                              {"imbalance_contiguous", b.contiguous},
+                              {"worst_all_size", b.all_size_max},
+                              {"worst_group_per_rank", b.group_per_rank_max}};
+  std::printf("%s\n", out.dump().c_str());
+  return 0;
+}
+
 int run_bench_train(const BenchArgs& a) {
   Result<JobSpec> spec = load_job_spec(a.config);
   if (!spec.ok()) return report(spec.error());
+  if (a.workers > 1) {
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    const int per_worker = a.threads > 0 ? a.threads : std::max(1, cores / a.workers);
+    Result<DistTrainBench> r =
+        bench_train_workers(spec.value(), a.storage, a.workers, per_worker, a.steps);
+    if (!r.ok()) return report(r.error());
+    const DistTrainBench& b = r.value();
+    const nlohmann::json out = {{"bench", "train"},
+                                {"config", spec.value().name},
+                                {"workers", b.workers},
+                                {"threads_per_worker", b.threads_per_worker},
+                                {"steps", b.steps},
+                                {"workers_tokens_per_s", b.workers_tokens_per_s},
+                                {"single_process_tokens_per_s", b.single_tokens_per_s},
+                                {"single_process_threads", b.workers * b.threads_per_worker},
+                                {"workers_over_single", b.ratio},
+                                {"imbalance", b.imbalance},
+                                {"imbalance_group_per_rank", b.imbalance_group_per_rank}};
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
+  }
   bool real_data = false;
   Result<TrainBenchResult> r = bench_train(spec.value(), a.storage, a.steps, a.threads, &real_data);
   if (!r.ok()) return report(r.error());
@@ -80,8 +142,27 @@ void add_bench(CLI::App& app, int& exit_code) {
   train->add_option("--steps", args->steps, "Timed steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  train->add_option("--threads", args->threads, "Compute threads (default: all cores)");
+  train->add_option("--threads", args->threads,
+                    "Compute threads (per worker with --workers; default: all cores shared)");
+  train
+      ->add_option("--workers", args->workers,
+                   "Also train on this many local worker processes and compare with one process")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   train->callback([args, &exit_code] { exit_code = run_bench_train(*args); });
+  CLI::App* comm = bench->add_subcommand(
+      "comm", "all_to_all_v GB/s next to point-to-point send/recv GB/s over UCX");
+  comm->add_option("--world", args->world, "Local ranks (even)")->capture_default_str();
+  comm->add_option("--bytes", args->bytes, "Bytes each rank sends per operation (list)")
+      ->capture_default_str();
+  comm->callback([args, &exit_code] { exit_code = run_bench_comm(*args); });
+  CLI::App* balance = bench->add_subcommand(
+      "balance", "Rank imbalance of each placement for the routing a run recorded");
+  balance->add_option("--run", args->run, "Run folder (its metrics.jsonl and job.json)")
+      ->required();
+  balance->add_option("--workers", args->workers, "Ranks to place the experts on")->required();
+  balance->add_option("--skip", args->skip, "Warm-up steps to leave out")->capture_default_str();
+  balance->callback([args, &exit_code] { exit_code = run_bench_balance(*args); });
 }
 
 }  // namespace mohge::cli

@@ -58,6 +58,10 @@ class Communicator {
   /// knows the receive sizes, e.g. from an earlier exchange of counts). Sizes may be 0.
   virtual Status all_to_all_v(const void* send, const int64_t* send_bytes, void* recv,
                               const int64_t* recv_bytes) = 0;
+  /// Point to point: sends `send_bytes` to `peer` and receives `recv_bytes` from it (both
+  /// sides call it with each other as peer). One tag send and one tag receive on UCX.
+  virtual Status send_recv(int peer, const void* send, int64_t send_bytes, void* recv,
+                           int64_t recv_bytes) = 0;
   /// In place; every rank ends with bit-identical values.
   virtual Status all_reduce(float* data, int64_t count, ReduceOp op) = 0;
   virtual Status all_reduce(double* data, int64_t count, ReduceOp op) = 0;

@@ -96,6 +96,19 @@ class NcclCommunicator final : public Communicator {
     return wait_stream("all_to_all_v");
   }
 
+  Status send_recv(int peer, const void* send, int64_t send_bytes, void* recv,
+                   int64_t recv_bytes) override {
+    ncclGroupStart();
+    if (send_bytes > 0)
+      ncclSend(send, static_cast<size_t>(send_bytes), ncclChar, peer, comm_, stream_);
+    if (recv_bytes > 0)
+      ncclRecv(recv, static_cast<size_t>(recv_bytes), ncclChar, peer, comm_, stream_);
+    const ncclResult_t r = ncclGroupEnd();
+    if (r != ncclSuccess && r != ncclInProgress) return nccl_error("send_recv", r);
+    bytes_sent_ += send_bytes;
+    return wait_stream("send_recv");
+  }
+
   Status all_reduce(float* data, int64_t count, ReduceOp op) override {
     return reduce(data, count, ncclFloat, op);
   }

@@ -24,7 +24,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-enum TagKind : uint64_t { kA2a = 1, kReduceScatter = 2, kAllGather = 3, kBcast = 4 };
+enum TagKind : uint64_t { kA2a = 1, kReduceScatter = 2, kAllGather = 3, kBcast = 4, kP2p = 5 };
 
 std::string ucs_error(ucs_status_t st) {
   return ucs_status_string(st);
@@ -125,6 +125,16 @@ class UcxCommunicator final : public Communicator {
       std::memcpy(dst + recv_off[me], src + send_off[me], static_cast<size_t>(send_bytes[rank_]));
     }
     return wait(reqs, "all_to_all_v");
+  }
+
+  Status send_recv(int peer, const void* send, int64_t send_bytes, void* recv,
+                   int64_t recv_bytes) override {
+    if (Status s = usable(); !s.ok()) return s;
+    const uint64_t seq = next_seq_++;
+    std::vector<Pending> reqs;
+    if (recv_bytes > 0) post_recv(reqs, peer, recv, recv_bytes, tag(seq, peer, kP2p));
+    if (send_bytes > 0) post_send(reqs, peer, send, send_bytes, tag(seq, rank_, kP2p));
+    return wait(reqs, "send_recv");
   }
 
   Status all_reduce(float* data, int64_t count, ReduceOp op) override {

@@ -1,5 +1,6 @@
-// Runs a function as R ranks in R forked processes (the data plane must be initialised after
-// fork, in each child). Children report failures on stderr and through their exit codes.
+// Runs a function as R ranks in R forked processes on this host (benchmarks and tests). The
+// data plane must be initialised after the fork, in each child, and the parent must not have
+// started OpenMP threads before forking. Children report through exit codes (and stderr).
 #pragma once
 
 #include <netinet/in.h>
@@ -15,10 +16,10 @@
 #include <thread>
 #include <vector>
 
-namespace mohge::testing {
+namespace mohge {
 
 /// A port that was free a moment ago (the kernel picks it).
-inline int free_port() {
+inline int free_local_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -38,8 +39,8 @@ struct RankExit {
 
 /// Forks `world` children running fn(rank) (its return value is the exit code); waits up to
 /// `timeout_s`, then kills stragglers (reported as -SIGKILL).
-inline std::vector<RankExit> run_ranks(int world, const std::function<int(int)>& fn,
-                                       double timeout_s = 120.0) {
+inline std::vector<RankExit> run_local_ranks(int world, const std::function<int(int)>& fn,
+                                             double timeout_s = 120.0) {
   std::fflush(stdout);
   std::fflush(stderr);
   const auto start = std::chrono::steady_clock::now();
@@ -83,4 +84,4 @@ inline std::vector<RankExit> run_ranks(int world, const std::function<int(int)>&
   return exits;
 }
 
-}  // namespace mohge::testing
+}  // namespace mohge

@@ -1,0 +1,267 @@
+#include "worker/bench/bench_dist.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "worker/comm/rendezvous.hpp"
+#include "worker/comm/ucx_communicator.hpp"
+#include "worker/dist/local_ranks.hpp"
+#include "worker/dist/placement.hpp"
+#include "worker/dist/rank_runner.hpp"
+
+namespace mohge {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+fs::path scratch_dir(const std::string& what) {
+  const fs::path p =
+      fs::temp_directory_path() / ("mohge-bench-" + what + "-" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// Median seconds of `op` over `reps` runs after 3 warm-ups, each run started together.
+template <class Op>
+Result<double> time_collective(Communicator& comm, int reps, Op op) {
+  std::vector<double> t;
+  for (int i = 0; i < reps + 3; ++i) {
+    if (Status s = comm.barrier(); !s.ok()) return s.error();
+    const auto t0 = Clock::now();
+    if (Status s = op(); !s.ok()) return s.error();
+    if (i >= 3) t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  return median(t);
+}
+
+int comm_bench_rank(int rank, int world, int port, const std::vector<int64_t>& sizes,
+                    const fs::path& out) {
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  std::unique_ptr<RendezvousServer> server;
+  if (rank == 0) {
+    auto s = RendezvousServer::start(addr, world, "bench-comm");
+    if (!s.ok()) return 1;
+    server = std::move(s).value();
+  }
+  auto rv = rendezvous_connect(addr, rank, world, "bench-comm", 30.0);
+  if (!rv.ok()) return 1;
+  auto comm = make_ucx_communicator(*rv.value(), {.timeout_s = 60.0});
+  if (!comm.ok()) return 1;
+  Communicator& c = *comm.value();
+  json rows = json::array();
+  for (int64_t bytes : sizes) {
+    std::vector<char> send(static_cast<size_t>(bytes), 1), recv(static_cast<size_t>(bytes));
+    const int reps = bytes >= (4 << 20) ? 15 : 40;
+    const int partner = rank ^ 1;
+    Result<double> p2p = time_collective(
+        c, reps, [&] { return c.send_recv(partner, send.data(), bytes, recv.data(), bytes); });
+    // All-to-all-v: the same bytes spread evenly over the other ranks.
+    const int64_t per_peer = bytes / (world - 1);
+    std::vector<int64_t> counts(static_cast<size_t>(world), per_peer);
+    counts[static_cast<size_t>(rank)] = 0;
+    Result<double> a2a = time_collective(c, reps, [&] {
+      return c.all_to_all_v(send.data(), counts.data(), recv.data(), counts.data());
+    });
+    if (!p2p.ok() || !a2a.ok()) return 1;
+    const double sent = static_cast<double>(per_peer * (world - 1));
+    rows.push_back({{"bytes", bytes},
+                    {"p2p_gbps", static_cast<double>(bytes) / p2p.value() / 1e9},
+                    {"a2a_gbps", sent / a2a.value() / 1e9}});
+  }
+  if (!c.finalize().ok()) return 1;
+  rv.value()->leave();
+  if (rank == 0) std::ofstream(out) << rows.dump();
+  return 0;
+}
+
+// Runs the real trainer (no evaluation, one final checkpoint) and reads its step times and
+// imbalance figures from metrics.jsonl.
+struct TrainedFigures {
+  std::vector<double> step_ms;
+  double imbalance = 0, imbalance_group_per_rank = 0;
+};
+
+Result<TrainedFigures> read_figures(const fs::path& metrics, int64_t skip) {
+  std::ifstream in(metrics);
+  if (!in) return Error{ErrorCode::kInternal, "no metrics in " + metrics.string(), ""};
+  TrainedFigures f;
+  double n = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    const json r = json::parse(line);
+    if (!r.contains("step_ms") || r["step"].get<int64_t>() <= skip) continue;
+    f.step_ms.push_back(r["step_ms"].get<double>());
+    for (const json& l : r.value("layers", json::array())) {
+      if (!l.contains("imbalance") || !l["imbalance_group_per_rank"].is_number()) continue;
+      f.imbalance += l["imbalance"].get<double>();
+      f.imbalance_group_per_rank += l["imbalance_group_per_rank"].get<double>();
+      n += 1;
+    }
+  }
+  if (n > 0) {
+    f.imbalance /= n;
+    f.imbalance_group_per_rank /= n;
+  }
+  return f;
+}
+
+JobSpec bench_spec(const JobSpec& spec, int64_t steps) {
+  JobSpec s = spec;
+  s.train.steps = steps;
+  s.train.warmup_steps = std::min<int64_t>(s.train.warmup_steps, steps);
+  s.train.eval_every = 0;
+  s.train.eval_batches = 0;
+  s.checkpoint.every = 0;
+  s.checkpoint.keep = 1;
+  return s;
+}
+
+}  // namespace
+
+Result<std::vector<CommBenchRow>> bench_comm(int world, const std::vector<int64_t>& sizes) {
+  if (world < 2 || world % 2 != 0) {
+    return invalid_argument("--world",
+                            "must be an even number of ranks (pairs for the "
+                            "point-to-point figure), got " +
+                                std::to_string(world));
+  }
+  const fs::path dir = scratch_dir("comm");
+  const fs::path out = dir / "rows.json";
+  const int port = free_local_port();
+  const auto exits = run_local_ranks(
+      world, [&](int rank) { return comm_bench_rank(rank, world, port, sizes, out); }, 600.0);
+  for (size_t r = 0; r < exits.size(); ++r) {
+    if (exits[r].code != 0) {
+      fs::remove_all(dir);
+      return Error{ErrorCode::kInternal, "benchmark rank " + std::to_string(r) + " failed", ""};
+    }
+  }
+  std::vector<CommBenchRow> rows;
+  std::ifstream in(out);
+  for (const json& j : json::parse(in)) {
+    CommBenchRow row;
+    row.bytes_per_rank = j["bytes"].get<int64_t>();
+    row.all_to_all_gbps = j["a2a_gbps"].get<double>();
+    row.p2p_gbps = j["p2p_gbps"].get<double>();
+    row.ratio = row.all_to_all_gbps / row.p2p_gbps;
+    rows.push_back(row);
+  }
+  fs::remove_all(dir);
+  return rows;
+}
+
+Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::string& storage_root,
+                                           int workers, int threads_per_worker, int64_t steps) {
+  constexpr int64_t kWarmup = 2;
+  const JobSpec s = bench_spec(spec, steps + kWarmup);
+  const fs::path dir = scratch_dir("train");
+  const int port = free_local_port();
+  // The R workers first (forked before this process starts any OpenMP thread)…
+  const auto exits = run_local_ranks(
+      workers,
+      [&](int rank) {
+        RankConfig c;
+        c.spec = s;
+        c.rank = rank;
+        c.world = workers;
+        c.rendezvous = "127.0.0.1:" + std::to_string(port);
+        c.threads = threads_per_worker;
+        c.train.storage_root = storage_root;
+        c.train.run_dir = dir / "workers";
+        c.train.progress = false;
+        const Status st = rank_run(c);
+        if (!st.ok()) std::fprintf(stderr, "rank %d: %s\n", rank, st.error().to_string().c_str());
+        return st.ok() ? 0 : 1;
+      },
+      3600.0);
+  for (size_t r = 0; r < exits.size(); ++r) {
+    if (exits[r].code != 0) {
+      fs::remove_all(dir);
+      return Error{ErrorCode::kInternal, "benchmark rank " + std::to_string(r) + " failed", ""};
+    }
+  }
+  // …then one process with as many threads.
+  auto backend = make_cpu_backend(workers * threads_per_worker);
+  TrainOptions opt;
+  opt.storage_root = storage_root;
+  opt.run_dir = dir / "single";
+  opt.progress = false;
+  auto trainer = Trainer::create(s, opt, *backend);
+  if (!trainer.ok()) return trainer.error();
+  if (Status st = trainer.value()->run(); !st.ok()) return st.error();
+
+  Result<TrainedFigures> w = read_figures(dir / "workers" / "metrics.jsonl", kWarmup);
+  Result<TrainedFigures> one = read_figures(dir / "single" / "metrics.jsonl", kWarmup);
+  fs::remove_all(dir);
+  if (!w.ok()) return w.error();
+  if (!one.ok()) return one.error();
+  const double tokens = static_cast<double>(s.train.batch_size) * s.model.seq_len;
+  DistTrainBench b;
+  b.workers = workers;
+  b.threads_per_worker = threads_per_worker;
+  b.steps = steps;
+  b.workers_tokens_per_s = tokens / (median(w.value().step_ms) / 1e3);
+  b.single_tokens_per_s = tokens / (median(one.value().step_ms) / 1e3);
+  b.ratio = b.workers_tokens_per_s / b.single_tokens_per_s;
+  b.imbalance = w.value().imbalance;
+  b.imbalance_group_per_rank = w.value().imbalance_group_per_rank;
+  return b;
+}
+
+Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_t skip) {
+  Result<JobSpec> spec = load_job_spec((run_dir / "job.json").string());
+  if (!spec.ok()) return spec.error();
+  const ModelSpec& m = spec.value().model;
+  Result<ExpertPlacement> all = placement_plan(m, "all-size", workers);
+  Result<ExpertPlacement> naive = placement_plan(m, "group-per-rank", workers);
+  Result<ExpertPlacement> contiguous = placement_plan(m, "contiguous", workers);
+  if (!all.ok()) return all.error();
+  if (!naive.ok()) return naive.error();
+  if (!contiguous.ok()) return contiguous.error();
+  std::ifstream in(run_dir / "metrics.jsonl");
+  if (!in) return Error{ErrorCode::kNotFound, "no metrics.jsonl in " + run_dir.string(), "--run"};
+  BalanceReport rep;
+  rep.workers = workers;
+  double n = 0;
+  std::string line;
+  while (std::getline(in, line)) {
+    const json r = json::parse(line);
+    if (!r.contains("layers") || r["step"].get<int64_t>() <= skip) continue;
+    ++rep.steps;
+    for (const json& l : r["layers"]) {
+      const auto counts = l["expert_assignments"].get<std::vector<double>>();
+      const double a = load_imbalance(placement_rank_flops(all.value(), m, counts));
+      const double g = load_imbalance(placement_rank_flops(naive.value(), m, counts));
+      rep.all_size += a;
+      rep.group_per_rank += g;
+      rep.contiguous += load_imbalance(placement_rank_flops(contiguous.value(), m, counts));
+      rep.all_size_max = std::max(rep.all_size_max, a);
+      rep.group_per_rank_max = std::max(rep.group_per_rank_max, g);
+      n += 1;
+    }
+  }
+  if (n == 0) {
+    return invalid_argument(
+        "--skip", "leaves no step with routing in " + (run_dir / "metrics.jsonl").string());
+  }
+  rep.all_size /= n;
+  rep.group_per_rank /= n;
+  rep.contiguous /= n;
+  return rep;
+}
+
+}  // namespace mohge
