@@ -165,10 +165,25 @@ Result<std::vector<CommBenchRow>> bench_comm(int world, const std::vector<int64_
 }
 
 Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::string& storage_root,
-                                           int workers, int threads_per_worker, int64_t steps) {
+                                           int workers, int threads_per_worker, int64_t steps,
+                                           const fs::path& from) {
   constexpr int64_t kWarmup = 2;
-  const JobSpec s = bench_spec(spec, steps + kWarmup);
+  int64_t start = 0;
   const fs::path dir = scratch_dir("train");
+  if (!from.empty()) {
+    // Both runs resume from a copy of the checkpoint.
+    std::ifstream state(from / "trainer_state.json");
+    if (!state) return invalid_argument("--from", from.string() + " is not a checkpoint folder");
+    start = json::parse(state).at("step").get<int64_t>();
+    for (const char* run : {"workers", "single"}) {
+      std::error_code ec;
+      fs::create_directories(dir / run / "checkpoints", ec);
+      fs::copy(from, dir / run / "checkpoints" / from.filename(), fs::copy_options::recursive, ec);
+      if (ec) return invalid_argument("--from", "cannot copy " + from.string() + ": " + ec.message());
+    }
+  }
+  JobSpec s = bench_spec(spec, start + steps + kWarmup);
+  s.train.warmup_steps = spec.train.warmup_steps;
   const int port = free_local_port();
   // The R workers first (forked before this process starts any OpenMP thread)…
   const auto exits = run_local_ranks(
@@ -200,12 +215,13 @@ Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::strin
   opt.storage_root = storage_root;
   opt.run_dir = dir / "single";
   opt.progress = false;
+  opt.resume = start > 0;
   auto trainer = Trainer::create(s, opt, *backend);
   if (!trainer.ok()) return trainer.error();
   if (Status st = trainer.value()->run(); !st.ok()) return st.error();
 
-  Result<TrainedFigures> w = read_figures(dir / "workers" / "metrics.jsonl", kWarmup);
-  Result<TrainedFigures> one = read_figures(dir / "single" / "metrics.jsonl", kWarmup);
+  Result<TrainedFigures> w = read_figures(dir / "workers" / "metrics.jsonl", start + kWarmup);
+  Result<TrainedFigures> one = read_figures(dir / "single" / "metrics.jsonl", start + kWarmup);
   fs::remove_all(dir);
   if (!w.ok()) return w.error();
   if (!one.ok()) return one.error();

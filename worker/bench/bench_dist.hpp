@@ -37,9 +37,12 @@ struct DistTrainBench {
 };
 
 /// Training steps of `spec` on `workers` local ranks and, in the same run, on one process with
-/// as many threads in total, on the same global batches.
+/// as many threads in total, on the same global batches. With `from` (a checkpoint folder of
+/// the same job), both continue from it instead of from initialisation — routing then has the
+/// balance the trained router reached.
 Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::string& storage_root,
-                                           int workers, int threads_per_worker, int64_t steps);
+                                           int workers, int threads_per_worker, int64_t steps,
+                                           const std::filesystem::path& from = {});
 
 struct BalanceReport {
   int workers = 0;

@@ -24,6 +24,7 @@ struct BenchArgs {
   int world = 2;
   std::vector<int64_t> bytes = {64 << 10, 1 << 20, 4 << 20, 16 << 20};
   std::string run;
+  std::string from;
   int64_t skip = 100;
 };
 
@@ -86,7 +87,7 @@ int run_bench_train(const BenchArgs& a) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
     const int per_worker = a.threads > 0 ? a.threads : std::max(1, cores / a.workers);
     Result<DistTrainBench> r =
-        bench_train_workers(spec.value(), a.storage, a.workers, per_worker, a.steps);
+        bench_train_workers(spec.value(), a.storage, a.workers, per_worker, a.steps, a.from);
     if (!r.ok()) return report(r.error());
     const DistTrainBench& b = r.value();
     const nlohmann::json out = {{"bench", "train"},
