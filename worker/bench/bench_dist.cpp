@@ -198,6 +198,7 @@ Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::strin
         c.train.storage_root = storage_root;
         c.train.run_dir = dir / "workers";
         c.train.progress = false;
+        c.train.resume = start > 0;
         const Status st = rank_run(c);
         if (!st.ok()) std::fprintf(stderr, "rank %d: %s\n", rank, st.error().to_string().c_str());
         return st.ok() ? 0 : 1;

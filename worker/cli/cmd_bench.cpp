@@ -150,6 +150,8 @@ void add_bench(CLI::App& app, int& exit_code) {
                    "Also train on this many local worker processes and compare with one process")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  train->add_option("--from", args->from,
+                    "With --workers: continue from this checkpoint of the job (trained routing)");
   train->callback([args, &exit_code] { exit_code = run_bench_train(*args); });
   CLI::App* comm = bench->add_subcommand(
       "comm", "all_to_all_v GB/s next to point-to-point send/recv GB/s over UCX");
