@@ -99,12 +99,18 @@ TEST_F(OpsTest, EmbeddingGathersRowsAndScattersGradients) {
 TEST_F(OpsTest, OutOfVocabularyIdsAreReportedNotCrashing) {
   std::vector<int32_t> tokens = {1, 9};
   std::vector<float> table(6 * 4), out(2 * 4), logits(2 * 6), lse(2), losses(2);
-  EXPECT_THROW(be_->embedding_forward({.num_tokens = 2, .dim = 4, .vocab = 6,
-                                       .tokens = tokens.data(), .table = table.data(),
+  EXPECT_THROW(be_->embedding_forward({.num_tokens = 2,
+                                       .dim = 4,
+                                       .vocab = 6,
+                                       .tokens = tokens.data(),
+                                       .table = table.data(),
                                        .out = out.data()}),
                CheckError);
-  EXPECT_THROW(be_->cross_entropy_forward({.rows = 2, .vocab = 6, .targets = tokens.data(),
-                                           .logits = logits.data(), .lse = lse.data(),
+  EXPECT_THROW(be_->cross_entropy_forward({.rows = 2,
+                                           .vocab = 6,
+                                           .targets = tokens.data(),
+                                           .logits = logits.data(),
+                                           .lse = lse.data(),
                                            .losses = losses.data()}),
                CheckError);
 }

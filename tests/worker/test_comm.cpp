@@ -8,15 +8,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "worker/dist/local_ranks.hpp"
 #include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
+#include "worker/dist/local_ranks.hpp"
 
 namespace mohge {
 namespace {
-
-
 
 #define CHILD_CHECK(cond, ...)                                                         \
   do {                                                                                 \
@@ -151,9 +149,11 @@ TEST_P(CommTest, AllToAllVRoutesEveryRowIncludingEmptyAndUnevenBlocks) {
 
 TEST_P(CommTest, AllReduceSumAndAverageAreExactAndIdenticalOnEveryRank) {
   const int world = GetParam(), port = free_local_port();
-  expect_all_ok(run_local_ranks(world, [&](int r) { return all_reduce_rank<float>(r, world, port); }));
+  expect_all_ok(
+      run_local_ranks(world, [&](int r) { return all_reduce_rank<float>(r, world, port); }));
   const int port2 = free_local_port();
-  expect_all_ok(run_local_ranks(world, [&](int r) { return all_reduce_rank<double>(r, world, port2); }));
+  expect_all_ok(
+      run_local_ranks(world, [&](int r) { return all_reduce_rank<double>(r, world, port2); }));
 }
 
 TEST_P(CommTest, BroadcastFromTheLastRank) {

@@ -18,9 +18,9 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/token_file.hpp"
-#include "worker/dist/local_ranks.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
+#include "worker/dist/local_ranks.hpp"
 #include "worker/dist/rank_runner.hpp"
 #include "worker/model/rng.hpp"
 #include "worker/train/checkpoint.hpp"
@@ -81,7 +81,7 @@ class Distributed : public ::testing::Test {
   // Trains `spec` with `world` ranks (world 1: the single-process trainer) into `run`;
   // returns each rank's exit code.
   std::vector<RankExit> train(const JobSpec& spec, int world, const std::string& run,
-                                       bool resume = false, int kill_rank = -1) {
+                              bool resume = false, int kill_rank = -1) {
     const int port = free_local_port();
     return run_local_ranks(world, [&](int rank) -> int {
       TrainOptions opt;

@@ -179,7 +179,8 @@ Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::strin
       std::error_code ec;
       fs::create_directories(dir / run / "checkpoints", ec);
       fs::copy(from, dir / run / "checkpoints" / from.filename(), fs::copy_options::recursive, ec);
-      if (ec) return invalid_argument("--from", "cannot copy " + from.string() + ": " + ec.message());
+      if (ec)
+        return invalid_argument("--from", "cannot copy " + from.string() + ": " + ec.message());
     }
   }
   JobSpec s = bench_spec(spec, start + steps + kWarmup);
