@@ -55,6 +55,15 @@ struct RankEnv {
     }
     comm = std::move(c).value();
   }
+
+  // The orderly end of a rank: finalize, leave the rendezvous, and on rank 0 keep the service
+  // up until every rank is done.
+  bool finish() {
+    const bool ok = comm->finalize().ok();
+    if (ok) rv->leave();
+    if (server) server->wait_done(20.0);
+    return ok;
+  }
 };
 
 // Rows that rank s sends to rank d: 0 to 3 of them, some pairs empty.
@@ -91,7 +100,7 @@ int all_to_all_rank(int rank, int world, int port) {
           CHILD_CHECK(recv[k] == payload(src, rank, row, c) + round,
                       "from rank " + std::to_string(src) + " row " + std::to_string(row));
   }
-  CHILD_CHECK(env.comm->finalize().ok());
+  CHILD_CHECK(env.finish());
   return 0;
 }
 
@@ -119,7 +128,7 @@ int all_reduce_rank(int rank, int world, int port) {
                 "all-reduce results differ between ranks");
   }
   CHILD_CHECK(env.comm->barrier().ok());
-  CHILD_CHECK(env.comm->finalize().ok());
+  CHILD_CHECK(env.finish());
   return 0;
 }
 
@@ -132,7 +141,7 @@ int broadcast_rank(int rank, int world, int port) {
     for (size_t i = 0; i < msg.size(); ++i) msg[i] = static_cast<char>('a' + i % 26);
   CHILD_CHECK(env.comm->broadcast(msg.data(), static_cast<int64_t>(msg.size()), root).ok());
   for (size_t i = 0; i < msg.size(); ++i) CHILD_CHECK(msg[i] == static_cast<char>('a' + i % 26));
-  CHILD_CHECK(env.comm->finalize().ok());
+  CHILD_CHECK(env.finish());
   return 0;
 }
 
@@ -169,11 +178,19 @@ INSTANTIATE_TEST_SUITE_P(Worlds, CommTest, ::testing::Values(2, 4), [](const aut
 TEST(CommFailure, DeadPeerIsNamedByTheOthers) {
   const int world = 3, port = free_local_port();
   const auto exits = run_local_ranks(world, [&](int rank) {
-    RankEnv env(rank, world, port, /*timeout_s=*/30.0);
-    CHILD_CHECK(env.comm != nullptr, env.error);
-    if (rank == 2) ::_exit(7);  // dies without a word
-    float x = 1.0f;
     const auto t0 = std::chrono::steady_clock::now();
+    RankEnv env(rank, world, port, /*timeout_s=*/30.0);
+    if (rank == 2) {
+      if (env.comm == nullptr) return 1;
+      ::_exit(7);  // dies without a word
+    }
+    if (env.comm == nullptr) {
+      // Rank 2 may die while the others still finish the set-up barrier: they must name it
+      // there too.
+      CHILD_CHECK(env.error.find("rank 2") != std::string::npos, env.error);
+      return 0;
+    }
+    float x = 1.0f;
     Status s = env.comm->all_reduce(&x, 1, ReduceOp::kSum);
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -186,6 +203,40 @@ TEST(CommFailure, DeadPeerIsNamedByTheOthers) {
   EXPECT_EQ(exits[0].code, 0);
   EXPECT_EQ(exits[1].code, 0);
   EXPECT_EQ(exits[2].code, 7);
+}
+
+// A rank that fails in an orderly way (an error, not a crash): the others get its reason at
+// once, not a deadline later.
+TEST(CommFailure, AFailedPeersReasonReachesTheOthers) {
+  const int world = 3, port = free_local_port();
+  const auto exits = run_local_ranks(world, [&](int rank) {
+    RankEnv env(rank, world, port, /*timeout_s=*/30.0);
+    const std::string reason = "rank 1 failed: data.train: disk on fire";
+    // Rank 1 may fail while a peer is still finishing the set-up collective
+    // (its sends complete before the peer has consumed them): the reason must
+    // reach that peer there just the same.
+    if (rank != 1 && env.comm == nullptr) {
+      CHILD_CHECK(env.error.find(reason) != std::string::npos, env.error);
+      return 0;
+    }
+    CHILD_CHECK(env.comm != nullptr, env.error);
+    if (rank == 1) {
+      env.rv->fail(reason);
+      return 3;  // destructors run: an orderly exit
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<float> x(100, 1.0f);
+    Status s = env.comm->all_reduce(x.data(), 100, ReduceOp::kSum);
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    CHILD_CHECK(!s.ok());
+    CHILD_CHECK(s.error().message.find(reason) != std::string::npos, s.error().message);
+    CHILD_CHECK(waited < 10.0, "took " + std::to_string(waited) + " s");
+    return 0;
+  });
+  EXPECT_EQ(exits[0].code, 0);
+  EXPECT_EQ(exits[1].code, 3);
+  EXPECT_EQ(exits[2].code, 0);
 }
 
 // A rank that is alive but never joins the collective: the deadline names it.

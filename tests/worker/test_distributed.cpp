@@ -246,6 +246,7 @@ TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
       if (rank == 0) std::ofstream(out) << std::setprecision(17) << e.loss;
       if (comm && !comm->finalize().ok()) return 1;
       if (rv) rv->leave();
+      if (server) server->wait_done(20.0);
       return 0;
     });
     expect_success(exits);

@@ -84,6 +84,7 @@ int comm_bench_rank(int rank, int world, int port, const std::vector<int64_t>& s
   }
   if (!c.finalize().ok()) return 1;
   rv.value()->leave();
+  if (server) server->wait_done(30.0);
   if (rank == 0) std::ofstream(out) << rows.dump();
   return 0;
 }

@@ -121,13 +121,23 @@ int launch_local_workers(const LaunchOptions& o) {
   ::sigaction(SIGTERM, &sa, nullptr);
   std::vector<int> codes(static_cast<size_t>(o.workers), 0);
   int running = o.workers;
-  bool forwarded = false;
+  bool forwarded = false, failed = false;
+  std::chrono::steady_clock::time_point terminate_at{}, kill_at{};
   while (running > 0) {
-    if (g_stop_signal.load() != 0 && !forwarded) {
+    const auto now = std::chrono::steady_clock::now();
+    // Ctrl-C, or a rank failed and the others did not stop on their own within 15 s
+    // (they are told at once through the rendezvous): SIGTERM, then SIGKILL 10 s later.
+    const bool stop_now = g_stop_signal.load() != 0 || (failed && now >= terminate_at);
+    if (stop_now && !forwarded) {
       spdlog::warn("stopping the workers");
       for (pid_t p : pids)
         if (p > 0) ::kill(p, SIGTERM);
       forwarded = true;
+      kill_at = now + std::chrono::seconds(10);
+    }
+    if (forwarded && now >= kill_at) {
+      for (pid_t p : pids)
+        if (p > 0) ::kill(p, SIGKILL);
     }
     int status = 0;
     const pid_t done = ::waitpid(-1, &status, WNOHANG);
@@ -141,6 +151,10 @@ int launch_local_workers(const LaunchOptions& o) {
           WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       pids[static_cast<size_t>(r)] = -1;
       --running;
+      if (codes[static_cast<size_t>(r)] != 0 && !failed) {
+        failed = true;
+        terminate_at = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+      }
     }
   }
   int result = 0;

@@ -8,8 +8,12 @@
 //   ALL     server→client  u32 round, u32 count, count × str
 //   ABORT   server→client  str reason (the job must stop)
 //   LEAVE   client→server  (empty; a later disconnect is not a failure)
+//   FAIL    client→server  str reason (forwarded to every other rank as ABORT)
 // The server runs all handlers on one io thread, so its state needs no lock.
 #include "worker/comm/rendezvous.hpp"
+
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <boost/asio.hpp>
 
@@ -30,7 +34,7 @@ namespace {
 constexpr uint32_t kProtocolVersion = 1;
 constexpr uint32_t kMaxFrame = 64u << 20;
 
-enum FrameType : uint8_t { kHello = 1, kWelcome, kPublish, kAll, kAbort, kLeave };
+enum FrameType : uint8_t { kHello = 1, kWelcome, kPublish, kAll, kAbort, kLeave, kFail };
 
 class Writer {
  public:
@@ -132,8 +136,34 @@ struct RendezvousServer::Impl {
   std::string job;
   std::vector<std::shared_ptr<Conn>> conns;
   std::map<uint32_t, std::map<int, std::string>> rounds;  // round → rank → blob
-  int num_left = 0;
   bool aborting = false;
+  int port = 0;
+  // Set (under done_mu) once every rank that joined has left, failed or disconnected.
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool done = false;
+
+  void check_done() {
+    int joined = 0, finished = 0;
+    for (const auto& c : conns) {
+      if (c->rank < 0) continue;
+      ++joined;
+      if (c->left || c->closed) ++finished;
+    }
+    if (joined == world && finished == world) {
+      std::lock_guard<std::mutex> lock(done_mu);
+      done = true;
+      done_cv.notify_all();
+    }
+  }
+
+  void abort_all(const std::shared_ptr<Conn>& except, const std::string& why) {
+    if (aborting) return;
+    aborting = true;
+    const auto frame = Writer(kAbort).str(why).frame();
+    for (const auto& other : conns)
+      if (other != except && other->rank >= 0) send(other, frame);
+  }
 
   void accept() {
     acceptor.async_accept([this](const boost::system::error_code& ec, tcp::socket sock) {
@@ -189,6 +219,7 @@ struct RendezvousServer::Impl {
       const uint32_t version = r.u32(), rank = r.u32(), w = r.u32();
       const std::string j = r.str();
       if (!r.ok()) return refuse(c, "malformed HELLO");
+      if (aborting) return refuse(c, "the job is already stopping after a failure");
       if (version != kProtocolVersion) {
         return refuse(c, "rendezvous protocol version " + std::to_string(version) +
                              " does not match the service's " + std::to_string(kProtocolVersion));
@@ -225,10 +256,11 @@ struct RendezvousServer::Impl {
       }
     } else if (type == kLeave && c->rank >= 0 && !c->left) {
       c->left = true;
-      if (++num_left == world) {
-        acceptor.close();
-        io.stop();
-      }
+      check_done();
+    } else if (type == kFail && c->rank >= 0) {
+      c->left = true;  // its disconnect is explained
+      abort_all(c, r.str());
+      check_done();
     }
   }
 
@@ -237,13 +269,11 @@ struct RendezvousServer::Impl {
     c->closed = true;
     boost::system::error_code ignored;
     c->sock.close(ignored);
-    if (c->rank < 0 || c->left || aborting) return;
-    aborting = true;
-    const std::string why = "rank " + std::to_string(c->rank) +
-                            " exited or lost its connection to the rendezvous service";
-    const auto frame = Writer(kAbort).str(why).frame();
-    for (const auto& other : conns)
-      if (other != c && other->rank >= 0) send(other, frame);
+    if (c->rank >= 0 && !c->left) {
+      abort_all(c, "rank " + std::to_string(c->rank) +
+                       " exited or lost its connection to the rendezvous service");
+    }
+    check_done();
   }
 };
 
@@ -276,6 +306,7 @@ Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::str
                  "cannot listen on " + host_port + " for the rendezvous: " + ec.message(),
                  "--rendezvous"};
   }
+  impl->port = impl->acceptor.local_endpoint().port();
   impl->accept();
   Impl* raw = impl.get();
   impl->thread = std::thread([raw] { raw->io.run(); });
@@ -283,7 +314,13 @@ Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::str
 }
 
 int RendezvousServer::port() const {
-  return impl_->acceptor.local_endpoint().port();
+  return impl_->port;
+}
+
+bool RendezvousServer::wait_done(double timeout_s) {
+  std::unique_lock<std::mutex> lock(impl_->done_mu);
+  return impl_->done_cv.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                                 [&] { return impl_->done; });
 }
 
 void RendezvousServer::stop() {
@@ -305,8 +342,8 @@ class TcpRendezvous final : public Rendezvous {
   TcpRendezvous(int rank, int world) : rank_(rank), world_(world), sock_(io_) {}
 
   ~TcpRendezvous() override {
-    leave();
-    // Close once the queued frames (LEAVE among them) are written.
+    // Close once the queued frames (LEAVE or FAIL among them) are written. Without either,
+    // the service reads the disconnect as this rank having exited.
     asio::post(io_, [this] {
       closing_ = true;
       if (out_.empty()) close_socket();
@@ -338,6 +375,10 @@ class TcpRendezvous final : public Rendezvous {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     sock_.set_option(tcp::no_delay(true));
+    // The handshake must not hang on a listener that accepts but never answers.
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(std::max(1.0, timeout_s));
+    ::setsockopt(sock_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     const auto hello = Writer(kHello)
                            .u32(kProtocolVersion)
                            .u32(static_cast<uint32_t>(rank_))
@@ -356,6 +397,8 @@ class TcpRendezvous final : public Rendezvous {
                    "rendezvous refused rank " + std::to_string(rank_) + ": " + r.str(),
                    "--rendezvous"};
     if (type != kWelcome) return Error{ErrorCode::kUnavailable, "unexpected rendezvous reply", ""};
+    tv.tv_sec = 0;  // asynchronous reads from here on
+    ::setsockopt(sock_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     read_async();
     thread_ = std::thread([this] { io_.run(); });
     return {};
@@ -386,6 +429,11 @@ class TcpRendezvous final : public Rendezvous {
   void leave() override {
     if (left_.exchange(true)) return;
     post_frame(Writer(kLeave).frame());
+  }
+
+  void fail(const std::string& reason) override {
+    if (left_.exchange(true)) return;
+    post_frame(Writer(kFail).str(reason).frame());
   }
 
  private:

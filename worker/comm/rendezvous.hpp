@@ -27,8 +27,12 @@ class Rendezvous {
   virtual Result<std::vector<std::string>> exchange(const std::string& blob, double timeout_s) = 0;
   /// Fires when a peer dies or the job is stopped.
   virtual AbortSignal& abort_signal() = 0;
-  /// This rank is done: its disconnect from now on is not a failure.
+  /// This rank finished cleanly: its disconnect from now on is not a failure. Call it only
+  /// on success; destroying the rendezvous without leave() or fail() reads as "rank exited".
   virtual void leave() = 0;
+  /// This rank failed: every other rank's abort signal fires with `reason` (name the rank in
+  /// it) at once, instead of waiting for a deadline.
+  virtual void fail(const std::string& reason) = 0;
 };
 
 /// The TCP rendezvous service (rank 0 runs it). Starts listening in the constructor's thread
@@ -40,6 +44,9 @@ class RendezvousServer {
                                                          const std::string& job);
   ~RendezvousServer();
   int port() const;
+  /// Waits until every rank has left, failed or disconnected (so rank 0 does not take the
+  /// service down under ranks still finishing), at most `timeout_s`. True when they all did.
+  bool wait_done(double timeout_s);
   void stop();
 
  private:

@@ -188,19 +188,23 @@ class UcxCommunicator final : public Communicator {
     Status s =
         aborted_ ? Status(Error{ErrorCode::kFailedPrecondition, abort_reason_, ""}) : barrier();
     finalized_ = true;
+    // Close every endpoint at once, then wait once against one deadline.
+    std::vector<void*> closing;
     for (ucp_ep_h& ep : eps_) {
       if (ep == nullptr) continue;
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
       p.flags = s.ok() ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
       void* req = ucp_ep_close_nbx(ep, &p);
-      if (UCS_PTR_IS_PTR(req)) {
-        const auto deadline = Clock::now() + std::chrono::duration<double>(opt_.timeout_s);
-        while (ucp_request_check_status(req) == UCS_INPROGRESS && Clock::now() < deadline)
-          ucp_worker_progress(worker_);
-        ucp_request_free(req);
-      }
+      if (UCS_PTR_IS_PTR(req)) closing.push_back(req);
       ep = nullptr;
+    }
+    const auto deadline = Clock::now() + std::chrono::duration<double>(opt_.timeout_s);
+    for (void* req : closing) {
+      while (ucp_request_check_status(req) == UCS_INPROGRESS && Clock::now() < deadline &&
+             !rv_.abort_signal().raised())
+        ucp_worker_progress(worker_);
+      ucp_request_free(req);
     }
     release();
     return s;
@@ -264,6 +268,7 @@ class UcxCommunicator final : public Communicator {
     size_t done = 0;
     std::vector<bool> finished(reqs.size(), false);
     int idle = 0;
+    bool transport_failed = !error.empty();
     while (done < reqs.size() && error.empty()) {
       // Spin while messages flow; yield the core once idle (ranks may share cores).
       if (ucp_worker_progress(worker_) != 0) {
@@ -278,6 +283,7 @@ class UcxCommunicator final : public Communicator {
         finished[i] = true;
         ++done;
         if (st != UCS_OK) {
+          transport_failed = true;
           error = std::string(op) + ": " + (reqs[i].is_send ? "send to" : "receive from") +
                   " rank " + std::to_string(reqs[i].peer) + " failed: " + ucs_error(st);
         }
@@ -298,22 +304,32 @@ class UcxCommunicator final : public Communicator {
                 " outstanding): the peer is dead or silent";
       }
     }
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      if (!finished[i]) ucp_request_cancel(worker_, reqs[i].req);
+    if (transport_failed) {
+      // A transport error usually means the peer process is gone. Its own reason (or the
+      // rendezvous' "rank N exited") is on its way over the rendezvous connection and says
+      // more than "shared memory error": give it a moment to arrive.
+      const auto grace = Clock::now() + std::chrono::seconds(1);
+      while (!rv_.abort_signal().raised() && Clock::now() < grace)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (rv_.abort_signal().raised())
+        error = rv_.abort_signal().reason() + " (during " + op + "; " + error + ")";
     }
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      if (!finished[i]) {
-        const auto until = Clock::now() + std::chrono::milliseconds(100);
-        while (ucp_request_check_status(reqs[i].req) == UCS_INPROGRESS && Clock::now() < until)
+    if (!error.empty()) {
+      // Cancel what has not matched, force-close the endpoints, and progress (bounded) while
+      // the buffers are still alive, so nothing writes into them after this returns.
+      for (size_t i = 0; i < reqs.size(); ++i)
+        if (!finished[i]) ucp_request_cancel(worker_, reqs[i].req);
+      abort(error);
+      const auto until = Clock::now() + std::chrono::milliseconds(500);
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        while (!finished[i] && ucp_request_check_status(reqs[i].req) == UCS_INPROGRESS &&
+               Clock::now() < until)
           ucp_worker_progress(worker_);
       }
-      ucp_request_free(reqs[i].req);
     }
+    for (Pending& r : reqs) ucp_request_free(r.req);
     reqs.clear();
-    if (!error.empty()) {
-      abort(error);
-      return Error{ErrorCode::kUnavailable, error, ""};
-    }
+    if (!error.empty()) return Error{ErrorCode::kUnavailable, error, ""};
     return {};
   }
 

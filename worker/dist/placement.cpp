@@ -7,6 +7,7 @@ namespace mohge {
 
 Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string& kind, int world) {
   const FfnSpec& f = model.ffn;
+  if (world < 1) return invalid_argument("resources.workers", "must be at least 1");
   ExpertPlacement p;
   p.kind = kind;
   p.world = world;
@@ -14,7 +15,6 @@ Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string
   p.owner.assign(static_cast<size_t>(E), 0);
   p.experts.assign(static_cast<size_t>(world), {});
   const std::string R = std::to_string(world);
-  if (world < 1) return invalid_argument("resources.workers", "must be at least 1");
   if (kind != "all-size" && kind != "group-per-rank" && kind != "contiguous") {
     return invalid_argument("placement",
                             "must be one of \"all-size\", \"group-per-rank\", "

@@ -20,23 +20,35 @@ Status rank_run(const RankConfig& c, const std::function<void(const StepReport&)
   Result<std::unique_ptr<Rendezvous>> rv =
       rendezvous_connect(c.rendezvous, c.rank, c.world, job, c.comm_timeout_s);
   if (!rv.ok()) return rv.error();
+
+  // Every outcome is announced: success lets the others finish in peace; a failure stops them
+  // at once with this rank's reason (not after a deadline). Rank 0 keeps the rendezvous up
+  // until every rank has left, failed or gone.
+  auto finish = [&](Status s) -> Status {
+    if (s.ok()) {
+      rv.value()->leave();
+    } else {
+      rv.value()->fail("rank " + std::to_string(c.rank) + " failed: " + s.error().to_string());
+    }
+    if (server) server->wait_done(s.ok() ? c.comm_timeout_s : 10.0);
+    return s;
+  };
   Result<std::unique_ptr<Communicator>> comm =
       make_ucx_communicator(*rv.value(), {.timeout_s = c.comm_timeout_s});
-  if (!comm.ok()) return comm.error();
+  if (!comm.ok()) return finish(comm.error());
   auto backend = make_cpu_backend(c.threads);
 
   TrainOptions opt = c.train;
   opt.comm = comm.value().get();
   opt.progress = opt.progress && c.rank == 0;
   Result<std::unique_ptr<Trainer>> trainer = Trainer::create(c.spec, opt, *backend);
-  if (!trainer.ok()) {
-    comm.value()->abort(trainer.error().message);
-    return trainer.error();
+  Status s = trainer.ok() ? trainer.value()->run(on_step) : Status(trainer.error());
+  if (s.ok()) {
+    s = comm.value()->finalize();
+  } else {
+    comm.value()->abort(s.error().message);
   }
-  Status s = trainer.value()->run(on_step);
-  if (s.ok()) s = comm.value()->finalize();
-  if (s.ok()) rv.value()->leave();
-  return s;
+  return finish(s);
 }
 
 }  // namespace mohge

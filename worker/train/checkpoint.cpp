@@ -52,6 +52,16 @@ void add_tensors(const ParamStore& params, const HostState& h, Keep keep, Safete
   }
 }
 
+// Temporary folders of checkpoints that were never published (a crash, a failed write).
+void sweep_unpublished(const fs::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0)
+      fs::remove_all(entry.path(), ec);
+  }
+}
+
 // The files, besides the tensors, that make a checkpoint folder complete (rank 0 writes them).
 Status write_metadata_files(const fs::path& dir, const JobSpec& spec, const TrainerState& state,
                             int64_t optimizer_steps, int world,
@@ -77,9 +87,14 @@ Status write_metadata_files(const fs::path& dir, const JobSpec& spec, const Trai
 Result<fs::path> publish(const fs::path& dir, const fs::path& tmp_dir, int64_t step, int keep) {
   const fs::path final_dir = dir / checkpoint_folder_name(step);
   std::error_code ec;
-  fs::remove_all(final_dir, ec);  // a checkpoint of the same step from an earlier attempt
+  // A checkpoint of the same step from an earlier attempt is moved aside, not deleted, until
+  // the new one is in place.
+  const fs::path old_dir = dir / (".old-" + checkpoint_folder_name(step));
+  fs::remove_all(old_dir, ec);
+  if (fs::exists(final_dir)) fs::rename(final_dir, old_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return io_error("cannot rename " + tmp_dir.string() + " to " + final_dir.string(), ec);
+  fs::remove_all(old_dir, ec);
   std::vector<fs::path> all = checkpoint_list(dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i], ec);
   return final_dir;
@@ -121,7 +136,7 @@ Result<fs::path> write_single(const fs::path& dir, Transformer& model, AdamW& op
   std::error_code ec;
   const fs::path tmp_dir =
       dir / (".tmp-" + checkpoint_folder_name(state.step) + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp_dir, ec);
+  sweep_unpublished(dir);  // this process is the run's only writer
   fs::create_directories(tmp_dir, ec);
   if (ec) return io_error("cannot create " + tmp_dir.string(), ec);
   Backend& be = model.backend();
@@ -158,7 +173,7 @@ Result<fs::path> write_sharded(const fs::path& dir, Transformer& model, AdamW& o
   std::error_code ec;
   std::string error;
   if (rank == 0) {
-    fs::remove_all(tmp_dir, ec);
+    sweep_unpublished(dir);  // rank 0 alone creates and publishes checkpoint folders
     fs::create_directories(tmp_dir, ec);
     if (ec) error = "cannot create " + tmp_dir.string() + ": " + ec.message();
   }
@@ -167,6 +182,7 @@ Result<fs::path> write_sharded(const fs::path& dir, Transformer& model, AdamW& o
     double failed = error.empty() ? 0.0 : 1.0;
     if (Status s = comm.all_reduce(&failed, 1, ReduceOp::kSum); !s.ok()) return s;
     if (failed == 0.0) return {};
+    if (rank == 0) fs::remove_all(tmp_dir, ec);  // nothing half-written stays behind
     return Error{ErrorCode::kInternal,
                  error.empty() ? "checkpoint " + what + " failed on another rank" : error, ""};
   };

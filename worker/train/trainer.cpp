@@ -146,6 +146,12 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
   } catch (const CollectiveError& e) {
     if (parallel_.distributed()) parallel_.comm->abort(e.error().message);
     return e.error();
+  } catch (const std::exception& e) {
+    // A broken invariant, an allocation or filesystem failure: report it like any error, so
+    // the other ranks are told instead of waiting for a collective this rank will not join.
+    const Error error{ErrorCode::kInternal, e.what(), ""};
+    if (parallel_.distributed()) parallel_.comm->abort(error.message);
+    return error;
   }
 }
 
@@ -163,7 +169,13 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
   TrainerState state;
   state.seed = ts.seed;
   if (options_.resume) {
-    const fs::path latest = checkpoint_list(ckpt_dir).back();
+    // Rank 0 picks the checkpoint, so every rank loads the same step.
+    fs::path latest = checkpoint_list(ckpt_dir).back();
+    if (parallel_.distributed()) {
+      int64_t step = rank == 0 ? std::stoll(latest.filename().string().substr(5)) : 0;
+      collective_check(parallel_.comm->broadcast(&step, sizeof(step), 0));
+      latest = ckpt_dir / checkpoint_folder_name(step);
+    }
     if (Status s = checkpoint_load(latest, *model_, &optimizer, &state); !s.ok()) return s;
     if (state.seed != ts.seed) {
       return invalid_argument(
