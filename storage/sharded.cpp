@@ -90,4 +90,59 @@ Status TensorSource::read_f32(const std::string& name, const std::vector<int64_t
   return f->second->read_f32(name, shape, dst);
 }
 
+Status consolidate_safetensors(const std::filesystem::path& dir, const std::string& stem,
+                               const std::filesystem::path& out) {
+  Result<TensorSource> src = TensorSource::open(dir, stem);
+  if (!src.ok()) return src.error();
+  // Shapes come from the shard headers; the data is read tensor by tensor.
+  std::vector<std::filesystem::path> files;
+  if (src.value().sharded()) {
+    std::map<std::string, bool> seen;
+    for (const auto& [name, file] : src.value().weight_map_view())
+      if (!seen[file]) {
+        seen[file] = true;
+        files.push_back(dir / file);
+      }
+  } else {
+    files.push_back(dir / (stem + ".safetensors"));
+  }
+  SafetensorsWriter writer;
+  std::vector<std::vector<float>> f32;
+  std::vector<std::vector<int64_t>> i64;
+  std::vector<SafetensorsFile> opened;
+  opened.reserve(files.size());
+  for (const auto& f : files) {
+    Result<SafetensorsFile> file = SafetensorsFile::open(f);
+    if (!file.ok()) return file.error();
+    opened.push_back(std::move(file).value());
+  }
+  size_t count = 0;
+  for (const SafetensorsFile& file : opened) count += file.entries().size();
+  f32.reserve(count);
+  i64.reserve(count);
+  for (const SafetensorsFile& file : opened) {
+    for (const SafetensorsEntry& e : file.entries()) {
+      int64_t n = 1;
+      for (int64_t d : e.shape) n *= d;
+      if (e.dtype == "F32") {
+        f32.emplace_back(static_cast<size_t>(n));
+        if (Status s = file.read_f32(e.name, e.shape, f32.back().data()); !s.ok()) return s;
+        writer.add_f32(e.name, e.shape, f32.back().data());
+      } else if (e.dtype == "I64") {
+        i64.emplace_back(static_cast<size_t>(n));
+        if (Status s = file.read_i64(e.name, e.shape, i64.back().data()); !s.ok()) return s;
+        writer.add_i64(e.name, e.shape, i64.back().data());
+      } else {
+        return Error{ErrorCode::kDataLoss,
+                     file.path().string() + ": tensor " + e.name + " has dtype " + e.dtype +
+                         " (only F32 and I64 are consolidated)",
+                     ""};
+      }
+    }
+  }
+  for (const auto& [k, v] : src.value().metadata())
+    if (k != "total_size") writer.set_metadata(k, v);
+  return writer.write(out);
+}
+
 }  // namespace mohge

@@ -34,6 +34,8 @@ class TensorSource {
   ~TensorSource();
 
   bool sharded() const { return !weight_map_.empty(); }
+  /// Tensor name → shard file (empty for a single file).
+  const std::map<std::string, std::string>& weight_map_view() const { return weight_map_; }
   /// The index's "metadata" (sharded) or the file's "__metadata__".
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// Every tensor name, sorted.
@@ -48,5 +50,11 @@ class TensorSource {
   std::map<std::string, std::string> weight_map_;                  // empty for a single file
   std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;  // opened shards
 };
+
+/// Writes every tensor of `dir/<stem>` (either layout) into one safetensors file at `out`
+/// (atomically), with the same names, shapes and metadata: the single-file form of a sharded
+/// checkpoint. Errors name the file.
+Status consolidate_safetensors(const std::filesystem::path& dir, const std::string& stem,
+                               const std::filesystem::path& out);
 
 }  // namespace mohge

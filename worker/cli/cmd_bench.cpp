@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "worker/bench/bench.hpp"
+#include "worker/bench/bench_api.hpp"
 #include "worker/bench/bench_dist.hpp"
 #include "worker/cli/commands.hpp"
 
@@ -166,6 +167,37 @@ void add_bench(CLI::App& app, int& exit_code) {
   balance->add_option("--workers", args->workers, "Ranks to place the experts on")->required();
   balance->add_option("--skip", args->skip, "Warm-up steps to leave out")->capture_default_str();
   balance->callback([args, &exit_code] { exit_code = run_bench_balance(*args); });
+  auto api_opts = std::make_shared<ApiBenchOptions>();
+  CLI::App* api = bench->add_subcommand(
+      "api", "REST GET /jobs/{id} requests/s and p99 with many jobs; metrics rows/s into SQLite");
+  api->add_option("--jobs", api_opts->jobs, "Jobs in the database")->capture_default_str();
+  api->add_option("--connections", api_opts->connections, "Concurrent client connections")
+      ->capture_default_str();
+  api->add_option("--seconds", api_opts->seconds, "Measuring time")->capture_default_str();
+  api->add_option("--server-threads", api_opts->server_threads, "REST thread pool")
+      ->capture_default_str();
+  api->add_option("--metric-rows", api_opts->metric_rows, "Rows for the ingestion figure")
+      ->capture_default_str();
+  api->callback([api_opts, &exit_code] {
+    Result<ApiBenchResult> r = bench_api(*api_opts);
+    if (!r.ok()) {
+      exit_code = report(r.error());
+      return;
+    }
+    const ApiBenchResult& b = r.value();
+    std::printf("%s\n", nlohmann::json{{"bench", "api"},
+                                       {"jobs", b.jobs},
+                                       {"connections", api_opts->connections},
+                                       {"server_threads", api_opts->server_threads},
+                                       {"requests", b.requests},
+                                       {"errors", b.errors},
+                                       {"get_job_requests_per_s", b.requests_per_s},
+                                       {"p50_ms", b.p50_ms},
+                                       {"p99_ms", b.p99_ms},
+                                       {"metric_rows_per_s", b.metric_rows_per_s}}
+                                .dump()
+                                .c_str());
+  });
 }
 
 }  // namespace mohge::cli

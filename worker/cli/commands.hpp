@@ -13,6 +13,8 @@ void add_train(CLI::App& app, int& exit_code);
 void add_eval(CLI::App& app, int& exit_code);
 void add_generate(CLI::App& app, int& exit_code);
 void add_bench(CLI::App& app, int& exit_code);
+/// submit, jobs, job, logs, cancel, checkpoints, download (the coordinator's REST API).
+void add_client(CLI::App& app, int& exit_code);
 
 /// Prints "error: <field>: <message>" to stderr; returns 2 for bad input, 1 otherwise.
 int report(const Error& error);

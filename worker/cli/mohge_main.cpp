@@ -1,5 +1,5 @@
 // mohge: the command-line tool (DESIGN.md §3). Training in one process, evaluation,
-// generation, data preparation and benchmarks.
+// generation, data preparation, benchmarks, and the service client (submit, jobs, …).
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   mohge::cli::add_eval(app, exit_code);
   mohge::cli::add_generate(app, exit_code);
   mohge::cli::add_bench(app, exit_code);
+  mohge::cli::add_client(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,8 +1,12 @@
-// mohge-worker: runs one rank of a job.
-//   mohge-worker --job SPEC.json --rank r --world R --rendezvous HOST:PORT
-//                [--storage DIR] [--out RUN] [--threads N] [--resume] [--stop-after N]
-//                [--comm-timeout S] [--quiet]
-// (The long-running daemon that registers with a coordinator comes with the service issue.)
+// mohge-worker, two ways:
+//   the daemon:  mohge-worker --coordinator HOST:PORT --storage DIR [--name NAME]
+//                             [--devices cpu|cuda:N] [--threads N]
+//                registers with the coordinator and runs the ranks it is given until stopped
+//                (SIGINT/SIGTERM);
+//   one rank:    mohge-worker --job SPEC.json --rank r --world R --rendezvous HOST:PORT
+//                             [--storage DIR] [--out RUN] [--threads N] [--resume]
+//                             [--stop-after N] [--comm-timeout S] [--quiet]
+//                (what `mohge train --workers R` launches).
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -12,7 +16,11 @@
 #include <optional>
 
 #include "worker/cli/commands.hpp"
+#include "worker/daemon/daemon.hpp"
 #include "worker/dist/rank_runner.hpp"
+
+#include <csignal>
+#include <thread>
 
 int main(int argc, char** argv) {
   CLI::App app{"mohge-worker: one rank of a distributed MoHGE training job"};
@@ -21,11 +29,15 @@ int main(int argc, char** argv) {
   bool resume = false, quiet = false;
   int64_t stop_after = 0;
   double timeout = 60.0;
-  app.add_option("--job", job, "Job spec JSON")->required();
-  app.add_option("--rank", rank, "This rank")->required()->check(CLI::NonNegativeNumber);
-  app.add_option("--world", world, "Number of ranks")->required()->check(CLI::PositiveNumber);
-  app.add_option("--rendezvous", rendezvous, "HOST:PORT of the rendezvous (rank 0 hosts it)")
-      ->required();
+  std::string coordinator, name, devices = "cpu";
+  app.add_option("--coordinator", coordinator,
+                 "Daemon mode: HOST:PORT of the coordinator's control address");
+  app.add_option("--name", name, "Daemon mode: unique worker name (default: host name)");
+  app.add_option("--devices", devices, "Daemon mode: cpu or cuda:N")->capture_default_str();
+  app.add_option("--job", job, "One rank: job spec JSON");
+  app.add_option("--rank", rank, "One rank: this rank")->check(CLI::NonNegativeNumber);
+  app.add_option("--world", world, "One rank: number of ranks")->check(CLI::PositiveNumber);
+  app.add_option("--rendezvous", rendezvous, "One rank: HOST:PORT of the rendezvous (rank 0 hosts it)");
   app.add_option("--storage", storage, "Storage root")->capture_default_str();
   app.add_option("--out", out, "Run folder (default STORAGE/runs/<name>)");
   app.add_option("--threads", threads, "Compute threads (default: all cores)");
@@ -37,6 +49,37 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", quiet, "No live progress line");
   CLI11_PARSE(app, argc, argv);
 
+  if (!coordinator.empty()) {
+    spdlog::set_default_logger(spdlog::stderr_color_mt("mohge-worker"));
+    spdlog::set_pattern("[worker %H:%M:%S] %v");
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    mohge::WorkerDaemon daemon({.coordinator = coordinator,
+                                .storage = storage,
+                                .name = name,
+                                .devices = devices,
+                                .threads = threads});
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      spdlog::info("stopping ({})", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      daemon.stop();
+    });
+    const mohge::Status s = daemon.run();
+    // The daemon may end on its own (refused by the coordinator): wake the waiter.
+    pthread_kill(waiter.native_handle(), SIGTERM);
+    waiter.join();
+    if (!s.ok()) return mohge::cli::report(s.error());
+    return 0;
+  }
+  if (job.empty() || rendezvous.empty()) {
+    return mohge::cli::report(mohge::invalid_argument(
+        "--job", "give --coordinator HOST:PORT (daemon) or --job, --rank, --world and "
+                 "--rendezvous (one rank)"));
+  }
   spdlog::set_default_logger(spdlog::stderr_color_mt("mohge-worker"));
   spdlog::set_pattern("[rank " + std::to_string(rank) + " %H:%M:%S] %v");
   mohge::Result<mohge::JobSpec> spec = mohge::load_job_spec(job);

@@ -21,20 +21,25 @@ Status rank_run(const RankConfig& c, const std::function<void(const StepReport&)
       rendezvous_connect(c.rendezvous, c.rank, c.world, job, c.comm_timeout_s);
   if (!rv.ok()) return rv.error();
 
+  Status s = rank_run(c, *rv.value(), on_step);
+  if (server) server->wait_done(s.ok() ? c.comm_timeout_s : 10.0);
+  return s;
+}
+
+Status rank_run(const RankConfig& c, Rendezvous& rv,
+                const std::function<void(const StepReport&)>& on_step) {
   // Every outcome is announced: success lets the others finish in peace; a failure stops them
-  // at once with this rank's reason (not after a deadline). Rank 0 keeps the rendezvous up
-  // until every rank has left, failed or gone.
+  // at once with this rank's reason (not after a deadline).
   auto finish = [&](Status s) -> Status {
     if (s.ok()) {
-      rv.value()->leave();
+      rv.leave();
     } else {
-      rv.value()->fail("rank " + std::to_string(c.rank) + " failed: " + s.error().to_string());
+      rv.fail("rank " + std::to_string(c.rank) + " failed: " + s.error().to_string());
     }
-    if (server) server->wait_done(s.ok() ? c.comm_timeout_s : 10.0);
     return s;
   };
   Result<std::unique_ptr<Communicator>> comm =
-      make_ucx_communicator(*rv.value(), {.timeout_s = c.comm_timeout_s});
+      make_ucx_communicator(rv, {.timeout_s = c.comm_timeout_s});
   if (!comm.ok()) return finish(comm.error());
   auto backend = make_cpu_backend(c.threads);
 

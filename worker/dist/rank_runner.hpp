@@ -25,6 +25,13 @@ struct RankConfig {
   TrainOptions train;            // storage root, run folder, resume, progress, stop_after
 };
 
+class Rendezvous;
+
+/// Runs the rank over a rendezvous the caller provides (the worker daemon's, which goes
+/// through the coordinator). Reports success with rv.leave() and failure with rv.fail().
+Status rank_run(const RankConfig& config, Rendezvous& rv,
+                const std::function<void(const StepReport&)>& on_step = {});
+
 /// Runs the rank to the end of training (or the first error, which names the failing peer
 /// when a peer died). `on_step` sees every step's report on this rank.
 Status rank_run(const RankConfig& config,

@@ -168,7 +168,9 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
   TrainBatches batches(train_, B, ts.seed);
   TrainerState state;
   state.seed = ts.seed;
-  if (options_.resume) {
+  const bool resume =
+      options_.resume || (options_.resume_if_present && !checkpoint_list(ckpt_dir).empty());
+  if (resume) {
     // Rank 0 picks the checkpoint, so every rank loads the same step.
     fs::path latest = checkpoint_list(ckpt_dir).back();
     if (parallel_.distributed()) {
@@ -276,6 +278,7 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                   {"workers", R}};
       if (!layers.empty()) rec["layers"] = layers;
       metrics << rec.dump() << "\n";
+      if (options_.on_record) options_.on_record(rec);
     }
 
     const bool last = r.step == ts.steps;
@@ -285,19 +288,27 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
         r.val_loss = e.loss;
         last_val = e.loss;
         if (lead) {
-          metrics << json{{"step", r.step},
+          const json rec = {{"step", r.step},
                           {"val_loss", e.loss},
                           {"val_perplexity", std::exp(e.loss)},
-                          {"val_tokens", e.tokens}}
-                         .dump()
-                  << "\n";
+                          {"val_tokens", e.tokens}};
+        metrics << rec.dump() << "\n";
+        if (options_.on_record) options_.on_record(rec);
         }
       }
     }
     if (lead) metrics.flush();
     state.step = r.step;
     state.data = batches.position();
-    const bool stop = options_.stop_after > 0 && r.step >= options_.stop_after;
+    bool stop = options_.stop_after > 0 && r.step >= options_.stop_after;
+    if (options_.stop_request != nullptr && !last) {
+      // Every rank must stop after the same step: any rank's request stops them all.
+      float asked = options_.stop_request->load() ? 1.0f : 0.0f;
+      if (parallel_.distributed())
+        collective_check(parallel_.comm->all_reduce(&asked, 1, ReduceOp::kSum));
+      stop = stop || asked > 0.0f;
+    }
+    r.stopped = stop && !last;
     if ((spec_.checkpoint.every > 0 && r.step % spec_.checkpoint.every == 0) || last || stop) {
       Result<fs::path> written = checkpoint_write(ckpt_dir, *model_, optimizer, spec_, state,
                                                   spec_.checkpoint.keep, extra_files, parallel_);
@@ -305,6 +316,7 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
         progress.newline();
         return written.error();
       }
+      if (options_.on_checkpoint) options_.on_checkpoint(r.step, written.value());
     }
     progress.update(r, last_val, recent_step_s * static_cast<double>(ts.steps - r.step));
     if (on_step) on_step(r);

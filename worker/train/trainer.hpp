@@ -7,12 +7,15 @@
 // gradients are those of the single process on the global batch.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "api/job_spec.hpp"
 #include "api/result.hpp"
@@ -30,6 +33,14 @@ struct TrainOptions {
   bool progress = true;                      // live progress on stderr
   int64_t stop_after = 0;        // > 0: stop (with a checkpoint) once this step is reached
   Communicator* comm = nullptr;  // the job's ranks; null or a world of one: single process
+  bool resume_if_present = false;  // resume when a checkpoint exists, else start fresh
+  /// Set from another thread to stop at the next step boundary with a checkpoint (all ranks
+  /// agree on the step through one all-reduce per step). Null: never.
+  const std::atomic<bool>* stop_request = nullptr;
+  /// Every metrics.jsonl record as it is written (rank 0 only).
+  std::function<void(const nlohmann::json&)> on_record;
+  /// Every checkpoint this rank took part in, once it is complete on disk (all ranks).
+  std::function<void(int64_t step, const std::filesystem::path& folder)> on_checkpoint;
 };
 
 /// One training step's figures (also the record written to metrics.jsonl).
@@ -39,6 +50,7 @@ struct StepReport {
   double tokens_per_s = 0, step_ms = 0;
   double activated_expert_params = 0;  // per token, summed over layers (measured routing)
   std::optional<double> val_loss;      // set on evaluation steps
+  bool stopped = false;                // the run stops after this step (stop_after/stop_request)
 };
 
 struct EvalResult {

@@ -1,0 +1,578 @@
+#include "coordinator/coordinator.hpp"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+
+#include "api/job_spec.hpp"
+#include "api/protocol.hpp"
+#include "api/rest_server.hpp"
+#include "coordinator/checkpoint_registry.hpp"
+#include "coordinator/metrics_sink.hpp"
+#include "coordinator/scheduler.hpp"
+#include "coordinator/store.hpp"
+#include "coordinator/worker_registry.hpp"
+#include "storage/sharded.hpp"
+
+#ifndef MOHGE_VERSION
+#define MOHGE_VERSION "0.0.0"
+#endif
+
+namespace mohge::coord {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::string sha256_hex(const std::string& data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+std::string new_token_secret() {
+  unsigned char bytes[24];
+  if (RAND_bytes(bytes, sizeof(bytes)) != 1) throw std::runtime_error("RAND_bytes failed");
+  static const char* hex = "0123456789abcdef";
+  std::string out = "mohge_";
+  for (unsigned char b : bytes) {
+    out.push_back(hex[b >> 4]);
+    out.push_back(hex[b & 15]);
+  }
+  return out;
+}
+
+namespace {
+
+constexpr auto kAskTimeout = std::chrono::seconds(10);
+
+bool valid_user_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-'))
+      return false;
+  return std::islower(static_cast<unsigned char>(s[0])) || std::isdigit(static_cast<unsigned char>(s[0]));
+}
+
+Error forbidden(const std::string& what) {
+  return Error{ErrorCode::kPermissionDenied, what + " needs the admin role", ""};
+}
+
+}  // namespace
+
+struct Coordinator::Impl : ApiService {
+  CoordinatorOptions options;
+  boost::asio::io_context io;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work;
+  std::vector<std::thread> threads;
+  Hub hub;
+  std::unique_ptr<Store> store;
+  std::unique_ptr<WorkerRegistry> registry;
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<MetricsSink> metrics;
+  std::unique_ptr<CheckpointRegistry> checkpoints;
+  std::unique_ptr<RestServer> rest;
+  fs::path db_path;
+
+  // Token hash → caller. REST threads read it on every request and it changes only when
+  // tokens are revoked or users change: a reader-writer lock is the cheap, obviously correct
+  // choice here (an actor round trip per request would cost more than the request).
+  std::shared_mutex auth_mu;
+  std::map<std::string, Caller> auth_cache;
+
+  // Read-only connections for the REST threads' reads (WAL readers never block the writer).
+  std::mutex readers_mu;  // guards the free list only
+  std::vector<std::unique_ptr<db::Repository>> readers;
+
+  template <class T, class F>
+  Result<T> read(F&& f) {
+    std::unique_ptr<db::Repository> repo;
+    {
+      std::lock_guard<std::mutex> lock(readers_mu);
+      if (!readers.empty()) {
+        repo = std::move(readers.back());
+        readers.pop_back();
+      }
+    }
+    if (!repo) {
+      Result<std::unique_ptr<db::Repository>> r = db::Repository::open(db_path, true);
+      if (!r.ok()) return r.error();
+      repo = std::move(r).value();
+    }
+    Result<T> out = f(*repo);
+    std::lock_guard<std::mutex> lock(readers_mu);
+    readers.push_back(std::move(repo));
+    return out;
+  }
+
+  Status access(const Caller& c, int64_t job) {
+    Result<bool> r = scheduler->ask<bool>(
+        [&, c, job]() -> Result<bool> {
+          Status s = scheduler->check_access(c, job);
+          if (!s.ok()) return s.error();
+          return true;
+        },
+        kAskTimeout);
+    return r.ok() ? Status() : Status(r.error());
+  }
+
+  // ---- ApiService -------------------------------------------------------------------------
+  Result<Caller> authenticate(const std::string& token) override {
+    const std::string hash = sha256_hex(token);
+    {
+      std::shared_lock<std::shared_mutex> lock(auth_mu);
+      const auto it = auth_cache.find(hash);
+      if (it != auth_cache.end()) return it->second;
+    }
+    Result<std::optional<db::UserRow>> user = read<std::optional<db::UserRow>>(
+        [&](db::Repository& r) { return r.find_user_by_token(hash); });
+    if (!user.ok()) return user.error();
+    if (!user.value()) {
+      return Error{ErrorCode::kUnauthenticated, "unknown or revoked token", "Authorization"};
+    }
+    Caller c{user.value()->id, user.value()->name, user.value()->role == "admin"};
+    std::unique_lock<std::shared_mutex> lock(auth_mu);
+    auth_cache[hash] = c;
+    return c;
+  }
+
+  Result<SubmitResult> submit_job(const Caller& c, const json& body,
+                                  const std::string& key) override {
+    if (!body.is_object()) return invalid_argument("body", "must be a JSON object (a job spec)");
+    Result<JobSpec> spec = parse_job_spec(body);
+    if (!spec.ok()) return spec.error();
+    const JobSpec& s = spec.value();
+    Result<int> quota =
+        scheduler->ask<int>([&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
+    if (!quota.ok()) return quota.error();
+    if (quota.value() > 0 && s.resources.workers > quota.value()) {
+      return Error{ErrorCode::kUnprocessable,
+                   "asks for " + std::to_string(s.resources.workers) + " workers but " + c.user +
+                       "'s quota is " + std::to_string(quota.value()) + " concurrent workers",
+                   "resources.workers"};
+    }
+    db::JobRow row;
+    row.user_id = c.user_id;
+    row.user = c.user;
+    row.name = s.name;
+    row.spec = job_spec_to_json(s);
+    row.state = "QUEUED";
+    row.priority = s.priority;
+    row.workers = s.resources.workers;
+    row.device = s.resources.device;
+    row.idempotency_key = key;
+    row.submitted_at = hub.now();
+    row.max_restarts = s.max_restarts;
+    row.steps = s.train.steps;
+    Result<db::JobRow> inserted = store->call<db::JobRow>(
+        [row, now = row.submitted_at](db::Repository& r) {
+          return r.insert_job(row, "submitted by " + row.user, now);
+        },
+        kAskTimeout);
+    bool created = true;
+    if (!inserted.ok() && inserted.error().code == ErrorCode::kAlreadyExists && !key.empty()) {
+      Result<std::optional<db::JobRow>> prior = read<std::optional<db::JobRow>>(
+          [&](db::Repository& r) { return r.find_job_by_key(c.user_id, key); });
+      if (!prior.ok()) return prior.error();
+      if (!prior.value()) return inserted.error();
+      if (prior.value()->spec != row.spec) {
+        return Error{ErrorCode::kFailedPrecondition,
+                     "this Idempotency-Key was already used for job " +
+                         std::to_string(prior.value()->id) + " with a different spec",
+                     "Idempotency-Key"};
+      }
+      inserted = *prior.value();
+      created = false;
+    }
+    if (!inserted.ok()) return inserted.error();
+    const int64_t id = inserted.value().id;
+    if (created) scheduler->add_job(inserted.value());
+    Result<json> job = scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); },
+                                            kAskTimeout);
+    if (!job.ok()) return job.error();
+    return SubmitResult{job.value(), created};
+  }
+
+  Result<json> list_jobs(const Caller& c, const JobListQuery& q) override {
+    return scheduler->ask<json>([&, c, q] { return scheduler->list_jobs(c, q); }, kAskTimeout);
+  }
+  Result<json> get_job(const Caller& c, int64_t id) override {
+    return scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); }, kAskTimeout);
+  }
+  Result<json> cancel_job(const Caller& c, int64_t id) override {
+    return scheduler->ask<json>([&, c, id] { return scheduler->cancel(c, id); }, kAskTimeout);
+  }
+
+  Result<json> job_events(const Caller& c, int64_t id, int64_t since, int64_t limit) override {
+    if (Status s = access(c, id); !s.ok()) return s.error();
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      Result<std::vector<db::EventRow>> ev = r.list_events(id, since, limit);
+      if (!ev.ok()) return ev.error();
+      json out = json::array();
+      for (const db::EventRow& e : ev.value()) {
+        out.push_back({{"id", e.id},
+                       {"at", e.at},
+                       {"from", e.from_state.empty() ? json(nullptr) : json(e.from_state)},
+                       {"to", e.to_state},
+                       {"reason", e.reason}});
+      }
+      const int64_t next = ev.value().empty() ? since : ev.value().back().id;
+      return json{{"job", id}, {"events", out}, {"next", next}};
+    });
+  }
+
+  Result<json> job_logs(const Caller& c, int64_t id, int64_t since, int64_t limit) override {
+    if (Status s = access(c, id); !s.ok()) return s.error();
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      Result<std::vector<db::LogRow>> logs = r.list_logs(id, since, limit);
+      if (!logs.ok()) return logs.error();
+      json out = json::array();
+      for (const db::LogRow& l : logs.value())
+        out.push_back({{"id", l.id}, {"at", l.at}, {"rank", l.rank}, {"line", l.line}});
+      const int64_t next = logs.value().empty() ? since : logs.value().back().id;
+      return json{{"job", id}, {"logs", out}, {"next", next}};
+    });
+  }
+
+  Result<json> job_metrics(const Caller& c, int64_t id, const MetricsQuery& q) override {
+    if (Status s = access(c, id); !s.ok()) return s.error();
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      std::vector<std::string> names = q.names;
+      if (names.empty()) {
+        Result<std::vector<std::string>> all = r.metric_names(id);
+        if (!all.ok()) return all.error();
+        names = all.value();
+      }
+      json metrics = json::object();
+      int64_t last = q.since;
+      for (const std::string& name : names) {
+        Result<std::vector<db::MetricPoint>> series = r.metric_series(id, name, q.since, q.max_points);
+        if (!series.ok()) return series.error();
+        json steps = json::array(), values = json::array();
+        for (const db::MetricPoint& p : series.value()) {
+          steps.push_back(p.step);
+          values.push_back(p.value);
+          last = std::max(last, p.step);
+        }
+        metrics[name] = {{"steps", steps}, {"values", values}};
+      }
+      return json{{"job", id}, {"since", q.since}, {"last_step", last}, {"metrics", metrics}};
+    });
+  }
+
+  Result<json> job_routing(const Caller& c, int64_t id) override {
+    if (Status s = access(c, id); !s.ok()) return s.error();
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      Result<std::optional<std::pair<int64_t, json>>> got = r.get_routing(id);
+      if (!got.ok()) return got.error();
+      if (!got.value()) return json{{"job", id}, {"step", nullptr}, {"layers", json::array()}};
+      const int64_t step = got.value()->first;
+      const json& rec = got.value()->second;
+      const json layers = rec.value("layers", json::array());
+      // Averages over layers: the rank × group token matrix (as shares of all assignments),
+      // per-rank expert FLOPs (sum), imbalance, the group-per-rank counterfactual, group shares.
+      std::vector<std::vector<double>> tokens;
+      std::vector<double> flops, share;
+      double imbalance = 0, counterfactual = 0;
+      for (const json& l : layers) {
+        imbalance += l.value("imbalance", 0.0);
+        counterfactual += l.value("imbalance_group_per_rank", 0.0);
+        const json ranks = l.value("ranks", json::array());
+        if (tokens.size() < ranks.size()) tokens.resize(ranks.size());
+        if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
+        for (size_t k = 0; k < ranks.size(); ++k) {
+          const json t = ranks[k].value("tokens", json::array());
+          if (tokens[k].size() < t.size()) tokens[k].resize(t.size(), 0.0);
+          for (size_t g = 0; g < t.size(); ++g) tokens[k][g] += t[g].get<double>();
+          flops[k] += ranks[k].value("flops", 0.0);
+        }
+        const json gs = l.value("group_share", json::array());
+        if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
+        for (size_t g = 0; g < gs.size(); ++g) share[g] += gs[g].get<double>() / layers.size();
+      }
+      double total = 0;
+      for (const auto& row : tokens)
+        for (double v : row) total += v;
+      json matrix = json::array();
+      for (const auto& row : tokens) {
+        json jr = json::array();
+        for (double v : row) jr.push_back(total > 0 ? v / total : 0.0);
+        matrix.push_back(jr);
+      }
+      const double L = layers.empty() ? 1.0 : static_cast<double>(layers.size());
+      return json{{"job", id},
+                  {"step", step},
+                  {"token_share", matrix},
+                  {"flops", flops},
+                  {"imbalance", imbalance / L},
+                  {"imbalance_group_per_rank", counterfactual / L},
+                  {"group_share", share},
+                  {"activated_expert_params", rec.value("activated_expert_params", 0.0)},
+                  {"layers", layers}};
+    });
+  }
+
+  static json checkpoint_json(const db::CheckpointRow& c) {
+    return {{"id", c.id},
+            {"job", c.job_id},
+            {"step", c.step},
+            {"path", c.path},
+            {"state", c.state},
+            {"created_at", c.created_at},
+            {"bytes", c.bytes},
+            {"files", c.files.size()},
+            {"download", "/api/v1/checkpoints/" + std::to_string(c.id) + "/download"}};
+  }
+
+  Result<json> job_checkpoints(const Caller& c, int64_t id) override {
+    if (Status s = access(c, id); !s.ok()) return s.error();
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      Result<std::vector<db::CheckpointRow>> list = r.list_checkpoints(id);
+      if (!list.ok()) return list.error();
+      json out = json::array();
+      for (const db::CheckpointRow& ck : list.value()) out.push_back(checkpoint_json(ck));
+      return json{{"job", id}, {"checkpoints", out}};
+    });
+  }
+
+  Result<db::CheckpointRow> visible_checkpoint(const Caller& c, int64_t id) {
+    Result<std::optional<db::CheckpointRow>> ck = read<std::optional<db::CheckpointRow>>(
+        [&](db::Repository& r) { return r.get_checkpoint(id); });
+    if (!ck.ok()) return ck.error();
+    const Error missing{ErrorCode::kNotFound, "no checkpoint with id " + std::to_string(id), ""};
+    if (!ck.value() || ck.value()->state != "complete") return missing;
+    if (!access(c, ck.value()->job_id).ok()) return missing;
+    return *ck.value();
+  }
+
+  Result<json> checkpoint_files(const Caller& c, int64_t id) override {
+    Result<db::CheckpointRow> ck = visible_checkpoint(c, id);
+    if (!ck.ok()) return ck.error();
+    json files = json::array();
+    for (const db::CheckpointFile& f : ck.value().files)
+      files.push_back({{"name", f.name}, {"bytes", f.bytes}, {"sha256", f.sha256}});
+    json out = checkpoint_json(ck.value());
+    out["files"] = files;
+    return out;
+  }
+
+  Result<fs::path> checkpoint_download(const Caller& c, int64_t id) override {
+    Result<db::CheckpointRow> ck = visible_checkpoint(c, id);
+    if (!ck.ok()) return ck.error();
+    const fs::path out = options.storage / "downloads" / ("checkpoint-" + std::to_string(id) + ".safetensors");
+    std::error_code ec;
+    if (fs::exists(out, ec)) return out;
+    fs::create_directories(out.parent_path(), ec);
+    Status s = consolidate_safetensors(options.storage / ck.value().path, "model", out);
+    if (!s.ok()) return s.error();
+    return out;
+  }
+
+  Result<json> list_workers(const Caller&) override {
+    Result<json> w = registry->ask<json>([&]() -> Result<json> { return registry->to_json(); },
+                                         kAskTimeout);
+    if (!w.ok()) return w.error();
+    return json{{"workers", w.value()}};
+  }
+
+  Result<json> cluster(const Caller&) override {
+    Result<json> cl = scheduler->ask<json>([&] { return scheduler->cluster_json(); }, kAskTimeout);
+    if (!cl.ok()) return cl.error();
+    Result<json> w = registry->ask<json>([&]() -> Result<json> { return registry->to_json(); },
+                                         kAskTimeout);
+    if (!w.ok()) return w.error();
+    json out = cl.value();
+    out["worker_list"] = w.value();
+    return out;
+  }
+
+  static json user_json(const db::UserRow& u) {
+    return {{"id", u.id},
+            {"name", u.name},
+            {"role", u.role},
+            {"max_workers", u.max_workers},
+            {"created_at", u.created_at}};
+  }
+
+  Result<json> list_users(const Caller& c) override {
+    if (!c.admin) return forbidden("listing users");
+    return read<json>([&](db::Repository& r) -> Result<json> {
+      Result<std::vector<db::UserRow>> users = r.list_users();
+      if (!users.ok()) return users.error();
+      json out = json::array();
+      for (const db::UserRow& u : users.value()) out.push_back(user_json(u));
+      return json{{"users", out}};
+    });
+  }
+
+  Result<json> create_user(const Caller& c, const json& body) override {
+    if (!c.admin) return forbidden("creating users");
+    if (!body.is_object()) return invalid_argument("body", "must be a JSON object");
+    if (!body.contains("name") || !body["name"].is_string())
+      return invalid_argument("name", "is required and must be a string");
+    const std::string name = body["name"].get<std::string>();
+    if (!valid_user_name(name))
+      return invalid_argument("name", "must be 1–64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit");
+    const std::string role = body.contains("role") && body["role"].is_string() ? body["role"].get<std::string>() : "user";
+    if (role != "user" && role != "admin") return invalid_argument("role", "must be user or admin");
+    int max_workers = 0;
+    if (body.contains("max_workers")) {
+      if (!body["max_workers"].is_number_integer() || body["max_workers"].get<int64_t>() < 0 ||
+          body["max_workers"].get<int64_t>() > 100000)
+        return invalid_argument("max_workers", "must be an integer in [0, 100000] (0 = no limit)");
+      max_workers = body["max_workers"].get<int>();
+    }
+    Result<db::UserRow> u = store->call<db::UserRow>(
+        [=, now = hub.now()](db::Repository& r) { return r.create_user(name, role, max_workers, now); },
+        kAskTimeout);
+    if (!u.ok()) return u.error();
+    scheduler->set_user(u.value());
+    return user_json(u.value());
+  }
+
+  Result<json> create_token(const Caller& c, int64_t user, const json& body) override {
+    if (!c.admin && user != c.user_id) return forbidden("creating tokens for another user");
+    const std::string label = body.is_object() && body.contains("label") && body["label"].is_string()
+                                  ? body["label"].get<std::string>()
+                                  : "";
+    if (label.size() > 200) return invalid_argument("label", "must be at most 200 characters");
+    const std::string secret = new_token_secret();
+    Result<db::TokenRow> t = store->call<db::TokenRow>(
+        [=, now = hub.now()](db::Repository& r) -> Result<db::TokenRow> {
+          Result<std::optional<db::UserRow>> u = r.get_user(user);
+          if (!u.ok()) return u.error();
+          if (!u.value()) return Error{ErrorCode::kNotFound, "no user with id " + std::to_string(user), ""};
+          return r.create_token(user, sha256_hex(secret), label, now);
+        },
+        kAskTimeout);
+    if (!t.ok()) return t.error();
+    return json{{"id", t.value().id}, {"user", user}, {"label", label}, {"token", secret},
+                {"note", "the token is shown once; store it now"}};
+  }
+
+  Result<json> revoke_token(const Caller& c, int64_t token) override {
+    if (!c.admin) return forbidden("revoking tokens");
+    Result<bool> r = store->call<bool>(
+        [=](db::Repository& repo) -> Result<bool> {
+          Status s = repo.revoke_token(token);
+          if (!s.ok()) return s.error();
+          return true;
+        },
+        kAskTimeout);
+    if (!r.ok()) return r.error();
+    std::unique_lock<std::shared_mutex> lock(auth_mu);
+    auth_cache.clear();
+    return json{{"id", token}, {"revoked", true}};
+  }
+
+  json health() override {
+    return {{"status", "ok"}, {"version", MOHGE_VERSION}, {"protocol", proto::kProtocolVersion}};
+  }
+
+  // ---- start-up ---------------------------------------------------------------------------
+  Status bootstrap_admin() {
+    db::Repository& repo = store->unsafe_repository();
+    Result<std::vector<db::UserRow>> users = repo.list_users();
+    if (!users.ok()) return users.error();
+    if (!users.value().empty()) return {};
+    Result<db::UserRow> admin = repo.create_user("admin", "admin", 0, hub.now());
+    if (!admin.ok()) return admin.error();
+    const std::string secret = new_token_secret();
+    Result<db::TokenRow> t = repo.create_token(admin.value().id, sha256_hex(secret), "first admin token", hub.now());
+    if (!t.ok()) return t.error();
+    const fs::path file = options.storage / "admin.token";
+    {
+      std::ofstream out(file, std::ios::trunc);
+      out << secret << "\n";
+      if (!out) return Error{ErrorCode::kInternal, "cannot write " + file.string(), "--storage"};
+    }
+    ::chmod(file.c_str(), 0600);
+    std::printf("admin token (also in %s, readable only by you): %s\n", file.c_str(), secret.c_str());
+    std::fflush(stdout);
+    return {};
+  }
+};
+
+Coordinator::Coordinator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Coordinator::~Coordinator() { stop(); }
+
+Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  std::error_code ec;
+  fs::create_directories(options.storage, ec);
+  if (ec) return invalid_argument("--storage", "cannot create " + options.storage.string() + ": " + ec.message());
+  impl->db_path = options.db.empty() ? options.storage / "mohge.db" : options.db;
+  Result<std::unique_ptr<db::Repository>> repo = db::Repository::open(impl->db_path);
+  if (!repo.ok()) return repo.error();
+
+  Impl& m = *impl;
+  m.hub.options = options;
+  m.store = std::make_unique<Store>(m.io.get_executor(), std::move(repo).value());
+  m.registry = std::make_unique<WorkerRegistry>(m.io, m.hub);
+  m.scheduler = std::make_unique<Scheduler>(m.io, m.hub);
+  m.metrics = std::make_unique<MetricsSink>(m.io, m.hub);
+  m.checkpoints = std::make_unique<CheckpointRegistry>(m.io, m.hub);
+  m.hub.store = m.store.get();
+  m.hub.registry = m.registry.get();
+  m.hub.scheduler = m.scheduler.get();
+  m.hub.metrics = m.metrics.get();
+  m.hub.checkpoints = m.checkpoints.get();
+
+  if (Status s = m.bootstrap_admin(); !s.ok()) return s.error();
+  Result<std::vector<db::WorkerRow>> workers = m.store->unsafe_repository().list_workers();
+  if (!workers.ok()) return workers.error();
+  m.registry->load(workers.value());
+  if (Status s = m.scheduler->load(m.store->unsafe_repository()); !s.ok()) return s.error();
+  if (Status s = m.registry->listen(); !s.ok()) return s.error();
+  m.metrics->start();
+
+  m.work.emplace(m.io.get_executor());
+  for (int i = 0; i < 2; ++i) m.threads.emplace_back([&m] { m.io.run(); });
+
+  RestOptions ro;
+  ro.listen = options.http;
+  ro.web_root = options.web_root;
+  Result<std::unique_ptr<RestServer>> rest = RestServer::start(ro, m);
+  if (!rest.ok()) {
+    auto c = std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
+    c->stop();
+    return rest.error();
+  }
+  m.rest = std::move(rest).value();
+  spdlog::info("coordinator: REST on {}, workers dial {}, storage {}, database {}", m.rest->url(),
+               options.control, options.storage.string(), m.db_path.string());
+  return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
+}
+
+std::string Coordinator::http_url() const { return impl_->rest ? impl_->rest->url() : ""; }
+
+void Coordinator::stop() {
+  if (!impl_ || impl_->threads.empty()) return;
+  Impl& m = *impl_;
+  if (m.rest) m.rest->stop();
+  m.registry->stop();
+  m.metrics->post([&m] { m.metrics->flush(); });
+  // Let the queued writes reach SQLite before the threads stop.
+  m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
+  m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
+  m.work.reset();
+  m.io.stop();
+  for (std::thread& t : m.threads) t.join();
+  m.threads.clear();
+}
+
+}  // namespace mohge::coord

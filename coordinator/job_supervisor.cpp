@@ -1,0 +1,206 @@
+#include "coordinator/job_supervisor.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "api/protocol.hpp"
+#include "coordinator/scheduler.hpp"
+#include "coordinator/worker_registry.hpp"
+
+namespace mohge::coord {
+
+using nlohmann::json;
+
+JobSupervisor::JobSupervisor(boost::asio::io_context& io, Hub& hub, Launch launch)
+    : Actor(io.get_executor()),
+      hub_(hub),
+      launch_(std::move(launch)),
+      ranks_(launch_.workers.size(), RankState::kUnknown),
+      reattach_timer_(strand_) {}
+
+void JobSupervisor::start() {
+  post([self = shared_from_this()] {
+    const int world = static_cast<int>(self->launch_.workers.size());
+    for (int r = 0; r < world; ++r) {
+      self->ranks_[r] = RankState::kRunning;
+      self->hub_.registry->send(self->launch_.workers[r],
+                                {{"type", proto::kLaunch},
+                                 {"job", self->launch_.job},
+                                 {"attempt", self->launch_.attempt},
+                                 {"rank", r},
+                                 {"world", world},
+                                 {"spec", self->launch_.spec},
+                                 {"run_dir", self->launch_.run_dir},
+                                 {"resume", self->launch_.resume},
+                                 {"comm_timeout_s", self->hub_.options.comm_timeout_s}});
+    }
+  });
+}
+
+void JobSupervisor::reattach() {
+  post([self = shared_from_this()] {
+    self->running_reported_ = true;  // it was running before the restart
+    self->reattach_timer_.expires_after(std::chrono::milliseconds(
+        static_cast<int64_t>(self->hub_.options.reattach_timeout_s * 1000)));
+    self->reattach_timer_.async_wait([self](boost::system::error_code ec) {
+      if (ec || self->finished_) return;
+      for (size_t r = 0; r < self->ranks_.size(); ++r) {
+        if (self->ranks_[r] == RankState::kUnknown) {
+          self->ranks_[r] = RankState::kLost;
+          self->lost_ = true;
+          if (self->lost_reason_.empty()) {
+            self->lost_reason_ = "rank " + std::to_string(r) + " (worker " +
+                                 self->launch_.workers[r] +
+                                 ") did not report back after the coordinator restarted";
+          }
+        }
+      }
+      if (self->lost_) self->abort_all(self->lost_reason_);
+      self->maybe_finish();
+    });
+  });
+}
+
+void JobSupervisor::rank_alive(int rank) {
+  post([self = shared_from_this(), rank] {
+    if (rank < 0 || rank >= static_cast<int>(self->ranks_.size())) return;
+    if (self->ranks_[rank] == RankState::kUnknown) self->ranks_[rank] = RankState::kRunning;
+    bool all = true;
+    for (RankState s : self->ranks_) all = all && s != RankState::kUnknown;
+    if (all) {
+      self->reattach_timer_.cancel();
+      self->hub_.scheduler->attempt_running(self->launch_.job, self->launch_.attempt,
+                                            "reattached after the coordinator restarted");
+    }
+  });
+}
+
+void JobSupervisor::on_rv_publish(int rank, int round, const std::string& blob) {
+  post([self = shared_from_this(), rank, round, blob] {
+    const int world = static_cast<int>(self->ranks_.size());
+    if (rank < 0 || rank >= world || round < 0 || round > 1000) return;
+    if (static_cast<int>(self->rounds_.size()) <= round) self->rounds_.resize(round + 1);
+    auto& blobs = self->rounds_[round];
+    if (blobs.empty()) blobs.resize(world);
+    blobs[rank] = blob;
+    for (const auto& b : blobs)
+      if (!b) return;
+    json all = json::array();
+    for (const auto& b : blobs) all.push_back(*b);
+    for (int r = 0; r < world; ++r) {
+      self->hub_.registry->send(self->launch_.workers[r], {{"type", proto::kRvAll},
+                                                           {"job", self->launch_.job},
+                                                           {"attempt", self->launch_.attempt},
+                                                           {"round", round},
+                                                           {"blobs", all}});
+    }
+    if (!self->running_reported_) {
+      self->running_reported_ = true;
+      self->hub_.scheduler->attempt_running(self->launch_.job, self->launch_.attempt,
+                                            "all " + std::to_string(world) + " ranks joined");
+    }
+  });
+}
+
+void JobSupervisor::on_rank_exited(int rank, const json& m) {
+  post([self = shared_from_this(), rank, m] {
+    if (rank < 0 || rank >= static_cast<int>(self->ranks_.size())) return;
+    if (self->ranks_[rank] == RankState::kExited || self->ranks_[rank] == RankState::kLost) return;
+    self->ranks_[rank] = RankState::kExited;
+    const bool ok = m.value("ok", false);
+    const bool stopped = m.value("stopped", false);
+    if (!ok || !stopped) self->stopped_ok_ = false;
+    if (!ok) {
+      const std::string why = m.value("error", json::object()).value("message", "unknown error");
+      if (self->first_failure_.empty()) {
+        self->first_failure_ = "rank " + std::to_string(rank) + " failed: " + why;
+        // Stop the others now rather than at their data-plane deadline.
+        self->abort_all(self->first_failure_);
+      }
+    }
+    self->maybe_finish();
+  });
+}
+
+void JobSupervisor::worker_lost(const std::string& worker, const std::string& why) {
+  post([self = shared_from_this(), worker, why] {
+    bool mine = false;
+    for (size_t r = 0; r < self->ranks_.size(); ++r) {
+      if (self->launch_.workers[r] != worker) continue;
+      mine = true;
+      if (self->ranks_[r] == RankState::kExited) continue;
+      self->ranks_[r] = RankState::kLost;
+      self->lost_ = true;
+      if (self->lost_reason_.empty()) self->lost_reason_ = why;
+    }
+    if (!mine) return;
+    if (self->lost_) self->abort_all(why);
+    self->maybe_finish();
+  });
+}
+
+void JobSupervisor::cancel(const std::string& reason) {
+  post([self = shared_from_this(), reason] {
+    if (self->canceled_) return;
+    self->canceled_ = true;
+    self->cancel_reason_ = reason;
+    for (size_t r = 0; r < self->ranks_.size(); ++r) {
+      self->hub_.registry->send(self->launch_.workers[r], {{"type", proto::kCancel},
+                                                           {"job", self->launch_.job},
+                                                           {"attempt", self->launch_.attempt},
+                                                           {"reason", reason}});
+    }
+    self->maybe_finish();
+  });
+}
+
+void JobSupervisor::preempt() {
+  post([self = shared_from_this()] {
+    if (self->preempting_) return;
+    self->preempting_ = true;
+    for (size_t r = 0; r < self->ranks_.size(); ++r) {
+      self->hub_.registry->send(self->launch_.workers[r], {{"type", proto::kCheckpoint},
+                                                           {"job", self->launch_.job},
+                                                           {"attempt", self->launch_.attempt},
+                                                           {"stop", true}});
+    }
+  });
+}
+
+void JobSupervisor::abort_all(const std::string& reason) {
+  for (size_t r = 0; r < ranks_.size(); ++r) {
+    if (ranks_[r] != RankState::kRunning && ranks_[r] != RankState::kUnknown) continue;
+    hub_.registry->send(launch_.workers[r], {{"type", proto::kAbort},
+                                             {"job", launch_.job},
+                                             {"attempt", launch_.attempt},
+                                             {"reason", reason}});
+  }
+}
+
+void JobSupervisor::maybe_finish() {
+  if (finished_) return;
+  for (RankState s : ranks_)
+    if (s == RankState::kRunning || s == RankState::kUnknown) return;
+  finished_ = true;
+  reattach_timer_.cancel();
+  AttemptOutcome outcome;
+  std::string reason;
+  if (canceled_) {
+    outcome = AttemptOutcome::kCanceled;
+    reason = cancel_reason_;
+  } else if (lost_) {
+    outcome = AttemptOutcome::kLost;
+    reason = lost_reason_;
+  } else if (!first_failure_.empty()) {
+    outcome = AttemptOutcome::kFailed;
+    reason = first_failure_;
+  } else if (preempting_ && stopped_ok_) {
+    outcome = AttemptOutcome::kPreempted;
+    reason = "checkpointed and stopped for a higher-priority job";
+  } else {
+    outcome = AttemptOutcome::kSucceeded;
+    reason = "all ranks finished";
+  }
+  hub_.scheduler->attempt_ended(launch_.job, launch_.attempt, outcome, reason);
+}
+
+}  // namespace mohge::coord

@@ -1,0 +1,107 @@
+#include "coordinator/metrics_sink.hpp"
+
+#include "api/protocol.hpp"
+#include "coordinator/scheduler.hpp"
+#include "coordinator/store.hpp"
+
+namespace mohge::coord {
+
+using nlohmann::json;
+
+std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& record) {
+  std::vector<db::MetricRow> rows;
+  const int64_t step = record.value("step", int64_t{0});
+  for (const auto& [k, v] : record.items()) {
+    if (k == "step" || k == "workers" || !v.is_number()) continue;
+    rows.push_back({job, k, step, v.get<double>()});
+  }
+  const auto layers = record.find("layers");
+  if (layers == record.end() || !layers->is_array() || layers->empty()) return rows;
+  double imbalance = 0, counterfactual = 0;
+  std::vector<double> share, flops;
+  for (const json& l : *layers) {
+    imbalance += l.value("imbalance", 0.0);
+    counterfactual += l.value("imbalance_group_per_rank", 0.0);
+    const json gs = l.value("group_share", json::array());
+    if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
+    for (size_t g = 0; g < gs.size(); ++g) share[g] += gs[g].get<double>();
+    const json ranks = l.value("ranks", json::array());
+    if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
+    for (size_t r = 0; r < ranks.size(); ++r) flops[r] += ranks[r].value("flops", 0.0);
+  }
+  const double L = static_cast<double>(layers->size());
+  rows.push_back({job, "imbalance", step, imbalance / L});
+  rows.push_back({job, "imbalance_group_per_rank", step, counterfactual / L});
+  for (size_t g = 0; g < share.size(); ++g)
+    rows.push_back({job, "group_share." + std::to_string(g), step, share[g] / L});
+  for (size_t r = 0; r < flops.size(); ++r)
+    rows.push_back({job, "flops." + std::to_string(r), step, flops[r]});
+  return rows;
+}
+
+MetricsSink::MetricsSink(boost::asio::io_context& io, Hub& hub)
+    : Actor(io.get_executor()), hub_(hub), timer_(strand_) {}
+
+void MetricsSink::start() {
+  post([this] { schedule_flush(); });
+}
+
+void MetricsSink::on_message(const json& m) {
+  post([this, m] {
+    const int64_t job = m.value("job", int64_t{0});
+    if (m.value("type", "") == proto::kLog) {
+      const double at = m.value("at", hub_.now());
+      for (const json& line : m.value("lines", json::array()))
+        logs_.push_back({0, job, at, m.value("rank", -1), line.get<std::string>()});
+      return;
+    }
+    for (const json& rec : m.value("records", json::array())) {
+      std::vector<db::MetricRow> rows = metric_rows_from_record(job, rec);
+      json progress = rec;
+      progress.erase("layers");
+      if (rec.contains("layers")) {
+        const int64_t step = rec.value("step", int64_t{0});
+        auto& slot = routing_[job];
+        if (step >= slot.first) slot = {step, rec};
+        for (const db::MetricRow& r : rows)
+          if (r.name == "imbalance") progress["imbalance"] = r.value;
+      }
+      rows_.insert(rows_.end(), rows.begin(), rows.end());
+      hub_.scheduler->progress(job, m.value("attempt", 0), progress);
+    }
+    if (rows_.size() > 20000) flush();
+  });
+}
+
+void MetricsSink::flush() {
+  if (!rows_.empty()) {
+    hub_.store->write("metrics", [rows = std::move(rows_)](db::Repository& r) {
+      return r.insert_metrics(rows);
+    });
+    rows_.clear();
+  }
+  if (!logs_.empty()) {
+    hub_.store->write("logs", [logs = std::move(logs_)](db::Repository& r) {
+      return r.append_logs(logs);
+    });
+    logs_.clear();
+  }
+  for (auto& [job, rec] : routing_) {
+    hub_.store->write("routing", [job = job, rec = std::move(rec)](db::Repository& r) {
+      json record = rec.second;
+      return r.set_routing(job, rec.first, record);
+    });
+  }
+  routing_.clear();
+}
+
+void MetricsSink::schedule_flush() {
+  timer_.expires_after(std::chrono::milliseconds(200));
+  timer_.async_wait([this](boost::system::error_code ec) {
+    if (ec) return;
+    flush();
+    schedule_flush();
+  });
+}
+
+}  // namespace mohge::coord

@@ -1,0 +1,42 @@
+// MetricsSink actor: turns the ranks' per-step records (the lines of metrics.jsonl, DESIGN.md
+// §7) and log lines into rows, batches them, and writes them through the Store a few times a
+// second (one transaction per batch). It also keeps each job's latest routing record and
+// tells the Scheduler the job's progress.
+#pragma once
+
+#include <map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "api/actor.hpp"
+#include "coordinator/hub.hpp"
+#include "storage/repository.hpp"
+
+namespace mohge::coord {
+
+/// The metric rows of one record: every numeric field (loss, aux_group, val_loss, …), and from
+/// its per-layer routing: imbalance and imbalance_group_per_rank (mean over layers),
+/// group_share.<g> (mean over layers) and flops.<rank> (sum over layers).
+std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const nlohmann::json& record);
+
+class MetricsSink : public Actor {
+ public:
+  MetricsSink(boost::asio::io_context& io, Hub& hub);
+  void start();
+  /// A "metrics" or "log" message from a worker.
+  void on_message(const nlohmann::json& m);
+  /// Writes what is buffered now.
+  void flush();
+
+ private:
+  void schedule_flush();
+
+  Hub& hub_;
+  boost::asio::steady_timer timer_;
+  std::vector<db::MetricRow> rows_;
+  std::vector<db::LogRow> logs_;
+  std::map<int64_t, std::pair<int64_t, nlohmann::json>> routing_;  // job → latest, unwritten
+};
+
+}  // namespace mohge::coord

@@ -1,0 +1,110 @@
+// The scheduling policy of the shared cluster (DESIGN.md §8), as a pure function of a snapshot:
+// no clock reads, no I/O, no threads. The Scheduler actor builds the snapshot from the state it
+// owns, calls schedule(), and carries out the decision; tests call schedule() directly with
+// hand-built snapshots and assert the exact decision.
+//
+// Rules, in order:
+//  1. Order: queued jobs are ordered by priority (higher first), then by their owner's recent
+//     usage (fair share: less usage first), then by submission time, then by id (FIFO).
+//  2. Gang: a job starts only when `workers` free, online workers of its device are available
+//     at once; it gets all of them or none. There are never partly placed jobs, so two gangs
+//     cannot deadlock each other.
+//  3. Quota: a job whose owner already holds `max_workers` (0 = no limit) minus fewer than the
+//     job's gang size waits ("quota").
+//  4. Reservation: the first job in order that fits the cluster but not the free workers
+//     reserves the free workers it needs, so later (smaller) jobs cannot starve it; later jobs
+//     may still use free workers beyond that reservation (backfill).
+//  5. Preemption: when that first blocked job could fit if running jobs of strictly lower
+//     priority released their workers, the fewest such jobs are chosen (lowest priority first,
+//     then most recently started) and asked to checkpoint and stop; they come back as queued
+//     jobs. While a preemption is in flight no further preemption is asked for that job.
+//  6. Every queued job that does not start gets a position (1-based, in order) and a reason
+//     that a user can act on.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace mohge::sched {
+
+struct Worker {
+  std::string name;
+  std::string device;       // "cpu" | "cuda"
+  bool online = true;
+  int64_t job = 0;          // the job holding it, 0 = free
+};
+
+struct QueuedJob {
+  int64_t id = 0;
+  int64_t user_id = 0;
+  int priority = 50;
+  int workers = 1;
+  std::string device = "cpu";
+  double submitted_at = 0;  // time it (re-)entered the queue
+};
+
+struct RunningJob {
+  int64_t id = 0;
+  int64_t user_id = 0;
+  int priority = 50;
+  std::vector<std::string> workers;  // held workers (rank order)
+  double started_at = 0;
+  bool preempting = false;           // already asked to checkpoint and stop
+};
+
+struct User {
+  int64_t id = 0;
+  std::string name;
+  int max_workers = 0;       // 0 = no limit
+  double recent_usage = 0;   // decayed worker-seconds (see UsageLedger)
+};
+
+struct Snapshot {
+  std::vector<Worker> workers;
+  std::vector<QueuedJob> queued;
+  std::vector<RunningJob> running;  // placed jobs: STARTING, RUNNING, RECOVERING
+  std::map<int64_t, User> users;    // by id; every job's owner is present
+};
+
+struct Start {
+  int64_t job = 0;
+  std::vector<std::string> workers;  // rank order: sorted by worker name
+};
+
+struct Pending {
+  int position = 0;    // 1-based place in the queue order
+  std::string reason;  // e.g. "waiting for 2 free cpu workers (1 free of 2 online)"
+};
+
+struct Decision {
+  std::vector<Start> starts;             // in queue order
+  std::vector<int64_t> preempt;          // running jobs to checkpoint and stop
+  std::map<int64_t, Pending> pending;    // every queued job that does not start
+};
+
+/// Decides what starts, what is preempted, and why the rest waits. Deterministic: the same
+/// snapshot always gives the same decision.
+Decision schedule(const Snapshot& snapshot);
+
+/// Recent usage per user for fair share: worker-seconds with exponential decay (half-life
+/// `half_life_s`). Time is passed in (a manual clock in tests).
+class UsageLedger {
+ public:
+  explicit UsageLedger(double half_life_s = 3600.0) : half_life_s_(half_life_s) {}
+  /// Adds `workers` × (to − from) seconds of use by `user`, decayed to `to`.
+  void add(int64_t user, int workers, double from, double to);
+  /// The user's decayed usage at `now` (≥ the time of the last add).
+  double usage(int64_t user, double now) const;
+
+ private:
+  struct Entry {
+    double value = 0;
+    double at = 0;
+  };
+  double half_life_s_;
+  std::map<int64_t, Entry> entries_;
+};
+
+}  // namespace mohge::sched

@@ -1,0 +1,461 @@
+#include "worker/daemon/daemon.hpp"
+
+#include <openssl/evp.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "api/job_spec.hpp"
+#include "api/protocol.hpp"
+#include "storage/sharded.hpp"
+#include "worker/comm/rendezvous.hpp"
+#include "worker/dist/rank_runner.hpp"
+
+#ifndef MOHGE_VERSION
+#define MOHGE_VERSION "0.0.0"
+#endif
+
+namespace mohge {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+using asio::ip::tcp;
+using nlohmann::json;
+
+Result<std::string> file_sha256(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Error{ErrorCode::kNotFound, "cannot open " + path.string(), ""};
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_DigestFinal_ex(ctx, md, &n);
+  EVP_MD_CTX_free(ctx);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < n; ++i) {
+    out.push_back(hex[md[i] >> 4]);
+    out.push_back(hex[md[i] & 15]);
+  }
+  return out;
+}
+
+namespace {
+
+using Send = std::function<void(json)>;
+
+// The job's data-plane rendezvous through the coordinator: publish → rv_publish; the
+// coordinator's rv_all delivers every rank's blob. Aborts come from the coordinator.
+class ControlRendezvous : public Rendezvous {
+ public:
+  ControlRendezvous(int64_t job, int attempt, int rank, int world, Send send)
+      : job_(job), attempt_(attempt), rank_(rank), world_(world), send_(std::move(send)) {}
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+
+  Result<std::vector<std::string>> exchange(const std::string& blob, double timeout_s) override {
+    int round;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      round = next_round_++;
+    }
+    send_({{"type", proto::kRvPublish},
+           {"job", job_},
+           {"attempt", attempt_},
+           {"rank", rank_},
+           {"round", round},
+           {"blob", proto::base64_encode(blob)}});
+    std::unique_lock<std::mutex> lock(mu_);
+    const bool got = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] {
+      return results_.count(round) > 0 || abort_.raised();
+    });
+    if (results_.count(round)) return results_[round];
+    if (abort_.raised()) return Error{ErrorCode::kFailedPrecondition, abort_.reason(), ""};
+    (void)got;
+    return Error{ErrorCode::kUnavailable,
+                 "rendezvous round " + std::to_string(round) + " of job " + std::to_string(job_) +
+                     ": not every rank joined within " +
+                     std::to_string(static_cast<int>(timeout_s)) + " s",
+                 ""};
+  }
+  void deliver(int round, const json& blobs) {
+    std::vector<std::string> out;
+    for (const json& b : blobs) out.push_back(proto::base64_decode(b.get<std::string>()));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (static_cast<int>(out.size()) == world_) results_[round] = std::move(out);
+    cv_.notify_all();
+  }
+  void abort(const std::string& reason) {
+    abort_.raise(reason);
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+  AbortSignal& abort_signal() override { return abort_; }
+  void leave() override {}
+  void fail(const std::string&) override {}  // the rank_exited report carries the reason
+
+ private:
+  int64_t job_;
+  int attempt_, rank_, world_;
+  Send send_;
+  std::mutex mu_;  // guards next_round_ and results_ (rank thread ↔ io thread)
+  std::condition_variable cv_;
+  int next_round_ = 0;
+  std::map<int, std::vector<std::string>> results_;
+  AbortSignal abort_;
+};
+
+struct RankTask {
+  int64_t job = 0;
+  int attempt = 0, rank = 0, world = 0;
+  std::shared_ptr<ControlRendezvous> rv;
+  std::atomic<bool> stop_request{false};
+  std::atomic<int64_t> step{0};
+  std::atomic<bool> done{false};
+  std::thread thread;
+};
+
+// Log lines written on a rank's thread are forwarded to the coordinator as the job's logs.
+struct LogContext {
+  int64_t job = 0;
+  int attempt = 0, rank = 0;
+  Send send;
+};
+thread_local LogContext* tl_log = nullptr;
+
+class ForwardSink : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    if (tl_log == nullptr) return;
+    const std::string line(msg.payload.data(), msg.payload.size());
+    tl_log->send({{"type", proto::kLog},
+                  {"job", tl_log->job},
+                  {"attempt", tl_log->attempt},
+                  {"rank", tl_log->rank},
+                  {"lines", json::array({line})}});
+  }
+  void flush_() override {}
+};
+
+json host_load() {
+  json load = json::object();
+  std::ifstream la("/proc/loadavg");
+  double l1 = 0;
+  if (la >> l1) load["load1"] = l1;
+  std::ifstream statm("/proc/self/statm");
+  long pages = 0, rss = 0;
+  if (statm >> pages >> rss) load["rss_bytes"] = rss * sysconf(_SC_PAGESIZE);
+  load["cores"] = std::thread::hardware_concurrency();
+  return load;
+}
+
+std::string host_name() {
+  char buf[256] = {};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+}  // namespace
+
+struct WorkerDaemon::Impl {
+  DaemonOptions options;
+  asio::io_context io;
+  asio::steady_timer heartbeat{io};
+  asio::steady_timer reconnect{io};
+  std::shared_ptr<proto::Connection> conn;  // io thread only
+  bool welcomed = false;                    // io thread only
+  double backoff_s = 0.2;
+  std::deque<json> outbox;  // io thread only: reports waiting for a connection
+  std::map<std::pair<int64_t, int>, std::shared_ptr<RankTask>> tasks;  // io thread only
+  std::optional<Error> refused;
+  bool stopping = false;
+  double heartbeat_s = 1.0;
+
+  // From any thread: queue a report for the coordinator.
+  void report(json m) {
+    asio::post(io, [this, m = std::move(m)]() mutable {
+      if (conn && welcomed) {
+        conn->send(m);
+      } else if (outbox.size() < 200000) {
+        outbox.push_back(std::move(m));
+      }
+    });
+  }
+
+  void connect() {
+    if (stopping) return;
+    const auto colon = options.coordinator.rfind(':');
+    auto resolver = std::make_shared<tcp::resolver>(io);
+    resolver->async_resolve(
+        options.coordinator.substr(0, colon), options.coordinator.substr(colon + 1),
+        [this, resolver](boost::system::error_code ec, tcp::resolver::results_type results) {
+          if (ec) return retry("cannot resolve " + options.coordinator + ": " + ec.message());
+          auto socket = std::make_shared<tcp::socket>(io);
+          asio::async_connect(*socket, results,
+                              [this, socket](boost::system::error_code ec2, const tcp::endpoint&) {
+                                if (ec2) return retry(ec2.message());
+                                on_connected(std::move(*socket));
+                              });
+        });
+  }
+
+  void retry(const std::string& why) {
+    if (stopping) return;
+    spdlog::warn("coordinator {} unreachable ({}); retrying in {:.1f} s", options.coordinator, why,
+                 backoff_s);
+    reconnect.expires_after(std::chrono::milliseconds(static_cast<int64_t>(backoff_s * 1000)));
+    reconnect.async_wait([this](boost::system::error_code ec) {
+      if (!ec) connect();
+    });
+    backoff_s = std::min(backoff_s * 2, options.reconnect_max_s);
+  }
+
+  json running() const {
+    json out = json::array();
+    for (const auto& [key, t] : tasks) {
+      if (t->done) continue;
+      out.push_back({{"job", t->job}, {"attempt", t->attempt}, {"rank", t->rank},
+                     {"world", t->world}, {"step", t->step.load()}});
+    }
+    return out;
+  }
+
+  void on_connected(tcp::socket socket) {
+    conn = std::make_shared<proto::Connection>(std::move(socket));
+    welcomed = false;
+    std::weak_ptr<proto::Connection> weak = conn;
+    conn->start(
+        [this, weak](const json& m) {
+          asio::post(io, [this, weak, m] {
+            if (weak.lock() == conn) on_message(m);
+          });
+        },
+        [this, weak](const std::string& why) {
+          asio::post(io, [this, weak, why] {
+            if (weak.lock() != conn) return;
+            conn.reset();
+            welcomed = false;
+            heartbeat.cancel();
+            if (!refused) retry("connection closed: " + why);
+          });
+        });
+    const bool cuda = options.devices.rfind("cuda", 0) == 0;
+    json devices = json::array();
+    if (cuda) {
+      devices.push_back({{"index", std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5))},
+                         {"kind", "cuda"}});
+    } else {
+      devices.push_back({{"index", 0}, {"kind", "cpu"}, {"cores", std::thread::hardware_concurrency()}});
+    }
+    conn->send({{"type", proto::kHello},
+                {"protocol", proto::kProtocolVersion},
+                {"name", options.name},
+                {"host", host_name()},
+                {"backend", cuda ? "cuda" : "cpu"},
+                {"devices", devices},
+                {"threads", options.threads},
+                {"version", MOHGE_VERSION},
+                {"running", running()}});
+  }
+
+  void send_heartbeat() {
+    if (!conn || !welcomed) return;
+    conn->send({{"type", proto::kHeartbeat}, {"running", running()}, {"load", host_load()}});
+    heartbeat.expires_after(std::chrono::milliseconds(static_cast<int64_t>(heartbeat_s * 1000)));
+    heartbeat.async_wait([this](boost::system::error_code ec) {
+      if (!ec) send_heartbeat();
+    });
+  }
+
+  std::shared_ptr<RankTask> find_task(const json& m) {
+    const auto it = tasks.find({m.value("job", int64_t{0}), m.value("attempt", 0)});
+    return it == tasks.end() ? nullptr : it->second;
+  }
+
+  void on_message(const json& m) {
+    const std::string type = m.value("type", "");
+    if (type == proto::kWelcome) {
+      welcomed = true;
+      backoff_s = 0.2;
+      heartbeat_s = m.value("heartbeat_s", 1.0);
+      spdlog::info("registered with coordinator {} as {}", options.coordinator, options.name);
+      while (!outbox.empty()) {
+        conn->send(outbox.front());
+        outbox.pop_front();
+      }
+      send_heartbeat();
+    } else if (type == proto::kRefused) {
+      refused = Error{ErrorCode::kFailedPrecondition,
+                      "the coordinator refused this worker: " + m.value("reason", "no reason given"),
+                      ""};
+      spdlog::error("{}", refused->message);
+      stopping = true;
+      io.stop();
+    } else if (type == proto::kLaunch) {
+      launch(m);
+    } else if (type == proto::kRvAll) {
+      if (auto t = find_task(m)) t->rv->deliver(m.value("round", -1), m.value("blobs", json::array()));
+    } else if (type == proto::kCancel || type == proto::kAbort) {
+      if (auto t = find_task(m)) {
+        const std::string reason = m.value("reason", type);
+        t->stop_request = true;
+        t->rv->abort(type == proto::kCancel ? "canceled: " + reason : reason);
+      }
+    } else if (type == proto::kCheckpoint) {
+      if (auto t = find_task(m)) t->stop_request = m.value("stop", false) || t->stop_request.load();
+    }
+  }
+
+  void launch(const json& m) {
+    auto task = std::make_shared<RankTask>();
+    task->job = m.value("job", int64_t{0});
+    task->attempt = m.value("attempt", 0);
+    task->rank = m.value("rank", 0);
+    task->world = m.value("world", 1);
+    Result<JobSpec> spec = parse_job_spec(m.value("spec", json::object()));
+    const Send send = [this](json j) { report(std::move(j)); };
+    if (!spec.ok()) {
+      report({{"type", proto::kRankExited}, {"job", task->job}, {"attempt", task->attempt},
+              {"rank", task->rank}, {"ok", false},
+              {"error", {{"code", error_code_name(spec.error().code)}, {"message", spec.error().to_string()}}}});
+      return;
+    }
+    task->rv = std::make_shared<ControlRendezvous>(task->job, task->attempt, task->rank, task->world, send);
+    RankConfig c;
+    c.spec = spec.value();
+    c.rank = task->rank;
+    c.world = task->world;
+    c.threads = options.threads;
+    c.comm_timeout_s = m.value("comm_timeout_s", 60.0);
+    c.job_id = "job-" + std::to_string(task->job) + "-" + std::to_string(task->attempt);
+    const std::string run_dir = m.value("run_dir", "runs/job-" + std::to_string(task->job));
+    c.train.storage_root = options.storage;
+    c.train.run_dir = options.storage / run_dir;
+    c.train.resume_if_present = m.value("resume", false);
+    c.train.progress = false;
+    c.train.stop_request = &task->stop_request;
+    RankTask* t = task.get();
+    if (t->rank == 0) {
+      c.train.on_record = [send, t](const json& rec) {
+        send({{"type", proto::kMetrics}, {"job", t->job}, {"attempt", t->attempt},
+              {"records", json::array({rec})}});
+      };
+    }
+    const fs::path storage = options.storage;
+    const int keep = spec.value().checkpoint.keep;
+    c.train.on_checkpoint = [send, t, storage, keep](int64_t step, const fs::path& folder) {
+      json files = json::array();
+      std::set<std::string> others;
+      for (int r = 0; r < t->world; ++r) {
+        if (r == t->rank) continue;
+        others.insert(shard_file_name("model", r, t->world));
+        others.insert(shard_file_name("optimizer", r, t->world));
+      }
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(folder, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (!entry.is_regular_file()) continue;
+        const bool mine = t->world == 1 || name.find("-of-") == std::string::npos
+                              ? t->rank == 0
+                              : others.count(name) == 0;
+        if (!mine) continue;
+        Result<std::string> sha = file_sha256(entry.path());
+        if (!sha.ok()) continue;
+        files.push_back({{"name", name},
+                         {"bytes", static_cast<int64_t>(entry.file_size())},
+                         {"sha256", sha.value()}});
+      }
+      send({{"type", proto::kCheckpointWritten}, {"job", t->job}, {"attempt", t->attempt},
+            {"rank", t->rank}, {"world", t->world}, {"step", step}, {"keep", keep},
+            {"path", fs::relative(folder, storage).string()}, {"files", files}});
+    };
+    tasks[{task->job, task->attempt}] = task;
+    task->thread = std::thread([this, task, c, send] {
+      LogContext ctx{task->job, task->attempt, task->rank, send};
+      tl_log = &ctx;
+      spdlog::info("job {} attempt {}: rank {} of {} starting on {}", task->job, task->attempt,
+                   task->rank, task->world, options.name);
+      bool stopped = false;
+      const Status s = rank_run(c, *task->rv, [&](const StepReport& r) {
+        task->step = r.step;
+        stopped = r.stopped;
+      });
+      json exit = {{"type", proto::kRankExited}, {"job", task->job}, {"attempt", task->attempt},
+                   {"rank", task->rank}, {"ok", s.ok()}, {"stopped", stopped},
+                   {"step", task->step.load()}};
+      if (!s.ok()) {
+        exit["error"] = {{"code", error_code_name(s.error().code)}, {"message", s.error().to_string()}};
+        spdlog::error("job {} attempt {}: rank {} failed: {}", task->job, task->attempt, task->rank,
+                      s.error().to_string());
+      } else {
+        spdlog::info("job {} attempt {}: rank {} finished at step {}{}", task->job, task->attempt,
+                     task->rank, task->step.load(), stopped ? " (stopped as asked)" : "");
+      }
+      tl_log = nullptr;
+      send(exit);
+      task->done = true;
+      asio::post(io, [this, task] {
+        if (task->thread.joinable()) task->thread.detach();
+        tasks.erase({task->job, task->attempt});
+      });
+    });
+  }
+};
+
+WorkerDaemon::WorkerDaemon(DaemonOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->options = std::move(options);
+  if (impl_->options.name.empty()) impl_->options.name = host_name();
+}
+
+WorkerDaemon::~WorkerDaemon() { stop(); }
+
+Status WorkerDaemon::run() {
+  Impl& m = *impl_;
+  if (m.options.coordinator.rfind(':') == std::string::npos) {
+    return invalid_argument("--coordinator", "must be HOST:PORT");
+  }
+  static bool sink_installed = false;
+  if (!sink_installed) {
+    sink_installed = true;
+    spdlog::default_logger()->sinks().push_back(std::make_shared<ForwardSink>());
+  }
+  auto work = asio::make_work_guard(m.io);
+  asio::post(m.io, [&m] { m.connect(); });
+  m.io.run();
+  // Stopping: abort what runs and wait a little for the ranks to report.
+  std::vector<std::shared_ptr<RankTask>> left;
+  for (auto& [k, t] : m.tasks) left.push_back(t);
+  for (auto& t : left) {
+    t->stop_request = true;
+    t->rv->abort("worker " + m.options.name + " is shutting down");
+  }
+  for (auto& t : left)
+    if (t->thread.joinable()) t->thread.join();
+  if (m.refused) return *m.refused;
+  return {};
+}
+
+void WorkerDaemon::stop() {
+  Impl* m = impl_.get();
+  asio::post(m->io, [m] {
+    m->stopping = true;
+    m->heartbeat.cancel();
+    m->reconnect.cancel();
+    if (m->conn) m->conn->close("worker stopping");
+    m->io.stop();
+  });
+}
+
+}  // namespace mohge
