@@ -43,6 +43,7 @@ inline constexpr const char* kMetrics = "metrics";              // worker → co
 inline constexpr const char* kLog = "log";                      // worker → coordinator
 inline constexpr const char* kCheckpointWritten = "checkpoint_written";  // worker → coordinator
 inline constexpr const char* kRankExited = "rank_exited";       // worker → coordinator
+inline constexpr const char* kAck = "ack";                    // coordinator → worker
 
 /// [u32 big-endian length][body].
 std::string frame_encode(const nlohmann::json& message);

@@ -3,6 +3,7 @@
 #include "api/protocol.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
+#include "coordinator/worker_registry.hpp"
 
 namespace mohge::coord {
 
@@ -46,8 +47,9 @@ void MetricsSink::start() {
   post([this] { schedule_flush(); });
 }
 
-void MetricsSink::on_message(const json& m) {
-  post([this, m] {
+void MetricsSink::on_message(const std::string& worker, const json& m) {
+  post([this, worker, m] {
+    if (m.contains("seq")) acks_[worker].push_back(m["seq"].get<int64_t>());
     const int64_t job = m.value("job", int64_t{0});
     if (m.value("type", "") == proto::kLog) {
       const double at = m.value("at", hub_.now());
@@ -93,6 +95,21 @@ void MetricsSink::flush() {
     });
   }
   routing_.clear();
+  if (!acks_.empty()) {
+    // Runs after the writes above commit (the Store's strand is in order).
+    hub_.store->post([registry = hub_.registry, acks = std::move(acks_)] {
+      for (const auto& [worker, seqs] : acks)
+        registry->send(worker, {{"type", proto::kAck}, {"seqs", seqs}});
+    });
+    acks_.clear();
+  }
+}
+
+void MetricsSink::flush_then(std::function<void()> done) {
+  post([this, done = std::move(done)]() mutable {
+    flush();
+    hub_.store->post(std::move(done));  // after the writes flush() queued
+  });
 }
 
 void MetricsSink::schedule_flush() {

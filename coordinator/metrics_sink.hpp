@@ -4,7 +4,9 @@
 // tells the Scheduler the job's progress.
 #pragma once
 
+#include <functional>
 #include <map>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -24,10 +26,13 @@ class MetricsSink : public Actor {
  public:
   MetricsSink(boost::asio::io_context& io, Hub& hub);
   void start();
-  /// A "metrics" or "log" message from a worker.
-  void on_message(const nlohmann::json& m);
-  /// Writes what is buffered now.
+  /// A "metrics" or "log" message from a worker; acknowledged to it after the commit.
+  void on_message(const std::string& worker, const nlohmann::json& m);
+  /// Writes what is buffered now (on the strand).
   void flush();
+  /// Flushes, then runs `done` once the Store has committed those writes (so a job is never
+  /// shown finished before its last metrics are readable).
+  void flush_then(std::function<void()> done);
 
  private:
   void schedule_flush();
@@ -37,6 +42,7 @@ class MetricsSink : public Actor {
   std::vector<db::MetricRow> rows_;
   std::vector<db::LogRow> logs_;
   std::map<int64_t, std::pair<int64_t, nlohmann::json>> routing_;  // job → latest, unwritten
+  std::map<std::string, std::vector<int64_t>> acks_;  // worker → seqs in the unwritten batch
 };
 
 }  // namespace mohge::coord

@@ -6,6 +6,7 @@
 
 #include "api/protocol.hpp"
 #include "coordinator/job_supervisor.hpp"
+#include "coordinator/metrics_sink.hpp"
 #include "coordinator/store.hpp"
 #include "coordinator/worker_registry.hpp"
 
@@ -325,7 +326,15 @@ void Scheduler::attempt_running(int64_t job, int attempt, const std::string& rea
 
 void Scheduler::attempt_ended(int64_t job, int attempt, AttemptOutcome outcome,
                               const std::string& reason) {
-  post([this, job, attempt, outcome, reason] {
+  // The rank's last metrics were sent before its exit: let them reach SQLite first.
+  hub_.metrics->flush_then([this, job, attempt, outcome, reason] {
+    post([this, job, attempt, outcome, reason] { end_attempt(job, attempt, outcome, reason); });
+  });
+}
+
+void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
+                            const std::string& reason) {
+  {
     const auto it = jobs_.find(job);
     if (it == jobs_.end() || it->second.row.attempt != attempt) return;
     JobEntry& e = it->second;
@@ -366,7 +375,7 @@ void Scheduler::attempt_ended(int64_t job, int attempt, AttemptOutcome outcome,
         break;
     }
     reschedule();
-  });
+  }
 }
 
 void Scheduler::release_workers(JobEntry& e) {

@@ -85,6 +85,7 @@ class Scheduler : public Actor {
     int64_t job = 0;
   };
 
+  void end_attempt(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason);
   void transition(JobEntry& e, const std::string& to, const std::string& reason);
   void release_workers(JobEntry& e);
   void reschedule();

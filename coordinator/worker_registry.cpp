@@ -110,11 +110,21 @@ void WorkerRegistry::on_message(const std::shared_ptr<proto::Connection>& conn, 
     e.running = m.value("running", json::array());
     return;
   }
+  // Reports with a "seq" are acknowledged once their effect is stored (metrics and logs: by
+  // the MetricsSink after the commit; the others here, once handed to their owner); until
+  // then the worker keeps them and sends them again after a reconnect.
+  auto ack_now = [&] {
+    if (m.contains("seq")) conn->send({{"type", proto::kAck}, {"seqs", json::array({m["seq"]})}});
+  };
   if (type == proto::kRvPublish || type == proto::kRankExited) {
-    return hub_.scheduler->on_job_message(it->second, m);
+    hub_.scheduler->on_job_message(it->second, m);
+    return ack_now();
   }
-  if (type == proto::kMetrics || type == proto::kLog) return hub_.metrics->on_message(m);
-  if (type == proto::kCheckpointWritten) return hub_.checkpoints->on_report(m);
+  if (type == proto::kMetrics || type == proto::kLog) return hub_.metrics->on_message(it->second, m);
+  if (type == proto::kCheckpointWritten) {
+    hub_.checkpoints->on_report(m);
+    return ack_now();
+  }
   spdlog::warn("worker {}: unknown message type \"{}\" ignored", it->second, type);
 }
 

@@ -277,7 +277,7 @@ TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
   start_worker("w1");
   start_worker("w2");
   wait_workers_online(2);
-  const int64_t id = post("/api/v1/jobs", service_job(2, 3000, 100, 2)).body["id"];
+  const int64_t id = post("/api/v1/jobs", service_job(2, 8000, 100, 2)).body["id"];
   ASSERT_TRUE(wait_for([&] { return job(id)["progress"]["step"].get<int64_t>() >= 200; }, 120.0));
   kill9(coordinator_);
   std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -287,12 +287,20 @@ TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
   const std::vector<std::string> states = event_states(id);
   EXPECT_EQ(states.front(), "QUEUED");
   EXPECT_EQ(states.back(), "SUCCEEDED");
+  // The running ranks were reattached, not restarted.
+  const HttpResult ev = get("/api/v1/jobs/" + std::to_string(id) + "/events");
+  bool reattached = false;
+  for (const json& e : ev.body["events"])
+    reattached = reattached || e.value("reason", "").find("reattached") != std::string::npos;
+  EXPECT_TRUE(reattached) << ev.text;
+  EXPECT_EQ(job(id)["attempt"], 1);
   const json m = get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
   const json steps = m["metrics"]["loss"]["steps"];
   std::set<int64_t> unique;
   for (const json& s : steps) unique.insert(s.get<int64_t>());
   EXPECT_EQ(unique.size(), steps.size());  // no metric row duplicated
-  EXPECT_EQ(steps.back(), 3000);
+  EXPECT_EQ(steps.size(), 8000u);          // none lost while the coordinator was down
+  EXPECT_EQ(steps.back(), 8000);
 }
 
 }  // namespace

@@ -177,20 +177,24 @@ struct WorkerDaemon::Impl {
   std::shared_ptr<proto::Connection> conn;  // io thread only
   bool welcomed = false;                    // io thread only
   double backoff_s = 0.2;
-  std::deque<json> outbox;  // io thread only: reports waiting for a connection
+  std::map<int64_t, json> unacked;  // io thread only: reports by seq until acknowledged
+  int64_t last_seq = 0;
   std::map<std::pair<int64_t, int>, std::shared_ptr<RankTask>> tasks;  // io thread only
   std::optional<Error> refused;
   bool stopping = false;
   double heartbeat_s = 1.0;
 
   // From any thread: queue a report for the coordinator.
+  // From any thread: a report for the coordinator. It is numbered and kept until the
+  // coordinator acknowledges it (after storing its effect), and sent again after a reconnect,
+  // so a coordinator killed mid-job loses no report (duplicates are ignored there).
   void report(json m) {
     asio::post(io, [this, m = std::move(m)]() mutable {
-      if (conn && welcomed) {
-        conn->send(m);
-      } else if (outbox.size() < 200000) {
-        outbox.push_back(std::move(m));
-      }
+      const int64_t seq = ++last_seq;
+      m["seq"] = seq;
+      if (unacked.size() >= 500000) unacked.erase(unacked.begin());  // bound memory
+      if (conn && welcomed) conn->send(m);
+      unacked.emplace(seq, std::move(m));
     });
   }
 
@@ -291,10 +295,7 @@ struct WorkerDaemon::Impl {
       backoff_s = 0.2;
       heartbeat_s = m.value("heartbeat_s", 1.0);
       spdlog::info("registered with coordinator {} as {}", options.coordinator, options.name);
-      while (!outbox.empty()) {
-        conn->send(outbox.front());
-        outbox.pop_front();
-      }
+      for (const auto& [seq, report] : unacked) conn->send(report);
       send_heartbeat();
     } else if (type == proto::kRefused) {
       refused = Error{ErrorCode::kFailedPrecondition,
@@ -303,6 +304,8 @@ struct WorkerDaemon::Impl {
       spdlog::error("{}", refused->message);
       stopping = true;
       io.stop();
+    } else if (type == proto::kAck) {
+      for (const json& seq : m.value("seqs", json::array())) unacked.erase(seq.get<int64_t>());
     } else if (type == proto::kLaunch) {
       launch(m);
     } else if (type == proto::kRvAll) {

@@ -106,7 +106,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const Trai
                                 " windows of model.seq_len tokens in data.train");
   }
   const fs::path ckpt = opt.run_dir / "checkpoints";
-  if (!opt.resume && !checkpoint_list(ckpt).empty()) {
+  if (!opt.resume && !opt.resume_if_present && !checkpoint_list(ckpt).empty()) {
     return Error{ErrorCode::kAlreadyExists,
                  opt.run_dir.string() +
                      " already holds checkpoints; pass --resume to continue "
