@@ -266,7 +266,13 @@ struct RestServer::Impl {
       const int64_t job = id.value();
       if (n == 2) {
         if (method != http::methods::GET) return method_not_allowed(req);
-        return reply(req, service.get_job(c, job));
+        Result<std::string> text = service.get_job(c, job);
+        if (!text.ok()) return reply_error(req, text.error());
+        http::http_response resp(http::status_codes::OK);
+        resp.headers().add("Cache-Control", "no-store");
+        resp.set_body(text.value(), "application/json");
+        req.reply(resp);
+        return;
       }
       if (n == 3 && p[2] == "cancel") {
         if (method != http::methods::POST) return method_not_allowed(req);

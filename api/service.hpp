@@ -57,7 +57,8 @@ class ApiService {
   virtual Result<SubmitResult> submit_job(const Caller& caller, const nlohmann::json& spec,
                                           const std::string& idempotency_key) = 0;
   virtual Result<nlohmann::json> list_jobs(const Caller& caller, const JobListQuery& query) = 0;
-  virtual Result<nlohmann::json> get_job(const Caller& caller, int64_t job) = 0;
+  /// The job as serialised JSON text (it is served as is, many thousand times a second).
+  virtual Result<std::string> get_job(const Caller& caller, int64_t job) = 0;
   virtual Result<nlohmann::json> cancel_job(const Caller& caller, int64_t job) = 0;
   virtual Result<nlohmann::json> job_events(const Caller& caller, int64_t job, int64_t since,
                                             int64_t limit) = 0;

@@ -14,6 +14,7 @@
 #include "api/protocol.hpp"
 #include "api/rest_server.hpp"
 #include "coordinator/checkpoint_registry.hpp"
+#include "coordinator/job_views.hpp"
 #include "coordinator/metrics_sink.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
@@ -84,6 +85,7 @@ struct Coordinator::Impl : ApiService {
   std::unique_ptr<MetricsSink> metrics;
   std::unique_ptr<CheckpointRegistry> checkpoints;
   std::unique_ptr<RestServer> rest;
+  JobViews views;
   fs::path db_path;
 
   // Token hash → caller. REST threads read it on every request and it changes only when
@@ -208,8 +210,12 @@ struct Coordinator::Impl : ApiService {
   Result<json> list_jobs(const Caller& c, const JobListQuery& q) override {
     return scheduler->ask<json>([&, c, q] { return scheduler->list_jobs(c, q); }, kAskTimeout);
   }
-  Result<json> get_job(const Caller& c, int64_t id) override {
-    return scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); }, kAskTimeout);
+  Result<std::string> get_job(const Caller& c, int64_t id) override {
+    const std::optional<JobViews::View> v = views.get(id);
+    if (!v || (!c.admin && v->user_id != c.user_id)) {
+      return Error{ErrorCode::kNotFound, "no job with id " + std::to_string(id), ""};
+    }
+    return *v->json;
   }
   Result<json> cancel_job(const Caller& c, int64_t id) override {
     return scheduler->ask<json>([&, c, id] { return scheduler->cancel(c, id); }, kAskTimeout);
@@ -531,6 +537,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
   m.hub.scheduler = m.scheduler.get();
   m.hub.metrics = m.metrics.get();
   m.hub.checkpoints = m.checkpoints.get();
+  m.hub.views = &m.views;
 
   if (Status s = m.bootstrap_admin(); !s.ok()) return s.error();
   Result<std::vector<db::WorkerRow>> workers = m.store->unsafe_repository().list_workers();

@@ -14,6 +14,7 @@ class WorkerRegistry;
 class Scheduler;
 class MetricsSink;
 class CheckpointRegistry;
+class JobViews;
 
 struct CoordinatorOptions {
   std::string http = "127.0.0.1:8080";     // REST and dashboard
@@ -25,7 +26,7 @@ struct CoordinatorOptions {
   double heartbeat_timeout_s = 10.0;       // silent or disconnected this long: lost
   double reattach_timeout_s = 20.0;        // after a restart, ranks must report back by then
   double comm_timeout_s = 60.0;            // data-plane deadline handed to the ranks
-  size_t http_threads = 4;
+  size_t http_threads = 0;                 // REST thread pool; 0: one per core (2..16)
   bool auth = true;
 };
 
@@ -45,6 +46,7 @@ struct Hub {
   Scheduler* scheduler = nullptr;
   MetricsSink* metrics = nullptr;
   CheckpointRegistry* checkpoints = nullptr;
+  JobViews* views = nullptr;
 };
 
 }  // namespace mohge::coord

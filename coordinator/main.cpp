@@ -6,7 +6,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <csignal>
+#include <thread>
 
 #include "api/rest_server.hpp"
 #include "coordinator/coordinator.hpp"
@@ -31,8 +33,7 @@ int main(int argc, char** argv) {
   app.add_option("--comm-timeout", o.comm_timeout_s, "Data-plane deadline given to the ranks")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--http-threads", o.http_threads, "REST thread pool size")
-      ->capture_default_str()
+  app.add_option("--http-threads", o.http_threads, "REST thread pool size (default: one per core)")
       ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
   o.storage = storage;
@@ -45,6 +46,8 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  if (o.http_threads == 0)
+    o.http_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 16);
   mohge::rest_init_thread_pool(o.http_threads);
 
   auto c = mohge::coord::Coordinator::start(o);

@@ -6,6 +6,7 @@
 
 #include "api/protocol.hpp"
 #include "coordinator/job_supervisor.hpp"
+#include "coordinator/job_views.hpp"
 #include "coordinator/metrics_sink.hpp"
 #include "coordinator/store.hpp"
 #include "coordinator/worker_registry.hpp"
@@ -67,6 +68,7 @@ Status Scheduler::load(db::Repository& repo) {
     }
     if (static_cast<int64_t>(page.value().first.size()) < 1000) break;
   }
+  for (const auto& [id, e] : jobs_) publish(e);
   for (auto& [id, e] : jobs_) {
     const std::string& s = e.row.state;
     if (s == "PREEMPTED") transition(e, "QUEUED", "requeued after a coordinator restart");
@@ -90,6 +92,7 @@ void Scheduler::add_job(db::JobRow row) {
     e.row = std::move(row);
     e.queued_at = e.row.submitted_at;
     e.progress = {{"step", 0}};
+    publish(e);
     reschedule();
   });
 }
@@ -145,6 +148,12 @@ json Scheduler::to_json(const JobEntry& e) const {
   return j;
 }
 
+void Scheduler::publish(const JobEntry& e) {
+  json j = to_json(e);
+  j["spec"] = e.row.spec;
+  hub_.views->publish(e.row.id, e.row.user_id, j.dump());
+}
+
 Result<json> Scheduler::job_json(const Caller& caller, int64_t id) {
   if (Status s = check_access(caller, id); !s.ok()) return s.error();
   json j = to_json(jobs_.at(id));
@@ -184,6 +193,7 @@ Result<json> Scheduler::cancel(const Caller& caller, int64_t id) {
   const std::string reason = "canceled by " + caller.user;
   if (e.supervisor) {
     e.cancel_requested = true;
+    publish(e);
     e.supervisor->cancel(reason);
   } else {
     transition(e, "CANCELED", reason);
@@ -291,6 +301,7 @@ void Scheduler::progress(int64_t job, int attempt, const json& record) {
     for (const char* k : {"loss", "val_loss", "tokens_per_s", "step_ms", "imbalance"})
       if (record.contains(k)) e.progress[k] = record[k];
     progress_dirty_.insert(job);
+    publish(e);
   });
 }
 
@@ -403,6 +414,7 @@ void Scheduler::transition(JobEntry& e, const std::string& to, const std::string
   }
   if (to != "STARTING" && to != "RUNNING") e.pending.reset();
   spdlog::info("job {} ({}): {} → {}: {}", e.row.id, e.row.name, from, to, reason);
+  publish(e);
   hub_.store->write("job transition", [row = e.row, ev = db::EventRow{0, e.row.id, now, from, to,
                                                                        reason}](db::Repository& r) {
     return r.update_job(row, ev);
@@ -464,8 +476,16 @@ void Scheduler::reschedule() {
   }
   for (auto& [id, u] : snap.users) u.recent_usage = usage_.usage(id, now) + running_usage[id];
   const sched::Decision d = sched::schedule(snap);
-  for (auto& [id, e] : jobs_) e.pending.reset();
-  for (const auto& [id, p] : d.pending) jobs_.at(id).pending = p;
+  for (auto& [id, e] : jobs_) {
+    const auto it = d.pending.find(id);
+    const std::optional<sched::Pending> next =
+        it == d.pending.end() ? std::nullopt : std::optional<sched::Pending>(it->second);
+    const bool changed = next.has_value() != e.pending.has_value() ||
+                         (next && (next->position != e.pending->position ||
+                                   next->reason != e.pending->reason));
+    e.pending = next;
+    if (changed) publish(e);
+  }
   for (const sched::Start& s : d.starts) start_attempt(jobs_.at(s.job), s.workers, false);
   for (int64_t id : d.preempt) {
     JobEntry& e = jobs_.at(id);

@@ -85,6 +85,8 @@ class Scheduler : public Actor {
     int64_t job = 0;
   };
 
+  /// Serialises the job for the REST edge (JobViews); after every change of a job.
+  void publish(const JobEntry& e);
   void end_attempt(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason);
   void transition(JobEntry& e, const std::string& to, const std::string& reason);
   void release_workers(JobEntry& e);

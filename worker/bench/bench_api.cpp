@@ -123,7 +123,7 @@ json bench_job_spec(int i) {
               {"shared_experts", 2},
               {"shared_width", 288}}}}},
           {"data", {{"train", "datasets/brown/train.bin"}, {"val", "datasets/brown/val.bin"}}},
-          {"train", {{"steps", 100}, {"batch_size", 16}}},
+          {"train", {{"steps", 100}, {"batch_size", 16}, {"lr", 1e-3}}},
           {"resources", {{"workers", 2}, {"device", "cpu"}}}};
 }
 
@@ -158,57 +158,70 @@ Result<ApiBenchResult> bench_api(const ApiBenchOptions& o) {
     HttpConn conn(http_port);
     if (!conn.ok()) return Error{ErrorCode::kUnavailable, "cannot connect to the coordinator", ""};
     for (int i = 0; i < o.jobs; ++i) {
-      const int status = conn.round_trip(post_request("/api/v1/jobs", token, bench_job_spec(i).dump()));
+      std::string body;
+      const int status =
+          conn.round_trip(post_request("/api/v1/jobs", token, bench_job_spec(i).dump()), &body);
       if (status != 201) {
         return Error{ErrorCode::kInternal, "submitting job " + std::to_string(i) + " answered " +
-                                               std::to_string(status), ""};
+                                               std::to_string(status) + ": " + body, ""};
       }
     }
   }
   out.jobs = o.jobs;
 
-  // GET /jobs/{id} from `connections` keep-alive connections for `seconds`.
-  std::atomic<bool> stop{false};
-  std::atomic<int64_t> errors{0};
-  std::vector<std::vector<float>> latencies(static_cast<size_t>(o.connections));
-  std::vector<std::thread> threads;
-  const auto t0 = Clock::now();
-  for (int k = 0; k < o.connections; ++k) {
-    threads.emplace_back([&, k] {
-      HttpConn conn(http_port);
-      if (!conn.ok()) {
-        ++errors;
-        return;
-      }
-      uint64_t i = static_cast<uint64_t>(k) * 7919;
-      auto& lat = latencies[static_cast<size_t>(k)];
-      lat.reserve(1 << 20);
-      while (!stop.load(std::memory_order_relaxed)) {
-        const int64_t id = 1 + static_cast<int64_t>(i++ % static_cast<uint64_t>(o.jobs));
-        const auto a = Clock::now();
-        const int status = conn.round_trip(get_request("/api/v1/jobs/" + std::to_string(id), token));
-        lat.push_back(std::chrono::duration<float, std::milli>(Clock::now() - a).count());
-        if (status != 200) {
+  // GET from `connections` keep-alive connections for `seconds`: /healthz first (the REST
+  // server alone, no auth, no coordinator state), then /jobs/{id} over all jobs.
+  auto measure = [&](bool jobs_route, double* rps, double* p50, double* p99, int64_t* count,
+                     int64_t* errs) {
+    std::atomic<bool> stop{false};
+    std::atomic<int64_t> errors{0};
+    std::vector<std::vector<float>> latencies(static_cast<size_t>(o.connections));
+    std::vector<std::thread> threads;
+    const auto t0 = Clock::now();
+    for (int k = 0; k < o.connections; ++k) {
+      threads.emplace_back([&, k] {
+        HttpConn conn(http_port);
+        if (!conn.ok()) {
           ++errors;
-          if (status < 0) return;
+          return;
         }
-      }
-    });
-  }
-  std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
-  stop = true;
-  for (std::thread& t : threads) t.join();
-  const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-  std::vector<float> all;
-  for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
-  std::sort(all.begin(), all.end());
-  out.requests = static_cast<int64_t>(all.size());
-  out.errors = errors.load();
-  out.requests_per_s = static_cast<double>(all.size()) / elapsed;
-  if (!all.empty()) {
-    out.p50_ms = all[all.size() / 2];
-    out.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  }
+        uint64_t i = static_cast<uint64_t>(k) * 7919;
+        auto& lat = latencies[static_cast<size_t>(k)];
+        lat.reserve(1 << 20);
+        const std::string health = get_request("/api/v1/healthz", token);
+        while (!stop.load(std::memory_order_relaxed)) {
+          const int64_t id = 1 + static_cast<int64_t>(i++ % static_cast<uint64_t>(o.jobs));
+          const auto a = Clock::now();
+          const int status = conn.round_trip(
+              jobs_route ? get_request("/api/v1/jobs/" + std::to_string(id), token) : health);
+          lat.push_back(std::chrono::duration<float, std::milli>(Clock::now() - a).count());
+          if (status != 200) {
+            ++errors;
+            if (status < 0) return;
+          }
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
+    stop = true;
+    for (std::thread& t : threads) t.join();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::vector<float> all;
+    for (const auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
+    std::sort(all.begin(), all.end());
+    *count = static_cast<int64_t>(all.size());
+    *errs = errors.load();
+    *rps = static_cast<double>(all.size()) / elapsed;
+    if (!all.empty()) {
+      *p50 = all[all.size() / 2];
+      *p99 = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+    }
+  };
+  double hp50 = 0, hp99 = 0;
+  int64_t hcount = 0, herr = 0;
+  measure(false, &out.healthz_requests_per_s, &hp50, &hp99, &hcount, &herr);
+  measure(true, &out.requests_per_s, &out.p50_ms, &out.p99_ms, &out.requests, &out.errors);
+  out.errors += herr;
   c.value()->stop();
   fs::remove_all(root);
   return out;

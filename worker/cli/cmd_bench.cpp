@@ -191,6 +191,7 @@ void add_bench(CLI::App& app, int& exit_code) {
                                        {"server_threads", api_opts->server_threads},
                                        {"requests", b.requests},
                                        {"errors", b.errors},
+                                       {"healthz_requests_per_s", b.healthz_requests_per_s},
                                        {"get_job_requests_per_s", b.requests_per_s},
                                        {"p50_ms", b.p50_ms},
                                        {"p99_ms", b.p99_ms},
