@@ -96,6 +96,80 @@ TEST_F(LocalCluster, SubmitRunsCheckpointsSucceedsAndDownloads) {
   EXPECT_TRUE(got.count("model.embed_tokens.weight"));
   EXPECT_TRUE(got.count("model.layers.1.mlp.experts.3.1.down_proj.weight"));
   EXPECT_TRUE(st.value().metadata().count("mohge_spec"));
+
+  // The ranks' log lines reached the job's log.
+  const HttpResult logs = get("/api/v1/jobs/" + std::to_string(id) + "/logs");
+  ASSERT_EQ(logs.status, 200);
+  std::set<int> ranks;
+  for (const json& l : logs.body["logs"]) ranks.insert(l.value("rank", -1));
+  EXPECT_TRUE(ranks.count(0) && ranks.count(1)) << logs.text.substr(0, 500);
+}
+
+TEST_F(LocalCluster, AHigherPriorityJobPreemptsALowerOneWhichResumes) {
+  start_coordinator();
+  start_worker("w1");
+  start_worker("w2");
+  wait_workers_online(2);
+  json low_spec = service_job(2, 6000, 200, 2);
+  low_spec["priority"] = 10;
+  const int64_t low = post("/api/v1/jobs", low_spec).body["id"];
+  ASSERT_TRUE(wait_for([&] { return job(low)["progress"]["step"].get<int64_t>() >= 300; }, 120.0));
+  json high_spec = service_job(2, 20, 10, 2);
+  high_spec["priority"] = 90;
+  const int64_t high = post("/api/v1/jobs", high_spec).body["id"];
+  ASSERT_TRUE(wait_state(high, "SUCCEEDED", 120.0));
+  ASSERT_TRUE(wait_state(low, "SUCCEEDED", 240.0));
+  const std::vector<std::string> states = event_states(low);
+  const std::vector<std::string> want = {"QUEUED", "STARTING", "RUNNING", "PREEMPTED", "QUEUED",
+                                         "STARTING", "RUNNING", "SUCCEEDED"};
+  EXPECT_EQ(states, want);
+  EXPECT_EQ(job(low)["attempt"], 2);
+  EXPECT_EQ(job(low)["restarts"], 0);  // a preemption is not a failure
+  // It resumed from the preemption checkpoint: every step reported once.
+  const json m = get("/api/v1/jobs/" + std::to_string(low) + "/metrics?names=loss&max_points=100000").body;
+  EXPECT_EQ(m["metrics"]["loss"]["steps"].size(), 6000u);
+}
+
+TEST_F(LocalCluster, TheCliSubmitsFollowsAndDownloads) {
+  start_coordinator();
+  start_worker("w1");
+  wait_workers_online(1);
+  const fs::path spec = root_ / "spec.json";
+  std::ofstream(spec) << service_job(1, 8, 4, 1).dump();
+  const std::string env = "MOHGE_URL=" + url() + " MOHGE_TOKEN=" + token_ + " ";
+  const std::string mohge = bin("mohge");
+  auto run = [&](const std::string& args, int* code) {
+    std::string out;
+    FILE* p = ::popen((env + mohge + " " + args + " 2>&1").c_str(), "r");
+    char buf[4096];
+    while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+    *code = WEXITSTATUS(::pclose(p));
+    return out;
+  };
+  int code = 0;
+  std::string out = run("submit " + spec.string(), &code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("job 1 submitted"), std::string::npos) << out;
+  out = run("logs 1 -f", &code);  // returns when the job ends
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("SUCCEEDED"), std::string::npos) << out;
+  out = run("jobs", &code);
+  EXPECT_NE(out.find("SUCCEEDED"), std::string::npos) << out;
+  out = run("job 1", &code);
+  EXPECT_EQ(json::parse(out)["state"], "SUCCEEDED");
+  ASSERT_TRUE(wait_for([&] { return run("checkpoints 1", &code).find("8 ") != std::string::npos; }, 10.0));
+  out = run("checkpoints 1", &code);
+  EXPECT_NE(out.find("runs/job-1/checkpoints/step-00000008"), std::string::npos) << out;
+  const int64_t ck = get("/api/v1/jobs/1/checkpoints").body["checkpoints"].back()["id"];
+  out = run("download " + std::to_string(ck) + " -o " + (root_ / "model.safetensors").string(), &code);
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_TRUE(SafetensorsFile::open(root_ / "model.safetensors").ok());
+  out = run("job 999", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("404"), std::string::npos) << out;
+  out = run("cancel 1", &code);
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(out.find("already SUCCEEDED"), std::string::npos) << out;
 }
 
 TEST_F(LocalCluster, IdempotentSubmitReturnsTheSameJob) {
