@@ -43,9 +43,10 @@ class Actor {
       }
     });
     if (future.wait_for(timeout) != std::future_status::ready) {
-      return Error{ErrorCode::kUnavailable, "the coordinator is busy (no answer within " +
-                                                std::to_string(timeout.count()) + " ms)",
-                   ""};
+      return Error{
+          ErrorCode::kUnavailable,
+          "the coordinator is busy (no answer within " + std::to_string(timeout.count()) + " ms)",
+          ""};
     }
     return future.get();
   }

@@ -97,8 +97,8 @@ struct JobSpec {
   ResourcesSpec resources;
   std::string placement = "all-size";  // "all-size" | "group-per-rank" | "contiguous"
   CheckpointSpec checkpoint;
-  int priority = 50;      // 0..100, higher first
-  int max_restarts = 3;   // recoveries after lost workers before the job FAILS
+  int priority = 50;     // 0..100, higher first
+  int max_restarts = 3;  // recoveries after lost workers before the job FAILS
 };
 
 /// Parses and validates a spec. On failure the Error names the first offending field; all

@@ -80,8 +80,9 @@ void Connection::read_header() {
   asio::async_read(socket_, asio::buffer(header_, 4),
                    asio::bind_executor(strand_, [self = shared_from_this()](
                                                     boost::system::error_code ec, size_t) {
-                     if (ec) return self->shutdown(ec == asio::error::eof ? "peer closed the connection"
-                                                                          : ec.message());
+                     if (ec)
+                       return self->shutdown(ec == asio::error::eof ? "peer closed the connection"
+                                                                    : ec.message());
                      const uint32_t n = (uint32_t{self->header_[0]} << 24) |
                                         (uint32_t{self->header_[1]} << 16) |
                                         (uint32_t{self->header_[2]} << 8) | self->header_[3];
@@ -96,18 +97,18 @@ void Connection::read_body(uint32_t n) {
   body_.resize(n);
   asio::async_read(
       socket_, asio::buffer(body_),
-      asio::bind_executor(strand_, [self = shared_from_this()](boost::system::error_code ec,
-                                                              size_t) {
-        if (ec) return self->shutdown(ec.message());
-        json message = json::parse(self->body_.begin(), self->body_.end(), nullptr, false);
-        if (message.is_discarded() || !message.is_object() || !message.contains("type") ||
-            !message["type"].is_string()) {
-          return self->shutdown("malformed message (not a JSON object with a \"type\")");
-        }
-        if (!self->open_.load()) return;
-        self->on_message_(message);
-        if (self->open_.load()) self->read_header();
-      }));
+      asio::bind_executor(
+          strand_, [self = shared_from_this()](boost::system::error_code ec, size_t) {
+            if (ec) return self->shutdown(ec.message());
+            json message = json::parse(self->body_.begin(), self->body_.end(), nullptr, false);
+            if (message.is_discarded() || !message.is_object() || !message.contains("type") ||
+                !message["type"].is_string()) {
+              return self->shutdown("malformed message (not a JSON object with a \"type\")");
+            }
+            if (!self->open_.load()) return;
+            self->on_message_(message);
+            if (self->open_.load()) self->read_header();
+          }));
 }
 
 void Connection::send(const json& message) {
@@ -121,16 +122,16 @@ void Connection::send(const json& message) {
 
 void Connection::write_next() {
   asio::async_write(socket_, asio::buffer(out_.front()),
-                    asio::bind_executor(strand_, [self = shared_from_this()](
-                                                     boost::system::error_code ec, size_t) {
-                      if (ec) return self->shutdown(ec.message());
-                      self->out_.pop_front();
-                      if (!self->out_.empty()) {
-                        self->write_next();
-                      } else if (self->closing_) {
-                        self->shutdown("closed");
-                      }
-                    }));
+                    asio::bind_executor(
+                        strand_, [self = shared_from_this()](boost::system::error_code ec, size_t) {
+                          if (ec) return self->shutdown(ec.message());
+                          self->out_.pop_front();
+                          if (!self->out_.empty()) {
+                            self->write_next();
+                          } else if (self->closing_) {
+                            self->shutdown("closed");
+                          }
+                        }));
 }
 
 void Connection::close(const std::string& why) {

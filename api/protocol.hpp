@@ -29,21 +29,21 @@ constexpr int kProtocolVersion = 1;
 constexpr uint32_t kMaxFrameBytes = 64u << 20;
 
 // Message types (the "type" field). Direction and fields are in api/PROTOCOL.md.
-inline constexpr const char* kHello = "hello";                  // worker → coordinator
-inline constexpr const char* kWelcome = "welcome";              // coordinator → worker
-inline constexpr const char* kRefused = "refused";              // coordinator → worker
-inline constexpr const char* kHeartbeat = "heartbeat";          // worker → coordinator
-inline constexpr const char* kLaunch = "launch";                // coordinator → worker
-inline constexpr const char* kCancel = "cancel";                // coordinator → worker
-inline constexpr const char* kCheckpoint = "checkpoint";        // coordinator → worker
-inline constexpr const char* kRvPublish = "rv_publish";         // worker → coordinator
-inline constexpr const char* kRvAll = "rv_all";                 // coordinator → worker
-inline constexpr const char* kAbort = "abort";                  // coordinator → worker
-inline constexpr const char* kMetrics = "metrics";              // worker → coordinator
-inline constexpr const char* kLog = "log";                      // worker → coordinator
+inline constexpr const char* kHello = "hello";                           // worker → coordinator
+inline constexpr const char* kWelcome = "welcome";                       // coordinator → worker
+inline constexpr const char* kRefused = "refused";                       // coordinator → worker
+inline constexpr const char* kHeartbeat = "heartbeat";                   // worker → coordinator
+inline constexpr const char* kLaunch = "launch";                         // coordinator → worker
+inline constexpr const char* kCancel = "cancel";                         // coordinator → worker
+inline constexpr const char* kCheckpoint = "checkpoint";                 // coordinator → worker
+inline constexpr const char* kRvPublish = "rv_publish";                  // worker → coordinator
+inline constexpr const char* kRvAll = "rv_all";                          // coordinator → worker
+inline constexpr const char* kAbort = "abort";                           // coordinator → worker
+inline constexpr const char* kMetrics = "metrics";                       // worker → coordinator
+inline constexpr const char* kLog = "log";                               // worker → coordinator
 inline constexpr const char* kCheckpointWritten = "checkpoint_written";  // worker → coordinator
-inline constexpr const char* kRankExited = "rank_exited";       // worker → coordinator
-inline constexpr const char* kAck = "ack";                    // coordinator → worker
+inline constexpr const char* kRankExited = "rank_exited";                // worker → coordinator
+inline constexpr const char* kAck = "ack";                               // coordinator → worker
 
 /// [u32 big-endian length][body].
 std::string frame_encode(const nlohmann::json& message);

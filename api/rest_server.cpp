@@ -83,8 +83,7 @@ Result<int64_t> parse_id(const std::string& s, const char* what) {
 struct Query {
   std::map<std::string, std::string> params;
 
-  Result<int64_t> integer(const std::string& name, int64_t fallback, int64_t lo,
-                          int64_t hi) const {
+  Result<int64_t> integer(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
     const auto it = params.find(name);
     if (it == params.end() || it->second.empty()) return fallback;
     int64_t v = 0;
@@ -127,8 +126,7 @@ void reply_file(const http::http_request& req, const std::filesystem::path& file
   const auto size = std::filesystem::file_size(file, ec);
   if (ec) return reply_error(req, Error{ErrorCode::kNotFound, "file not found", ""});
   concurrency::streams::fstream::open_istream(file.string(), std::ios::in | std::ios::binary)
-      .then([req, size, content_type, download_name](
-                pplx::task<concurrency::streams::istream> t) {
+      .then([req, size, content_type, download_name](pplx::task<concurrency::streams::istream> t) {
         try {
           http::http_response resp(http::status_codes::OK);
           resp.set_body(t.get(), size, content_type);
@@ -164,14 +162,14 @@ struct RestServer::Impl {
   Result<Caller> authenticate(const http::http_request& req) {
     const auto it = req.headers().find("Authorization");
     if (it == req.headers().end()) {
-      return Error{ErrorCode::kUnauthenticated,
-                   "missing \"Authorization: Bearer <token>\" header", "Authorization"};
+      return Error{ErrorCode::kUnauthenticated, "missing \"Authorization: Bearer <token>\" header",
+                   "Authorization"};
     }
     const std::string& h = it->second;
     const std::string prefix = "Bearer ";
     if (h.size() <= prefix.size() || h.compare(0, prefix.size(), prefix) != 0) {
-      return Error{ErrorCode::kUnauthenticated, "the Authorization header must be \"Bearer <token>\"",
-                   "Authorization"};
+      return Error{ErrorCode::kUnauthenticated,
+                   "the Authorization header must be \"Bearer <token>\"", "Authorization"};
     }
     return service.authenticate(h.substr(prefix.size()));
   }
@@ -207,8 +205,8 @@ struct RestServer::Impl {
     const std::vector<std::string> seg = path_segments(req);
     const std::string& method = req.method();
     for (const std::string& s : seg) {
-      if (s == ".." || s == "." || s.find('/') != std::string::npos || s.find('\\') != std::string::npos ||
-          s.find('\0') != std::string::npos) {
+      if (s == ".." || s == "." || s.find('/') != std::string::npos ||
+          s.find('\\') != std::string::npos || s.find('\0') != std::string::npos) {
         return reply_error(req, Error{ErrorCode::kNotFound, "no such resource", ""});
       }
     }
@@ -241,7 +239,8 @@ struct RestServer::Impl {
         if (const auto it = req.headers().find("Idempotency-Key"); it != req.headers().end()) {
           key = it->second;
           if (key.size() > 200) {
-            return reply_error(req, invalid_argument("Idempotency-Key", "must be at most 200 characters"));
+            return reply_error(
+                req, invalid_argument("Idempotency-Key", "must be at most 200 characters"));
           }
         }
         Result<SubmitResult> r = service.submit_job(c, body.value(), key);
@@ -358,9 +357,10 @@ struct RestServer::Impl {
   }
 
   void method_not_allowed(const http::http_request& req) {
-    reply_json(req, 405,
-               error_body(Error{ErrorCode::kInvalidArgument,
-                                "method " + req.method() + " is not allowed on this resource", ""}));
+    reply_json(
+        req, 405,
+        error_body(Error{ErrorCode::kInvalidArgument,
+                         "method " + req.method() + " is not allowed on this resource", ""}));
   }
 
   // The dashboard's files. The path is inside web_root by construction (no "..", checked
@@ -382,7 +382,9 @@ struct RestServer::Impl {
 
 RestServer::RestServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-RestServer::~RestServer() { stop(); }
+RestServer::~RestServer() {
+  stop();
+}
 
 Result<std::unique_ptr<RestServer>> RestServer::start(const RestOptions& options,
                                                       ApiService& service) {
@@ -400,7 +402,9 @@ Result<std::unique_ptr<RestServer>> RestServer::start(const RestOptions& options
   return std::unique_ptr<RestServer>(new RestServer(std::move(impl)));
 }
 
-std::string RestServer::url() const { return impl_->url; }
+std::string RestServer::url() const {
+  return impl_->url;
+}
 
 void RestServer::stop() {
   if (impl_ && impl_->listener) {

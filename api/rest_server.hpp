@@ -25,8 +25,7 @@ struct RestOptions {
 class RestServer {
  public:
   /// Starts listening; errors name the address. The service must outlive the server.
-  static Result<std::unique_ptr<RestServer>> start(const RestOptions& options,
-                                                   ApiService& service);
+  static Result<std::unique_ptr<RestServer>> start(const RestOptions& options, ApiService& service);
   ~RestServer();
   /// The URL it listens on ("http://127.0.0.1:8080").
   std::string url() const;

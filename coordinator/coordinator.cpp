@@ -64,7 +64,8 @@ bool valid_user_name(const std::string& s) {
   for (char c : s)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-'))
       return false;
-  return std::islower(static_cast<unsigned char>(s[0])) || std::isdigit(static_cast<unsigned char>(s[0]));
+  return std::islower(static_cast<unsigned char>(s[0])) ||
+         std::isdigit(static_cast<unsigned char>(s[0]));
 }
 
 Error forbidden(const std::string& what) {
@@ -156,8 +157,8 @@ struct Coordinator::Impl : ApiService {
     Result<JobSpec> spec = parse_job_spec(body);
     if (!spec.ok()) return spec.error();
     const JobSpec& s = spec.value();
-    Result<int> quota =
-        scheduler->ask<int>([&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
+    Result<int> quota = scheduler->ask<int>(
+        [&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
     if (!quota.ok()) return quota.error();
     if (quota.value() > 0 && s.resources.workers > quota.value()) {
       return Error{ErrorCode::kUnprocessable,
@@ -201,8 +202,8 @@ struct Coordinator::Impl : ApiService {
     if (!inserted.ok()) return inserted.error();
     const int64_t id = inserted.value().id;
     if (created) scheduler->add_job(inserted.value());
-    Result<json> job = scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); },
-                                            kAskTimeout);
+    Result<json> job =
+        scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); }, kAskTimeout);
     if (!job.ok()) return job.error();
     return SubmitResult{job.value(), created};
   }
@@ -264,7 +265,8 @@ struct Coordinator::Impl : ApiService {
       json metrics = json::object();
       int64_t last = q.since;
       for (const std::string& name : names) {
-        Result<std::vector<db::MetricPoint>> series = r.metric_series(id, name, q.since, q.max_points);
+        Result<std::vector<db::MetricPoint>> series =
+            r.metric_series(id, name, q.since, q.max_points);
         if (!series.ok()) return series.error();
         json steps = json::array(), values = json::array();
         for (const db::MetricPoint& p : series.value()) {
@@ -377,7 +379,8 @@ struct Coordinator::Impl : ApiService {
   Result<fs::path> checkpoint_download(const Caller& c, int64_t id) override {
     Result<db::CheckpointRow> ck = visible_checkpoint(c, id);
     if (!ck.ok()) return ck.error();
-    const fs::path out = options.storage / "downloads" / ("checkpoint-" + std::to_string(id) + ".safetensors");
+    const fs::path out =
+        options.storage / "downloads" / ("checkpoint-" + std::to_string(id) + ".safetensors");
     std::error_code ec;
     if (fs::exists(out, ec)) return out;
     fs::create_directories(out.parent_path(), ec);
@@ -387,8 +390,8 @@ struct Coordinator::Impl : ApiService {
   }
 
   Result<json> list_workers(const Caller&) override {
-    Result<json> w = registry->ask<json>([&]() -> Result<json> { return registry->to_json(); },
-                                         kAskTimeout);
+    Result<json> w =
+        registry->ask<json>([&]() -> Result<json> { return registry->to_json(); }, kAskTimeout);
     if (!w.ok()) return w.error();
     return json{{"workers", w.value()}};
   }
@@ -396,8 +399,8 @@ struct Coordinator::Impl : ApiService {
   Result<json> cluster(const Caller&) override {
     Result<json> cl = scheduler->ask<json>([&] { return scheduler->cluster_json(); }, kAskTimeout);
     if (!cl.ok()) return cl.error();
-    Result<json> w = registry->ask<json>([&]() -> Result<json> { return registry->to_json(); },
-                                         kAskTimeout);
+    Result<json> w =
+        registry->ask<json>([&]() -> Result<json> { return registry->to_json(); }, kAskTimeout);
     if (!w.ok()) return w.error();
     json out = cl.value();
     out["worker_list"] = w.value();
@@ -430,8 +433,12 @@ struct Coordinator::Impl : ApiService {
       return invalid_argument("name", "is required and must be a string");
     const std::string name = body["name"].get<std::string>();
     if (!valid_user_name(name))
-      return invalid_argument("name", "must be 1–64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit");
-    const std::string role = body.contains("role") && body["role"].is_string() ? body["role"].get<std::string>() : "user";
+      return invalid_argument(
+          "name",
+          "must be 1–64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit");
+    const std::string role = body.contains("role") && body["role"].is_string()
+                                 ? body["role"].get<std::string>()
+                                 : "user";
     if (role != "user" && role != "admin") return invalid_argument("role", "must be user or admin");
     int max_workers = 0;
     if (body.contains("max_workers")) {
@@ -441,7 +448,9 @@ struct Coordinator::Impl : ApiService {
       max_workers = body["max_workers"].get<int>();
     }
     Result<db::UserRow> u = store->call<db::UserRow>(
-        [=, now = hub.now()](db::Repository& r) { return r.create_user(name, role, max_workers, now); },
+        [=, now = hub.now()](db::Repository& r) {
+          return r.create_user(name, role, max_workers, now);
+        },
         kAskTimeout);
     if (!u.ok()) return u.error();
     scheduler->set_user(u.value());
@@ -450,21 +459,26 @@ struct Coordinator::Impl : ApiService {
 
   Result<json> create_token(const Caller& c, int64_t user, const json& body) override {
     if (!c.admin && user != c.user_id) return forbidden("creating tokens for another user");
-    const std::string label = body.is_object() && body.contains("label") && body["label"].is_string()
-                                  ? body["label"].get<std::string>()
-                                  : "";
+    const std::string label =
+        body.is_object() && body.contains("label") && body["label"].is_string()
+            ? body["label"].get<std::string>()
+            : "";
     if (label.size() > 200) return invalid_argument("label", "must be at most 200 characters");
     const std::string secret = new_token_secret();
     Result<db::TokenRow> t = store->call<db::TokenRow>(
         [=, now = hub.now()](db::Repository& r) -> Result<db::TokenRow> {
           Result<std::optional<db::UserRow>> u = r.get_user(user);
           if (!u.ok()) return u.error();
-          if (!u.value()) return Error{ErrorCode::kNotFound, "no user with id " + std::to_string(user), ""};
+          if (!u.value())
+            return Error{ErrorCode::kNotFound, "no user with id " + std::to_string(user), ""};
           return r.create_token(user, sha256_hex(secret), label, now);
         },
         kAskTimeout);
     if (!t.ok()) return t.error();
-    return json{{"id", t.value().id}, {"user", user}, {"label", label}, {"token", secret},
+    return json{{"id", t.value().id},
+                {"user", user},
+                {"label", label},
+                {"token", secret},
                 {"note", "the token is shown once; store it now"}};
   }
 
@@ -496,7 +510,8 @@ struct Coordinator::Impl : ApiService {
     Result<db::UserRow> admin = repo.create_user("admin", "admin", 0, hub.now());
     if (!admin.ok()) return admin.error();
     const std::string secret = new_token_secret();
-    Result<db::TokenRow> t = repo.create_token(admin.value().id, sha256_hex(secret), "first admin token", hub.now());
+    Result<db::TokenRow> t =
+        repo.create_token(admin.value().id, sha256_hex(secret), "first admin token", hub.now());
     if (!t.ok()) return t.error();
     const fs::path file = options.storage / "admin.token";
     {
@@ -505,7 +520,8 @@ struct Coordinator::Impl : ApiService {
       if (!out) return Error{ErrorCode::kInternal, "cannot write " + file.string(), "--storage"};
     }
     ::chmod(file.c_str(), 0600);
-    std::printf("admin token (also in %s, readable only by you): %s\n", file.c_str(), secret.c_str());
+    std::printf("admin token (also in %s, readable only by you): %s\n", file.c_str(),
+                secret.c_str());
     std::fflush(stdout);
     return {};
   }
@@ -513,14 +529,18 @@ struct Coordinator::Impl : ApiService {
 
 Coordinator::Coordinator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Coordinator::~Coordinator() { stop(); }
+Coordinator::~Coordinator() {
+  stop();
+}
 
 Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   std::error_code ec;
   fs::create_directories(options.storage, ec);
-  if (ec) return invalid_argument("--storage", "cannot create " + options.storage.string() + ": " + ec.message());
+  if (ec)
+    return invalid_argument("--storage",
+                            "cannot create " + options.storage.string() + ": " + ec.message());
   impl->db_path = options.db.empty() ? options.storage / "mohge.db" : options.db;
   Result<std::unique_ptr<db::Repository>> repo = db::Repository::open(impl->db_path);
   if (!repo.ok()) return repo.error();
@@ -565,7 +585,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
   return std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));
 }
 
-std::string Coordinator::http_url() const { return impl_->rest ? impl_->rest->url() : ""; }
+std::string Coordinator::http_url() const {
+  return impl_->rest ? impl_->rest->url() : "";
+}
 
 void Coordinator::stop() {
   if (!impl_ || impl_->threads.empty()) return;

@@ -34,8 +34,7 @@ struct CoordinatorOptions {
 using ClockFn = std::function<double()>;
 
 inline double system_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 struct Hub {

@@ -77,15 +77,13 @@ void MetricsSink::on_message(const std::string& worker, const json& m) {
 
 void MetricsSink::flush() {
   if (!rows_.empty()) {
-    hub_.store->write("metrics", [rows = std::move(rows_)](db::Repository& r) {
-      return r.insert_metrics(rows);
-    });
+    hub_.store->write(
+        "metrics", [rows = std::move(rows_)](db::Repository& r) { return r.insert_metrics(rows); });
     rows_.clear();
   }
   if (!logs_.empty()) {
-    hub_.store->write("logs", [logs = std::move(logs_)](db::Repository& r) {
-      return r.append_logs(logs);
-    });
+    hub_.store->write("logs",
+                      [logs = std::move(logs_)](db::Repository& r) { return r.append_logs(logs); });
     logs_.clear();
   }
   for (auto& [job, rec] : routing_) {

@@ -18,9 +18,8 @@ using nlohmann::json;
 namespace {
 
 const std::vector<std::string>& all_states() {
-  static const std::vector<std::string> states = {"QUEUED",    "STARTING", "RUNNING",
-                                                  "RECOVERING", "PREEMPTED", "SUCCEEDED",
-                                                  "FAILED",    "CANCELED"};
+  static const std::vector<std::string> states = {"QUEUED",    "STARTING",  "RUNNING", "RECOVERING",
+                                                  "PREEMPTED", "SUCCEEDED", "FAILED",  "CANCELED"};
   return states;
 }
 
@@ -122,7 +121,8 @@ json Scheduler::to_json(const JobEntry& e) const {
   json progress = e.progress;
   progress["step"] = r.step;
   progress["steps"] = r.steps;
-  progress["fraction"] = r.steps > 0 ? static_cast<double>(r.step) / static_cast<double>(r.steps) : 0.0;
+  progress["fraction"] =
+      r.steps > 0 ? static_cast<double>(r.step) / static_cast<double>(r.steps) : 0.0;
   json j = {{"id", r.id},
             {"name", r.name},
             {"user", r.user},
@@ -162,9 +162,11 @@ Result<json> Scheduler::job_json(const Caller& caller, int64_t id) {
 }
 
 Result<json> Scheduler::list_jobs(const Caller& caller, const JobListQuery& q) {
-  if (q.state && std::find(all_states().begin(), all_states().end(), *q.state) == all_states().end()) {
-    return invalid_argument("state", "must be one of QUEUED, STARTING, RUNNING, RECOVERING, "
-                                     "PREEMPTED, SUCCEEDED, FAILED, CANCELED");
+  if (q.state &&
+      std::find(all_states().begin(), all_states().end(), *q.state) == all_states().end()) {
+    return invalid_argument("state",
+                            "must be one of QUEUED, STARTING, RUNNING, RECOVERING, "
+                            "PREEMPTED, SUCCEEDED, FAILED, CANCELED");
   }
   if (q.user && !caller.admin && *q.user != caller.user) {
     return Error{ErrorCode::kPermissionDenied, "only an admin may list another user's jobs",
@@ -309,9 +311,8 @@ void Scheduler::persist_progress() {
   for (int64_t id : progress_dirty_) {
     const auto it = jobs_.find(id);
     if (it == jobs_.end()) continue;
-    hub_.store->write("job progress", [row = it->second.row](db::Repository& r) {
-      return r.update_job(row);
-    });
+    hub_.store->write("job progress",
+                      [row = it->second.row](db::Repository& r) { return r.update_job(row); });
   }
   progress_dirty_.clear();
   progress_timer_.expires_after(std::chrono::seconds(2));
@@ -325,7 +326,8 @@ void Scheduler::attempt_running(int64_t job, int attempt, const std::string& rea
     const auto it = jobs_.find(job);
     if (it == jobs_.end() || it->second.row.attempt != attempt) return;
     JobEntry& e = it->second;
-    if (e.row.state == "STARTING") transition(e, "RUNNING", reason);
+    if (e.row.state == "STARTING")
+      transition(e, "RUNNING", reason);
     else if (e.row.state == "RUNNING") {
       // Reattached: record it without a state change.
       hub_.store->write("event", [row = e.row, reason, now = hub_.now()](db::Repository& r) {
@@ -379,9 +381,9 @@ void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
                          std::to_string(e.row.max_restarts) +
                          " from the last complete checkpoint on healthy workers");
         } else {
-          transition(e, "FAILED",
-                     reason + "; max_restarts (" + std::to_string(e.row.max_restarts) +
-                         ") reached");
+          transition(
+              e, "FAILED",
+              reason + "; max_restarts (" + std::to_string(e.row.max_restarts) + ") reached");
         }
         break;
     }
@@ -399,8 +401,8 @@ void Scheduler::release_workers(JobEntry& e) {
 
 void Scheduler::transition(JobEntry& e, const std::string& to, const std::string& reason) {
   if (job_state_terminal(e.row.state)) {
-    spdlog::warn("job {}: ignored {} → {} ({}): terminal states are final", e.row.id,
-                 e.row.state, to, reason);
+    spdlog::warn("job {}: ignored {} → {} ({}): terminal states are final", e.row.id, e.row.state,
+                 to, reason);
     return;
   }
   const std::string from = e.row.state;
@@ -415,14 +417,12 @@ void Scheduler::transition(JobEntry& e, const std::string& to, const std::string
   if (to != "STARTING" && to != "RUNNING") e.pending.reset();
   spdlog::info("job {} ({}): {} → {}: {}", e.row.id, e.row.name, from, to, reason);
   publish(e);
-  hub_.store->write("job transition", [row = e.row, ev = db::EventRow{0, e.row.id, now, from, to,
-                                                                       reason}](db::Repository& r) {
-    return r.update_job(row, ev);
-  });
+  hub_.store->write("job transition",
+                    [row = e.row, ev = db::EventRow{0, e.row.id, now, from, to, reason}](
+                        db::Repository& r) { return r.update_job(row, ev); });
 }
 
-void Scheduler::start_attempt(JobEntry& e, const std::vector<std::string>& workers,
-                              bool reattach) {
+void Scheduler::start_attempt(JobEntry& e, const std::vector<std::string>& workers, bool reattach) {
   e.row.assigned = workers;
   for (const std::string& w : workers) workers_[w].job = e.row.id;
   e.usage_from = hub_.now();
@@ -437,8 +437,9 @@ void Scheduler::start_attempt(JobEntry& e, const std::vector<std::string>& worke
     ++e.row.attempt;
     launch.attempt = e.row.attempt;
     launch.resume = e.row.attempt > 1;
-    transition(e, "STARTING", "placed on " + join(workers) +
-                                  (launch.resume ? "; resuming from the last checkpoint" : ""));
+    transition(e, "STARTING",
+               "placed on " + join(workers) +
+                   (launch.resume ? "; resuming from the last checkpoint" : ""));
   }
   launch.attempt = e.row.attempt;
   e.supervisor = std::make_shared<JobSupervisor>(io_, hub_, std::move(launch));
@@ -480,9 +481,9 @@ void Scheduler::reschedule() {
     const auto it = d.pending.find(id);
     const std::optional<sched::Pending> next =
         it == d.pending.end() ? std::nullopt : std::optional<sched::Pending>(it->second);
-    const bool changed = next.has_value() != e.pending.has_value() ||
-                         (next && (next->position != e.pending->position ||
-                                   next->reason != e.pending->reason));
+    const bool changed =
+        next.has_value() != e.pending.has_value() ||
+        (next && (next->position != e.pending->position || next->reason != e.pending->reason));
     e.pending = next;
     if (changed) publish(e);
   }

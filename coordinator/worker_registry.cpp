@@ -15,7 +15,9 @@ using asio::ip::tcp;
 using nlohmann::json;
 
 namespace {
-std::string version_string() { return "0.1.0"; }
+std::string version_string() {
+  return "0.1.0";
+}
 }  // namespace
 
 WorkerRegistry::WorkerRegistry(asio::io_context& io, Hub& hub)
@@ -73,26 +75,26 @@ void WorkerRegistry::stop() {
 }
 
 void WorkerRegistry::accept() {
-  acceptor_.async_accept(asio::bind_executor(strand_, [this](boost::system::error_code ec,
-                                                             tcp::socket socket) {
-    if (stopped_) return;
-    if (!ec) {
-      auto conn = std::make_shared<proto::Connection>(std::move(socket));
-      std::weak_ptr<proto::Connection> weak = conn;
-      conn->start(
-          [this, weak](const json& m) {
-            post([this, weak, m] {
-              if (auto c = weak.lock()) on_message(c, m);
-            });
-          },
-          [this, weak](const std::string& why) {
-            post([this, weak, why] {
-              if (auto c = weak.lock()) on_closed(c, why);
-            });
-          });
-    }
-    accept();
-  }));
+  acceptor_.async_accept(
+      asio::bind_executor(strand_, [this](boost::system::error_code ec, tcp::socket socket) {
+        if (stopped_) return;
+        if (!ec) {
+          auto conn = std::make_shared<proto::Connection>(std::move(socket));
+          std::weak_ptr<proto::Connection> weak = conn;
+          conn->start(
+              [this, weak](const json& m) {
+                post([this, weak, m] {
+                  if (auto c = weak.lock()) on_message(c, m);
+                });
+              },
+              [this, weak](const std::string& why) {
+                post([this, weak, why] {
+                  if (auto c = weak.lock()) on_closed(c, why);
+                });
+              });
+        }
+        accept();
+      }));
 }
 
 void WorkerRegistry::on_message(const std::shared_ptr<proto::Connection>& conn, const json& m) {
@@ -120,7 +122,8 @@ void WorkerRegistry::on_message(const std::shared_ptr<proto::Connection>& conn, 
     hub_.scheduler->on_job_message(it->second, m);
     return ack_now();
   }
-  if (type == proto::kMetrics || type == proto::kLog) return hub_.metrics->on_message(it->second, m);
+  if (type == proto::kMetrics || type == proto::kLog)
+    return hub_.metrics->on_message(it->second, m);
   if (type == proto::kCheckpointWritten) {
     hub_.checkpoints->on_report(m);
     return ack_now();
@@ -146,8 +149,8 @@ void WorkerRegistry::on_hello(const std::shared_ptr<proto::Connection>& conn, co
   if (backend != "cpu" && backend != "cuda") return refuse("hello.backend must be cpu or cuda");
   Entry& e = workers_[name];
   if (e.conn && e.conn->open()) {
-    return refuse("a worker named \"" + name + "\" is already connected (from " +
-                  e.conn->peer() + "); give each worker a unique --name");
+    return refuse("a worker named \"" + name + "\" is already connected (from " + e.conn->peer() +
+                  "); give each worker a unique --name");
   }
   const double now = hub_.now();
   e.conn = conn;

@@ -53,8 +53,8 @@ class WorkerRegistry : public Actor {
   Hub& hub_;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer timer_;
-  std::map<std::string, Entry> workers_;                      // by name
-  std::map<proto::Connection*, std::string> names_;           // connection → worker name
+  std::map<std::string, Entry> workers_;             // by name
+  std::map<proto::Connection*, std::string> names_;  // connection → worker name
   bool stopped_ = false;
 };
 

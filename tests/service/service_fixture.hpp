@@ -4,8 +4,8 @@
 #pragma once
 
 #include <cpprest/http_client.h>
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -90,11 +90,15 @@ class LocalCluster : public ::testing::Test {
   void TearDown() override {
     for (auto& [name, pid] : workers_) stop_process(pid);
     if (coordinator_ > 0) stop_process(coordinator_);
-    if (!HasFailure()) fs::remove_all(root_);
-    else std::fprintf(stderr, "logs kept in %s\n", root_.c_str());
+    if (!HasFailure())
+      fs::remove_all(root_);
+    else
+      std::fprintf(stderr, "logs kept in %s\n", root_.c_str());
   }
 
-  static std::string bin(const std::string& name) { return std::string(MOHGE_BIN_DIR) + "/" + name; }
+  static std::string bin(const std::string& name) {
+    return std::string(MOHGE_BIN_DIR) + "/" + name;
+  }
 
   pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
     const pid_t pid = ::fork();
@@ -135,11 +139,12 @@ class LocalCluster : public ::testing::Test {
   std::string url() const { return "http://127.0.0.1:" + std::to_string(http_port_); }
 
   void start_coordinator(double heartbeat_timeout_s = 3.0) {
-    coordinator_ = spawn({bin("mohge-coordinator"), "--http", "127.0.0.1:" + std::to_string(http_port_),
-                          "--control", "127.0.0.1:" + std::to_string(control_port_), "--storage",
-                          root_.string(), "--heartbeat-timeout", std::to_string(heartbeat_timeout_s),
-                          "--reattach-timeout", "8", "--comm-timeout", "20"},
-                         root_ / "coordinator.log");
+    coordinator_ =
+        spawn({bin("mohge-coordinator"), "--http", "127.0.0.1:" + std::to_string(http_port_),
+               "--control", "127.0.0.1:" + std::to_string(control_port_), "--storage",
+               root_.string(), "--heartbeat-timeout", std::to_string(heartbeat_timeout_s),
+               "--reattach-timeout", "8", "--comm-timeout", "20"},
+              root_ / "coordinator.log");
     ASSERT_TRUE(wait_for([&] { return get("/api/v1/healthz").status == 200; }, 20.0))
         << "coordinator did not come up; see " << (root_ / "coordinator.log");
     std::ifstream in(root_ / "admin.token");
@@ -149,10 +154,10 @@ class LocalCluster : public ::testing::Test {
   }
 
   void start_worker(const std::string& name) {
-    workers_[name] = spawn({bin("mohge-worker"), "--coordinator",
-                            "127.0.0.1:" + std::to_string(control_port_), "--storage",
-                            root_.string(), "--name", name, "--threads", "1"},
-                           root_ / (name + ".log"));
+    workers_[name] =
+        spawn({bin("mohge-worker"), "--coordinator", "127.0.0.1:" + std::to_string(control_port_),
+               "--storage", root_.string(), "--name", name, "--threads", "1"},
+              root_ / (name + ".log"));
   }
 
   /// Waits until `n` workers are online.
@@ -178,7 +183,8 @@ class LocalCluster : public ::testing::Test {
     return false;
   }
 
-  HttpResult request(const std::string& method, const std::string& path, const std::string& body = "",
+  HttpResult request(const std::string& method, const std::string& path,
+                     const std::string& body = "",
                      const std::map<std::string, std::string>& headers = {},
                      const std::string& token = "__default__") {
     HttpResult out;

@@ -34,7 +34,8 @@ TEST_F(LocalCluster, SubmitRunsCheckpointsSucceedsAndDownloads) {
   // Metrics: one loss per step, and the routing of the last step with a 2 × 4 token matrix.
   ASSERT_TRUE(wait_for(
       [&] {
-        const json m = get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss,imbalance").body;
+        const json m =
+            get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss,imbalance").body;
         return m["metrics"]["loss"]["steps"].size() == 12u;
       },
       10.0));
@@ -42,7 +43,8 @@ TEST_F(LocalCluster, SubmitRunsCheckpointsSucceedsAndDownloads) {
   EXPECT_EQ(m["metrics"]["loss"]["steps"].front(), 1);
   EXPECT_EQ(m["metrics"]["loss"]["steps"].back(), 12);
   EXPECT_EQ(m["metrics"]["imbalance"]["steps"].size(), 12u);
-  const json down = get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=3").body;
+  const json down =
+      get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=3").body;
   EXPECT_LE(down["metrics"]["loss"]["steps"].size(), 3u);
   EXPECT_GE(down["metrics"]["loss"]["steps"].size(), 2u);
   const json routing = get("/api/v1/jobs/" + std::to_string(id) + "/routing").body;
@@ -83,8 +85,9 @@ TEST_F(LocalCluster, SubmitRunsCheckpointsSucceedsAndDownloads) {
   ASSERT_EQ(resp.status_code(), 200);
   const std::vector<unsigned char> bytes = resp.extract_vector().get();
   const fs::path file = root_ / "downloaded.safetensors";
-  std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                               static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(file, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
   Result<SafetensorsFile> st = SafetensorsFile::open(file);
   ASSERT_TRUE(st.ok()) << st.error().to_string();
   std::ifstream idx(root_ / cks.back()["path"].get<std::string>() / "model.safetensors.index.json");
@@ -120,13 +123,14 @@ TEST_F(LocalCluster, AHigherPriorityJobPreemptsALowerOneWhichResumes) {
   ASSERT_TRUE(wait_state(high, "SUCCEEDED", 120.0));
   ASSERT_TRUE(wait_state(low, "SUCCEEDED", 240.0));
   const std::vector<std::string> states = event_states(low);
-  const std::vector<std::string> want = {"QUEUED", "STARTING", "RUNNING", "PREEMPTED", "QUEUED",
-                                         "STARTING", "RUNNING", "SUCCEEDED"};
+  const std::vector<std::string> want = {"QUEUED", "STARTING", "RUNNING", "PREEMPTED",
+                                         "QUEUED", "STARTING", "RUNNING", "SUCCEEDED"};
   EXPECT_EQ(states, want);
   EXPECT_EQ(job(low)["attempt"], 2);
   EXPECT_EQ(job(low)["restarts"], 0);  // a preemption is not a failure
   // It resumed from the preemption checkpoint: every step reported once.
-  const json m = get("/api/v1/jobs/" + std::to_string(low) + "/metrics?names=loss&max_points=100000").body;
+  const json m =
+      get("/api/v1/jobs/" + std::to_string(low) + "/metrics?names=loss&max_points=100000").body;
   EXPECT_EQ(m["metrics"]["loss"]["steps"].size(), 6000u);
 }
 
@@ -157,11 +161,13 @@ TEST_F(LocalCluster, TheCliSubmitsFollowsAndDownloads) {
   EXPECT_NE(out.find("SUCCEEDED"), std::string::npos) << out;
   out = run("job 1", &code);
   EXPECT_EQ(json::parse(out)["state"], "SUCCEEDED");
-  ASSERT_TRUE(wait_for([&] { return run("checkpoints 1", &code).find("8 ") != std::string::npos; }, 10.0));
+  ASSERT_TRUE(
+      wait_for([&] { return run("checkpoints 1", &code).find("8 ") != std::string::npos; }, 10.0));
   out = run("checkpoints 1", &code);
   EXPECT_NE(out.find("runs/job-1/checkpoints/step-00000008"), std::string::npos) << out;
   const int64_t ck = get("/api/v1/jobs/1/checkpoints").body["checkpoints"].back()["id"];
-  out = run("download " + std::to_string(ck) + " -o " + (root_ / "model.safetensors").string(), &code);
+  out = run("download " + std::to_string(ck) + " -o " + (root_ / "model.safetensors").string(),
+            &code);
   EXPECT_EQ(code, 0) << out;
   EXPECT_TRUE(SafetensorsFile::open(root_ / "model.safetensors").ok());
   out = run("job 999", &code);
@@ -198,10 +204,12 @@ TEST_F(LocalCluster, UsersSeeOnlyTheirOwnJobs) {
   ASSERT_EQ(alice.status, 201) << alice.text;
   ASSERT_EQ(bob.status, 201) << bob.text;
   const std::string ta =
-      post("/api/v1/users/" + std::to_string(alice.body["id"].get<int64_t>()) + "/tokens", json::object())
+      post("/api/v1/users/" + std::to_string(alice.body["id"].get<int64_t>()) + "/tokens",
+           json::object())
           .body["token"];
   const std::string tb =
-      post("/api/v1/users/" + std::to_string(bob.body["id"].get<int64_t>()) + "/tokens", json::object())
+      post("/api/v1/users/" + std::to_string(bob.body["id"].get<int64_t>()) + "/tokens",
+           json::object())
           .body["token"];
   ASSERT_FALSE(ta.empty());
   token_ = ta;
@@ -292,7 +300,8 @@ TEST_F(LocalCluster, AWorkerOfAnotherProtocolVersionIsRefusedWithTheReason) {
   start_coordinator();
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket s(io);
-  s.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(control_port_)});
+  s.connect(
+      {boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(control_port_)});
   const std::string hello = proto::frame_encode(
       {{"type", "hello"}, {"protocol", 999}, {"name", "old"}, {"backend", "cpu"}});
   boost::asio::write(s, boost::asio::buffer(hello));
@@ -332,7 +341,8 @@ TEST_F(LocalCluster, AKilledWorkerMakesTheJobRecoverAndSucceed) {
       << job(id).dump();
   const std::string victim = job(id)["assigned"][1];
   kill9(workers_[victim]);
-  ASSERT_TRUE(wait_for([&] { return job(id)["state"] == "RECOVERING" || job(id)["restarts"] == 1; }, 30.0))
+  ASSERT_TRUE(
+      wait_for([&] { return job(id)["state"] == "RECOVERING" || job(id)["restarts"] == 1; }, 30.0))
       << job(id).dump();
   ASSERT_TRUE(wait_state(id, "SUCCEEDED", 240.0));
   const json j = job(id);
@@ -340,10 +350,44 @@ TEST_F(LocalCluster, AKilledWorkerMakesTheJobRecoverAndSucceed) {
   const std::vector<std::string> states = event_states(id);
   EXPECT_NE(std::find(states.begin(), states.end(), "RECOVERING"), states.end());
   // It resumed from a checkpoint: the second attempt's first reported step is past 200.
-  const json m = get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
+  const json m =
+      get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
   const json steps = m["metrics"]["loss"]["steps"];
   EXPECT_EQ(steps.size(), 3000u);  // every step once, none duplicated
   EXPECT_EQ(steps.back(), 3000);
+}
+
+// A worker that is alive but silent (stopped) misses its heartbeats: it is declared lost, the
+// job recovers on the others; when it wakes up it registers again and its stale rank is
+// canceled.
+TEST_F(LocalCluster, ASilentWorkerIsDeclaredLostAndItsJobRecovers) {
+  start_coordinator();
+  for (const char* w : {"w1", "w2", "w3"}) start_worker(w);
+  wait_workers_online(3);
+  const int64_t id = post("/api/v1/jobs", service_job(2, 4000, 100, 2)).body["id"];
+  ASSERT_TRUE(wait_for([&] { return job(id)["progress"]["step"].get<int64_t>() >= 200; }, 120.0));
+  const std::string victim = job(id)["assigned"][0];
+  ::kill(workers_[victim], SIGSTOP);
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const HttpResult w = get("/api/v1/workers");
+        for (const json& x : w.body["workers"])
+          if (x["name"] == victim) return x["state"] == "lost";
+        return false;
+      },
+      20.0));
+  ASSERT_TRUE(wait_state(id, "SUCCEEDED", 240.0));
+  EXPECT_EQ(job(id)["restarts"], 1);
+  ::kill(workers_[victim], SIGCONT);
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const HttpResult w = get("/api/v1/workers");
+        for (const json& x : w.body["workers"])
+          if (x["name"] == victim) return x["state"] == "online" && x["running"].empty();
+        return false;
+      },
+      30.0))
+      << get("/api/v1/workers").text;
 }
 
 TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
@@ -368,7 +412,8 @@ TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
     reattached = reattached || e.value("reason", "").find("reattached") != std::string::npos;
   EXPECT_TRUE(reattached) << ev.text;
   EXPECT_EQ(job(id)["attempt"], 1);
-  const json m = get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
+  const json m =
+      get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
   const json steps = m["metrics"]["loss"]["steps"];
   std::set<int64_t> unique;
   for (const json& s : steps) unique.insert(s.get<int64_t>());
@@ -399,9 +444,11 @@ TEST_F(LocalCluster, EveryDocumentedRouteAnswersWithADocumentedStatus) {
   while (std::getline(in, line)) {
     if (line.rfind("  /", 0) == 0 && line.back() == ':') {
       path = line.substr(2, line.size() - 3);
-    } else if (!path.empty() && (line == "    get:" || line == "    post:" || line == "    delete:")) {
+    } else if (!path.empty() &&
+               (line == "    get:" || line == "    post:" || line == "    delete:")) {
       ops.push_back({path, line.substr(4, line.size() - 5), {}});
-    } else if (!ops.empty() && line.rfind("        \"", 0) == 0 && line.size() > 13 && line[12] == '"') {
+    } else if (!ops.empty() && line.rfind("        \"", 0) == 0 && line.size() > 13 &&
+               line[12] == '"') {
       ops.back().statuses.insert(std::stoi(line.substr(9, 3)));
     } else if (line.rfind("components:", 0) == 0) {
       path.clear();
@@ -411,11 +458,12 @@ TEST_F(LocalCluster, EveryDocumentedRouteAnswersWithADocumentedStatus) {
   for (const Op& op : ops) {
     std::string p = op.path;
     const auto brace = p.find("{id}");
-    if (brace != std::string::npos) p.replace(brace, 4, op.path.rfind("/tokens/", 0) == 0 ? "999" : "1");
+    if (brace != std::string::npos)
+      p.replace(brace, 4, op.path.rfind("/tokens/", 0) == 0 ? "999" : "1");
     std::string method = op.method == "get" ? "GET" : op.method == "post" ? "POST" : "DELETE";
     std::string body;
     if (method == "POST") {
-      body = op.path == "/jobs" ? service_job(1, 3).dump()
+      body = op.path == "/jobs"    ? service_job(1, 3).dump()
              : op.path == "/users" ? json{{"name", "carol"}}.dump()
                                    : "{}";
     }

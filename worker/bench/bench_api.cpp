@@ -130,7 +130,8 @@ json bench_job_spec(int i) {
 }  // namespace
 
 Result<ApiBenchResult> bench_api(const ApiBenchOptions& o) {
-  const fs::path root = fs::temp_directory_path() / ("mohge-bench-api-" + std::to_string(::getpid()));
+  const fs::path root =
+      fs::temp_directory_path() / ("mohge-bench-api-" + std::to_string(::getpid()));
   fs::remove_all(root);
   fs::create_directories(root);
   ApiBenchResult out;
@@ -162,8 +163,10 @@ Result<ApiBenchResult> bench_api(const ApiBenchOptions& o) {
       const int status =
           conn.round_trip(post_request("/api/v1/jobs", token, bench_job_spec(i).dump()), &body);
       if (status != 201) {
-        return Error{ErrorCode::kInternal, "submitting job " + std::to_string(i) + " answered " +
-                                               std::to_string(status) + ": " + body, ""};
+        return Error{ErrorCode::kInternal,
+                     "submitting job " + std::to_string(i) + " answered " + std::to_string(status) +
+                         ": " + body,
+                     ""};
       }
     }
   }

@@ -9,10 +9,10 @@
 namespace mohge {
 
 struct ApiBenchOptions {
-  int jobs = 1000;            // jobs in the database
-  int connections = 4;        // concurrent keep-alive client connections
-  double seconds = 5.0;       // measuring time
-  int server_threads = 2;     // the REST thread pool (the coordinator's default on 2 cores)
+  int jobs = 1000;         // jobs in the database
+  int connections = 4;     // concurrent keep-alive client connections
+  double seconds = 5.0;    // measuring time
+  int server_threads = 2;  // the REST thread pool (the coordinator's default on 2 cores)
   int64_t metric_rows = 500000;
 };
 

@@ -196,8 +196,8 @@ void add_bench(CLI::App& app, int& exit_code) {
                                        {"p50_ms", b.p50_ms},
                                        {"p99_ms", b.p99_ms},
                                        {"metric_rows_per_s", b.metric_rows_per_s}}
-                                .dump()
-                                .c_str());
+                            .dump()
+                            .c_str());
   });
 }
 

@@ -67,7 +67,8 @@ Result<Response> request(const ClientFlags& f, const std::string& method, const 
     const std::string text = resp.extract_utf8string(true).get();
     out.body = json::parse(text, nullptr, false);
     if (out.status >= 400) {
-      const json err = out.body.is_object() ? out.body.value("error", json::object()) : json::object();
+      const json err =
+          out.body.is_object() ? out.body.value("error", json::object()) : json::object();
       Error e{ErrorCode::kInternal,
               "HTTP " + std::to_string(out.status) + ": " + err.value("message", text),
               err.value("field", "")};
@@ -77,7 +78,8 @@ Result<Response> request(const ClientFlags& f, const std::string& method, const 
     }
     return out;
   } catch (const std::exception& e) {
-    return Error{ErrorCode::kUnavailable, "cannot reach the coordinator at " + url + ": " + e.what(), "--url"};
+    return Error{ErrorCode::kUnavailable,
+                 "cannot reach the coordinator at " + url + ": " + e.what(), "--url"};
   }
 }
 
@@ -91,9 +93,10 @@ std::string fmt_time(const json& t) {
 
 void print_job_line(const json& j) {
   const json p = j.value("progress", json::object());
-  std::printf("%-6lld %-24s %-10s %-11s %6lld/%-6lld %s\n", static_cast<long long>(j.value("id", 0)),
-              j.value("name", "").substr(0, 24).c_str(), j.value("user", "").c_str(),
-              j.value("state", "").c_str(), static_cast<long long>(p.value("step", 0)),
+  std::printf("%-6lld %-24s %-10s %-11s %6lld/%-6lld %s\n",
+              static_cast<long long>(j.value("id", 0)), j.value("name", "").substr(0, 24).c_str(),
+              j.value("user", "").c_str(), j.value("state", "").c_str(),
+              static_cast<long long>(p.value("step", 0)),
               static_cast<long long>(p.value("steps", 0)),
               j.contains("pending_reason") ? ("#" + std::to_string(j.value("queue_position", 0)) +
                                               " " + j.value("pending_reason", ""))
@@ -134,10 +137,11 @@ void add_client(CLI::App& app, int& exit_code) {
         return;
       }
       const json& j = r.value().body;
-      std::printf("job %lld %s: %s%s\n", static_cast<long long>(j.value("id", 0)),
-                  r.value().status == 201 ? "submitted" : "already submitted (same key)",
-                  j.value("state", "").c_str(),
-                  j.contains("pending_reason") ? (" — " + j.value("pending_reason", "")).c_str() : "");
+      std::printf(
+          "job %lld %s: %s%s\n", static_cast<long long>(j.value("id", 0)),
+          r.value().status == 201 ? "submitted" : "already submitted (same key)",
+          j.value("state", "").c_str(),
+          j.contains("pending_reason") ? (" — " + j.value("pending_reason", "")).c_str() : "");
     });
   }
   {
@@ -186,8 +190,9 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->callback([&exit_code] {
       int64_t since_log = 0, since_event = 0;
       for (;;) {
-        Result<Response> ev = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id) +
-                                                       "/events?since=" + std::to_string(since_event));
+        Result<Response> ev = request(
+            flags, "GET",
+            "/api/v1/jobs/" + std::to_string(id) + "/events?since=" + std::to_string(since_event));
         if (!ev.ok()) {
           exit_code = report(ev.error());
           return;
@@ -197,8 +202,9 @@ void add_client(CLI::App& app, int& exit_code) {
                       e.value("reason", "").c_str());
         }
         since_event = ev.value().body.value("next", since_event);
-        Result<Response> lg = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id) +
-                                                       "/logs?since=" + std::to_string(since_log));
+        Result<Response> lg = request(
+            flags, "GET",
+            "/api/v1/jobs/" + std::to_string(id) + "/logs?since=" + std::to_string(since_log));
         if (!lg.ok()) {
           exit_code = report(lg.error());
           return;
@@ -266,7 +272,8 @@ void add_client(CLI::App& app, int& exit_code) {
     add_client_flags(cmd, flags);
     cmd->callback([&exit_code] {
       std::string url = flags.url;
-      if (url.empty()) url = std::getenv("MOHGE_URL") ? std::getenv("MOHGE_URL") : "http://127.0.0.1:8080";
+      if (url.empty())
+        url = std::getenv("MOHGE_URL") ? std::getenv("MOHGE_URL") : "http://127.0.0.1:8080";
       std::string token = flags.token;
       if (token.empty() && std::getenv("MOHGE_TOKEN")) token = std::getenv("MOHGE_TOKEN");
       try {
@@ -277,10 +284,11 @@ void add_client(CLI::App& app, int& exit_code) {
         http::http_response resp = client.request(req).get();
         if (resp.status_code() != 200) {
           const json b = json::parse(resp.extract_utf8string(true).get(), nullptr, false);
-          exit_code = report(Error{resp.status_code() == 404 ? ErrorCode::kNotFound : ErrorCode::kInternal,
-                                   "HTTP " + std::to_string(resp.status_code()) + ": " +
-                                       (b.is_object() ? b.value("error", json::object()).value("message", "") : ""),
-                                   "checkpoint"});
+          exit_code = report(Error{
+              resp.status_code() == 404 ? ErrorCode::kNotFound : ErrorCode::kInternal,
+              "HTTP " + std::to_string(resp.status_code()) + ": " +
+                  (b.is_object() ? b.value("error", json::object()).value("message", "") : ""),
+              "checkpoint"});
           return;
         }
         const std::string tmp = out + ".part";
@@ -288,9 +296,11 @@ void add_client(CLI::App& app, int& exit_code) {
         const size_t n = resp.body().read_to_end(file.streambuf()).get();
         file.close().get();
         std::rename(tmp.c_str(), out.c_str());
-        std::printf("checkpoint %lld → %s (%zu bytes)\n", static_cast<long long>(id), out.c_str(), n);
+        std::printf("checkpoint %lld → %s (%zu bytes)\n", static_cast<long long>(id), out.c_str(),
+                    n);
       } catch (const std::exception& e) {
-        exit_code = report(Error{ErrorCode::kUnavailable, std::string("download failed: ") + e.what(), "--url"});
+        exit_code = report(
+            Error{ErrorCode::kUnavailable, std::string("download failed: ") + e.what(), "--url"});
       }
     });
   }

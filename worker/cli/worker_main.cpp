@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   app.add_option("--job", job, "One rank: job spec JSON");
   app.add_option("--rank", rank, "One rank: this rank")->check(CLI::NonNegativeNumber);
   app.add_option("--world", world, "One rank: number of ranks")->check(CLI::PositiveNumber);
-  app.add_option("--rendezvous", rendezvous, "One rank: HOST:PORT of the rendezvous (rank 0 hosts it)");
+  app.add_option("--rendezvous", rendezvous,
+                 "One rank: HOST:PORT of the rendezvous (rank 0 hosts it)");
   app.add_option("--storage", storage, "Storage root")->capture_default_str();
   app.add_option("--out", out, "Run folder (default STORAGE/runs/<name>)");
   app.add_option("--threads", threads, "Compute threads (default: all cores)");
@@ -77,8 +78,9 @@ int main(int argc, char** argv) {
   }
   if (job.empty() || rendezvous.empty()) {
     return mohge::cli::report(mohge::invalid_argument(
-        "--job", "give --coordinator HOST:PORT (daemon) or --job, --rank, --world and "
-                 "--rendezvous (one rank)"));
+        "--job",
+        "give --coordinator HOST:PORT (daemon) or --job, --rank, --world and "
+        "--rendezvous (one rank)"));
   }
   spdlog::set_default_logger(spdlog::stderr_color_mt("mohge-worker"));
   spdlog::set_pattern("[rank " + std::to_string(rank) + " %H:%M:%S] %v");

@@ -78,9 +78,8 @@ class ControlRendezvous : public Rendezvous {
            {"round", round},
            {"blob", proto::base64_encode(blob)}});
     std::unique_lock<std::mutex> lock(mu_);
-    const bool got = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [&] {
-      return results_.count(round) > 0 || abort_.raised();
-    });
+    const bool got = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                                  [&] { return results_.count(round) > 0 || abort_.raised(); });
     if (results_.count(round)) return results_[round];
     if (abort_.raised()) return Error{ErrorCode::kFailedPrecondition, abort_.reason(), ""};
     (void)got;
@@ -230,8 +229,11 @@ struct WorkerDaemon::Impl {
     json out = json::array();
     for (const auto& [key, t] : tasks) {
       if (t->done) continue;
-      out.push_back({{"job", t->job}, {"attempt", t->attempt}, {"rank", t->rank},
-                     {"world", t->world}, {"step", t->step.load()}});
+      out.push_back({{"job", t->job},
+                     {"attempt", t->attempt},
+                     {"rank", t->rank},
+                     {"world", t->world},
+                     {"step", t->step.load()}});
     }
     return out;
   }
@@ -258,10 +260,13 @@ struct WorkerDaemon::Impl {
     const bool cuda = options.devices.rfind("cuda", 0) == 0;
     json devices = json::array();
     if (cuda) {
-      devices.push_back({{"index", std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5))},
-                         {"kind", "cuda"}});
+      devices.push_back(
+          {{"index",
+            std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5))},
+           {"kind", "cuda"}});
     } else {
-      devices.push_back({{"index", 0}, {"kind", "cpu"}, {"cores", std::thread::hardware_concurrency()}});
+      devices.push_back(
+          {{"index", 0}, {"kind", "cpu"}, {"cores", std::thread::hardware_concurrency()}});
     }
     conn->send({{"type", proto::kHello},
                 {"protocol", proto::kProtocolVersion},
@@ -298,9 +303,9 @@ struct WorkerDaemon::Impl {
       for (const auto& [seq, report] : unacked) conn->send(report);
       send_heartbeat();
     } else if (type == proto::kRefused) {
-      refused = Error{ErrorCode::kFailedPrecondition,
-                      "the coordinator refused this worker: " + m.value("reason", "no reason given"),
-                      ""};
+      refused =
+          Error{ErrorCode::kFailedPrecondition,
+                "the coordinator refused this worker: " + m.value("reason", "no reason given"), ""};
       spdlog::error("{}", refused->message);
       stopping = true;
       io.stop();
@@ -309,7 +314,8 @@ struct WorkerDaemon::Impl {
     } else if (type == proto::kLaunch) {
       launch(m);
     } else if (type == proto::kRvAll) {
-      if (auto t = find_task(m)) t->rv->deliver(m.value("round", -1), m.value("blobs", json::array()));
+      if (auto t = find_task(m))
+        t->rv->deliver(m.value("round", -1), m.value("blobs", json::array()));
     } else if (type == proto::kCancel || type == proto::kAbort) {
       if (auto t = find_task(m)) {
         const std::string reason = m.value("reason", type);
@@ -330,12 +336,18 @@ struct WorkerDaemon::Impl {
     Result<JobSpec> spec = parse_job_spec(m.value("spec", json::object()));
     const Send send = [this](json j) { report(std::move(j)); };
     if (!spec.ok()) {
-      report({{"type", proto::kRankExited}, {"job", task->job}, {"attempt", task->attempt},
-              {"rank", task->rank}, {"ok", false},
-              {"error", {{"code", error_code_name(spec.error().code)}, {"message", spec.error().to_string()}}}});
+      report({{"type", proto::kRankExited},
+              {"job", task->job},
+              {"attempt", task->attempt},
+              {"rank", task->rank},
+              {"ok", false},
+              {"error",
+               {{"code", error_code_name(spec.error().code)},
+                {"message", spec.error().to_string()}}}});
       return;
     }
-    task->rv = std::make_shared<ControlRendezvous>(task->job, task->attempt, task->rank, task->world, send);
+    task->rv = std::make_shared<ControlRendezvous>(task->job, task->attempt, task->rank,
+                                                   task->world, send);
     RankConfig c;
     c.spec = spec.value();
     c.rank = task->rank;
@@ -352,7 +364,9 @@ struct WorkerDaemon::Impl {
     RankTask* t = task.get();
     if (t->rank == 0) {
       c.train.on_record = [send, t](const json& rec) {
-        send({{"type", proto::kMetrics}, {"job", t->job}, {"attempt", t->attempt},
+        send({{"type", proto::kMetrics},
+              {"job", t->job},
+              {"attempt", t->attempt},
               {"records", json::array({rec})}});
       };
     }
@@ -380,9 +394,15 @@ struct WorkerDaemon::Impl {
                          {"bytes", static_cast<int64_t>(entry.file_size())},
                          {"sha256", sha.value()}});
       }
-      send({{"type", proto::kCheckpointWritten}, {"job", t->job}, {"attempt", t->attempt},
-            {"rank", t->rank}, {"world", t->world}, {"step", step}, {"keep", keep},
-            {"path", fs::relative(folder, storage).string()}, {"files", files}});
+      send({{"type", proto::kCheckpointWritten},
+            {"job", t->job},
+            {"attempt", t->attempt},
+            {"rank", t->rank},
+            {"world", t->world},
+            {"step", step},
+            {"keep", keep},
+            {"path", fs::relative(folder, storage).string()},
+            {"files", files}});
     };
     tasks[{task->job, task->attempt}] = task;
     task->thread = std::thread([this, task, c, send] {
@@ -396,10 +416,11 @@ struct WorkerDaemon::Impl {
         stopped = r.stopped;
       });
       json exit = {{"type", proto::kRankExited}, {"job", task->job}, {"attempt", task->attempt},
-                   {"rank", task->rank}, {"ok", s.ok()}, {"stopped", stopped},
+                   {"rank", task->rank},         {"ok", s.ok()},     {"stopped", stopped},
                    {"step", task->step.load()}};
       if (!s.ok()) {
-        exit["error"] = {{"code", error_code_name(s.error().code)}, {"message", s.error().to_string()}};
+        exit["error"] = {{"code", error_code_name(s.error().code)},
+                         {"message", s.error().to_string()}};
         spdlog::error("job {} attempt {}: rank {} failed: {}", task->job, task->attempt, task->rank,
                       s.error().to_string());
       } else {
@@ -422,7 +443,9 @@ WorkerDaemon::WorkerDaemon(DaemonOptions options) : impl_(std::make_unique<Impl>
   if (impl_->options.name.empty()) impl_->options.name = host_name();
 }
 
-WorkerDaemon::~WorkerDaemon() { stop(); }
+WorkerDaemon::~WorkerDaemon() {
+  stop();
+}
 
 Status WorkerDaemon::run() {
   Impl& m = *impl_;

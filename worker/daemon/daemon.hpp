@@ -18,12 +18,12 @@
 namespace mohge {
 
 struct DaemonOptions {
-  std::string coordinator;               // HOST:PORT of the coordinator's control address
-  std::filesystem::path storage = ".";   // the shared storage root (same as the coordinator's)
-  std::string name;                      // unique worker name (default: host name)
-  std::string devices = "cpu";           // "cpu" or "cuda:N"
-  int threads = 0;                       // compute threads per rank (0: all cores)
-  double reconnect_max_s = 5.0;          // reconnect back-off ceiling
+  std::string coordinator;              // HOST:PORT of the coordinator's control address
+  std::filesystem::path storage = ".";  // the shared storage root (same as the coordinator's)
+  std::string name;                     // unique worker name (default: host name)
+  std::string devices = "cpu";          // "cpu" or "cuda:N"
+  int threads = 0;                      // compute threads per rank (0: all cores)
+  double reconnect_max_s = 5.0;         // reconnect back-off ceiling
 };
 
 class WorkerDaemon {

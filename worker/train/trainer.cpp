@@ -289,11 +289,11 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
         last_val = e.loss;
         if (lead) {
           const json rec = {{"step", r.step},
-                          {"val_loss", e.loss},
-                          {"val_perplexity", std::exp(e.loss)},
-                          {"val_tokens", e.tokens}};
-        metrics << rec.dump() << "\n";
-        if (options_.on_record) options_.on_record(rec);
+                            {"val_loss", e.loss},
+                            {"val_perplexity", std::exp(e.loss)},
+                            {"val_tokens", e.tokens}};
+          metrics << rec.dump() << "\n";
+          if (options_.on_record) options_.on_record(rec);
         }
       }
     }
