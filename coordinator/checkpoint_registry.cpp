@@ -65,26 +65,31 @@ void CheckpointRegistry::complete(int64_t job, int64_t step, PendingCheckpoint p
     return;
   }
   row.files = std::move(p.files);
-  hub_.store->write(
-      "register checkpoint", [row, keep = p.keep, root = hub_.options.storage](db::Repository& r) {
-        Result<db::CheckpointRow> inserted = r.insert_checkpoint(row);
-        if (!inserted.ok() && inserted.error().code != ErrorCode::kAlreadyExists)
-          return Status(inserted.error());
-        Result<std::vector<db::CheckpointRow>> all = r.list_checkpoints(row.job_id);
-        if (!all.ok()) return Status(all.error());
-        const auto& list = all.value();  // oldest first
-        for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < list.size(); ++i) {
-          std::error_code ec;
-          fs::remove_all(root / list[i].path, ec);  // files first, then the row
-          if (ec)
-            return Status(Error{ErrorCode::kInternal,
-                                "cannot delete " + list[i].path + ": " + ec.message(), ""});
-          if (Status s = r.mark_checkpoint_deleted(list[i].id); !s.ok()) return s;
-        }
-        spdlog::info("job {}: checkpoint step {} complete ({} files, {} bytes)", row.job_id,
-                     row.step, row.files.size(), row.bytes);
-        return Status();
-      });
+  hub_.store->write("register checkpoint", [row, keep = p.keep,
+                                            root = hub_.options.storage](db::Repository& r) {
+    Result<db::CheckpointRow> inserted = r.insert_checkpoint(row);
+    if (!inserted.ok() && inserted.error().code != ErrorCode::kAlreadyExists)
+      return Status(inserted.error());
+    Result<std::vector<db::CheckpointRow>> all = r.list_checkpoints(row.job_id);
+    if (!all.ok()) return Status(all.error());
+    const auto& list = all.value();  // oldest first
+    for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < list.size(); ++i) {
+      std::error_code ec;
+      fs::remove_all(root / list[i].path, ec);  // files first, then the row
+      if (!ec) {
+        fs::remove(
+            root / "downloads" / ("checkpoint-" + std::to_string(list[i].id) + ".safetensors"), ec);
+        ec.clear();  // the consolidated copy exists only if someone downloaded it
+      }
+      if (ec)
+        return Status(
+            Error{ErrorCode::kInternal, "cannot delete " + list[i].path + ": " + ec.message(), ""});
+      if (Status s = r.mark_checkpoint_deleted(list[i].id); !s.ok()) return s;
+    }
+    spdlog::info("job {}: checkpoint step {} complete ({} files, {} bytes)", row.job_id, row.step,
+                 row.files.size(), row.bytes);
+    return Status();
+  });
 }
 
 }  // namespace mohge::coord
