@@ -11,9 +11,10 @@
 //     cannot deadlock each other.
 //  3. Quota: a job whose owner already holds `max_workers` (0 = no limit) minus fewer than the
 //     job's gang size waits ("quota").
-//  4. Reservation: the first job in order that fits the cluster but not the free workers
-//     reserves the free workers it needs, so later (smaller) jobs cannot starve it; later jobs
-//     may still use free workers beyond that reservation (backfill).
+//  4. Reservation: the first job in order that fits the cluster and its quota but not the free
+//     workers of its device reserves them, so later (smaller) jobs cannot starve it. Jobs of
+//     other devices, and jobs behind one that can never fit or is held by its owner's quota,
+//     still start (without runtime estimates there is no safe backfill into a reservation).
 //  5. Preemption: when that first blocked job could fit if running jobs of strictly lower
 //     priority released their workers, the fewest such jobs are chosen (lowest priority first,
 //     then most recently started) and asked to checkpoint and stop; they come back as queued
