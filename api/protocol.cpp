@@ -125,6 +125,9 @@ void Connection::write_next() {
                     asio::bind_executor(
                         strand_, [self = shared_from_this()](boost::system::error_code ec, size_t) {
                           if (ec) return self->shutdown(ec.message());
+                          // Closed meanwhile (the read side saw EOF, or close()): the queue
+                          // is abandoned and nothing more is written.
+                          if (!self->open_.load()) return;
                           self->out_.pop_front();
                           if (!self->out_.empty()) {
                             self->write_next();
@@ -149,7 +152,8 @@ void Connection::shutdown(const std::string& why) {
   boost::system::error_code ec;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
   socket_.close(ec);
-  out_.clear();
+  // out_ is left alone: a write of its front may still be in flight (its handler sees the
+  // connection closed and stops); the queue goes with the connection.
   if (on_close_) {
     auto handler = std::move(on_close_);
     handler(why);
