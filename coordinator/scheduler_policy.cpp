@@ -33,7 +33,7 @@ struct DevicePool {
                                   // are reserved for `reserved_for`
   int num_online = 0;             // online workers of the device, free or not
   int num_reserved = 0;
-  int64_t reserved_for = 0;       // the device's blocked job; 0 = none yet
+  int64_t reserved_for = 0;  // the device's blocked job; 0 = none yet
 };
 
 /// What the blocked job of a device waits for besides free workers.
@@ -259,10 +259,9 @@ Decision schedule(const Snapshot& snapshot) {
     }
 
     if (pool.reserved_for != 0) {
-      std::string reason = "waiting for " +
-                           count_of(job.workers, "free " + job.device + " worker") + " (" +
-                           std::to_string(num_free) + " free of " +
-                           std::to_string(pool.num_online) + " online";
+      std::string reason =
+          "waiting for " + count_of(job.workers, "free " + job.device + " worker") + " (" +
+          std::to_string(num_free) + " free of " + std::to_string(pool.num_online) + " online";
       if (pool.num_reserved > 0) {
         reason += ", " + std::to_string(pool.num_reserved) + " reserved for job " +
                   std::to_string(pool.reserved_for);
