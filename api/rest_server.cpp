@@ -1,6 +1,6 @@
 #include "api/rest_server.hpp"
 
-#include <cpprest/filestream.h>
+#include <cpprest/interopstream.h>
 #include <cpprest/http_listener.h>
 #include <pplx/threadpool.h>
 
@@ -120,25 +120,28 @@ const char* content_type_of(const std::filesystem::path& p) {
   return "application/octet-stream";
 }
 
+// Files are read with std::ifstream through cpprestsdk's interop stream: its file streams
+// close by waiting on a task of the same small thread pool the handlers run on, which
+// deadlocks once every pool thread is doing that at once (seen with 2 threads serving the
+// dashboard's files in parallel). The ifstream lives until the reply has been sent.
 void reply_file(const http::http_request& req, const std::filesystem::path& file,
                 const std::string& content_type, const std::string& download_name) {
   std::error_code ec;
   const auto size = std::filesystem::file_size(file, ec);
-  if (ec) return reply_error(req, Error{ErrorCode::kNotFound, "file not found", ""});
-  concurrency::streams::fstream::open_istream(file.string(), std::ios::in | std::ios::binary)
-      .then([req, size, content_type, download_name](pplx::task<concurrency::streams::istream> t) {
-        try {
-          http::http_response resp(http::status_codes::OK);
-          resp.set_body(t.get(), size, content_type);
-          if (!download_name.empty()) {
-            resp.headers().add("Content-Disposition",
-                               "attachment; filename=\"" + download_name + "\"");
-          }
-          req.reply(resp);
-        } catch (const std::exception& e) {
-          reply_error(req, Error{ErrorCode::kInternal, e.what(), ""});
-        }
-      });
+  auto in = std::make_shared<std::ifstream>(file, std::ios::binary);
+  if (ec || !*in) return reply_error(req, Error{ErrorCode::kNotFound, "file not found", ""});
+  http::http_response resp(http::status_codes::OK);
+  resp.set_body(concurrency::streams::stdio_istream<uint8_t>(*in), size, content_type);
+  if (!download_name.empty()) {
+    resp.headers().add("Content-Disposition", "attachment; filename=\"" + download_name + "\"");
+  }
+  req.reply(resp).then([in](pplx::task<void> t) {
+    try {
+      t.get();
+    } catch (const std::exception&) {
+      // the client went away mid-download; nothing to do
+    }
+  });
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <filesystem>
 #include <thread>
 
 #include "api/rest_server.hpp"
@@ -38,6 +39,14 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   o.storage = storage;
   o.db = db;
+  // The dashboard: --web, else the dashboard/ folder next to the binary's bin/ (the build
+  // tree, where web/CMakeLists.txt puts the files and ECharts).
+  if (web.empty()) {
+    std::error_code ec;
+    const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    const auto guess = exe.parent_path().parent_path() / "dashboard";
+    if (!ec && std::filesystem::exists(guess / "index.html")) web = guess.string();
+  }
   o.web_root = web;
 
   // Block the stop signals in every thread; the main thread waits for them.

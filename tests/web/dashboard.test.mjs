@@ -1,0 +1,200 @@
+// Browser test of the dashboard (DESIGN.md §9): a real coordinator and two worker daemons on
+// localhost, a short job submitted through the REST API, and Debian's Chromium driven by
+// playwright-core. Asserts that the job view's loss chart and balance heatmap hold data from
+// that job, that a checkpoint downloads, and that a bad spec in the submit form shows the
+// field's error. Screenshots go to ARTIFACTS (argv[3]).
+//
+//   node tests/web/dashboard.test.mjs BUILD_BIN_DIR ARTIFACTS_DIR
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+const [binDir, artifacts] = process.argv.slice(2);
+if (!binDir || !artifacts) {
+  console.error('usage: node dashboard.test.mjs BUILD_BIN_DIR ARTIFACTS_DIR');
+  process.exit(2);
+}
+fs.mkdirSync(artifacts, { recursive: true });
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+if (!fs.existsSync(chromiumPath)) {
+  console.error(`FAIL: no Chromium at ${chromiumPath} (deploy/install-deps.sh installs Debian's chromium)`);
+  process.exit(1);
+}
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mohge-web-'));
+const children = [];
+let failed = false;
+
+function check(cond, what) {
+  if (cond) {
+    console.log('ok   ' + what);
+  } else {
+    console.log('FAIL ' + what);
+    failed = true;
+  }
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+
+function start(name, args) {
+  const log = fs.openSync(path.join(root, name + '.log'), 'a');
+  const child = spawn(path.join(binDir, args[0]), args.slice(1), { stdio: ['ignore', log, log] });
+  children.push(child);
+  return child;
+}
+
+function tokenFile(file, n) {
+  // llm.c token layout (storage/token_file.hpp): 256 int32 header, then uint16 tokens.
+  const header = Buffer.alloc(1024);
+  header.writeInt32LE(20240520, 0);
+  header.writeInt32LE(1, 4);
+  header.writeInt32LE(n, 8);
+  const body = Buffer.alloc(2 * n);
+  let x = 12345;
+  for (let i = 0; i < n; i++) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    body.writeUInt16LE((x >> 8) % 10 < 7 ? (i * 5) % 32 : (x >> 4) % 32, 2 * i);
+  }
+  fs.writeFileSync(file, Buffer.concat([header, body]));
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitFor(fn, timeoutMs, what) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try { const v = await fn(); if (v) return v; } catch (e) { /* not yet */ }
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what);
+    await sleep(200);
+  }
+}
+
+async function main() {
+  fs.mkdirSync(path.join(root, 'data'));
+  tokenFile(path.join(root, 'data/train.bin'), 4000);
+  tokenFile(path.join(root, 'data/val.bin'), 4000);
+  const http = await freePort();
+  const control = await freePort();
+  const url = `http://127.0.0.1:${http}`;
+  start('coordinator', ['mohge-coordinator', '--http', `127.0.0.1:${http}`, '--control', `127.0.0.1:${control}`,
+                        '--storage', root, '--heartbeat-timeout', '5']);
+  await waitFor(async () => (await fetch(url + '/api/v1/healthz')).ok, 20000, 'the coordinator');
+  const token = fs.readFileSync(path.join(root, 'admin.token'), 'utf8').trim();
+  for (const w of ['cpu-0', 'cpu-1']) {
+    start(w, ['mohge-worker', '--coordinator', `127.0.0.1:${control}`, '--storage', root, '--name', w, '--threads', '1']);
+  }
+  const auth = { Authorization: 'Bearer ' + token };
+  await waitFor(async () => (await (await fetch(url + '/api/v1/cluster', { headers: auth })).json()).workers.online === 2,
+                20000, 'two workers');
+
+  const spec = {
+    name: 'web-test',
+    model: { vocab_size: 32, seq_len: 8, layers: 2, d_model: 16, heads: 2, init_std: 0.2,
+             ffn: { kind: 'mohge', groups: 4, experts_per_group: 2, widths: [6, 10, 14, 18], top_groups: 2,
+                    top_experts: 3, shared_experts: 1, shared_width: 8 } },
+    data: { train: 'data/train.bin', val: 'data/val.bin' },
+    train: { steps: 60, batch_size: 4, lr: 1e-2, warmup_steps: 1, eval_every: 20, eval_batches: 1, seed: 5 },
+    resources: { workers: 2, device: 'cpu' },
+    checkpoint: { every: 20, keep: 2 },
+  };
+  const sub = await fetch(url + '/api/v1/jobs', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
+                                                  body: JSON.stringify(spec) });
+  check(sub.status === 201, 'the job is submitted (201)');
+  const job = await sub.json();
+  await waitFor(async () => (await (await fetch(`${url}/api/v1/jobs/${job.id}`, { headers: auth })).json()).state === 'SUCCEEDED',
+                120000, 'the job to succeed');
+  await waitFor(async () => (await (await fetch(`${url}/api/v1/jobs/${job.id}/checkpoints`, { headers: auth })).json()).checkpoints.length > 0,
+                20000, 'a checkpoint');
+
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1400, height: 1800 } });
+    const page = await context.newPage();
+    const consoleErrors = [];
+    page.on('pageerror', (e) => consoleErrors.push(String(e)));
+    await page.goto(url + '/');
+    // Sign in with the token (kept in the browser's storage).
+    await page.fill('#token', token);
+    await page.click('#login button');
+    await page.waitForSelector('#jobs tr:nth-child(2)');
+    check((await page.textContent('#jobs')).includes('web-test'), 'the jobs table lists the job');
+    await page.screenshot({ path: path.join(artifacts, 'jobs.png'), fullPage: true });
+
+    // The job view: charts hold this job's data.
+    const t0 = Date.now();
+    await page.goto(`${url}/#/jobs/${job.id}`);
+    await page.waitForFunction(() => {
+      const c = window.mohgeCharts && window.mohgeCharts.get('chart-loss');
+      return c && c.getOption().series[0].data.length > 0;
+    }, null, { timeout: 15000 });
+    console.log(`     job view rendered with data in ${Date.now() - t0} ms`);
+    const loss = await page.evaluate(() => window.mohgeCharts.get('chart-loss').getOption().series[0].data);
+    check(loss.length === 60 && loss[0][0] === 1 && loss[59][0] === 60, `the loss chart holds steps 1..60 of the job (${loss.length} points)`);
+    const heat = await page.evaluate(() => window.mohgeCharts.get('chart-heatmap').getOption().series[0].data);
+    check(heat.length === 2 * 4, `the balance heatmap holds 2 ranks × 4 groups (${heat.length} cells)`);
+    const sum = heat.reduce((a, c) => a + c[2], 0);
+    check(Math.abs(sum - 100) < 0.5, `its shares add up to 100 % (${sum.toFixed(2)})`);
+    const flops = await page.evaluate(() => window.mohgeCharts.get('chart-flops').getOption().series[0].data);
+    check(flops.length === 2 && flops.every((f) => f > 0), 'the per-rank FLOPs bars have both ranks');
+    const imb = await page.evaluate(() => window.mohgeCharts.get('chart-imbalance').getOption().series.map((s) => s.data.length));
+    check(imb[0] === 60 && imb[1] === 60, 'imbalance over time next to the group-per-rank counterfactual');
+    check((await page.textContent('#events')).includes('SUCCEEDED'), 'the events list the end');
+    await page.screenshot({ path: path.join(artifacts, 'job.png'), fullPage: true });
+
+    // The checkpoint link downloads a safetensors file.
+    const [download] = await Promise.all([page.waitForEvent('download', { timeout: 15000 }),
+                                          page.click('a.download >> nth=-1')]);
+    const saved = path.join(artifacts, 'checkpoint.safetensors');
+    await download.saveAs(saved);
+    const bytes = fs.readFileSync(saved);
+    const headerLen = Number(bytes.readBigUInt64LE(0));
+    const header = JSON.parse(bytes.subarray(8, 8 + headerLen).toString('utf8'));
+    check('model.embed_tokens.weight' in header, `the checkpoint downloads (${bytes.length} bytes, safetensors header parses)`);
+
+    // A bad spec in the submit form shows the field's error next to it.
+    await page.goto(url + '/#/jobs');
+    await page.waitForSelector('#spec');
+    const bad = { ...spec, model: { ...spec.model, layers: 'four' } };
+    await page.fill('#spec', JSON.stringify(bad, null, 2));
+    await page.click('#submit button');
+    await page.waitForSelector('.field-error', { timeout: 10000 });
+    const field = await page.getAttribute('.field-error', 'data-field');
+    const text = await page.textContent('#submit-error');
+    check(field === 'model.layers' && text.includes('model.layers'), `the form shows the field error: "${text.trim()}"`);
+    await page.screenshot({ path: path.join(artifacts, 'submit-error.png'), fullPage: true });
+
+    // The cluster view shows the workers.
+    await page.goto(url + '/#/cluster');
+    await page.waitForFunction(() => document.querySelector('#workers') && document.querySelector('#workers').textContent.includes('cpu-1'));
+    check(true, 'the cluster view lists the workers');
+    await page.screenshot({ path: path.join(artifacts, 'cluster.png'), fullPage: true });
+    check(consoleErrors.length === 0, 'no errors in the page' + (consoleErrors.length ? ': ' + consoleErrors.join('; ') : ''));
+  } finally {
+    await browser.close();
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  console.log('FAIL ' + e.message);
+  failed = true;
+} finally {
+  for (const c of children) c.kill('SIGTERM');
+  await sleep(500);
+  if (!failed) fs.rmSync(root, { recursive: true, force: true });
+  else console.log('logs kept in ' + root);
+}
+console.log(failed ? 'FAILED' : 'PASSED');
+process.exit(failed ? 1 : 0);
