@@ -1,34 +1,97 @@
 #!/usr/bin/env bash
-# The README's main command: set up, build, prepare the Brown corpus, train the small MoHGE
-# model of deploy/jobs/brown-mohge.json with live progress (about 10-15 minutes on 2 cores),
-# then evaluate and sample from the final checkpoint. A second run reuses the build and the
-# prepared data and trains a new run next to the first.
+# The README's main command: set up, build, prepare the Brown corpus, start a local cluster
+# (a coordinator and two CPU worker daemons on localhost), submit deploy/jobs/brown-mohge.json,
+# print the dashboard URL and the admin token, and follow the job in the terminal until it
+# ends (about 10-15 minutes on 2 cores). Ctrl-C stops the local cluster cleanly. A second run
+# reuses the build, the prepared corpus and the cluster's database (the job is submitted with
+# an Idempotency-Key, so a rerun follows the same job instead of starting a second one; set
+# MOHGE_FRESH=1 to start over).
 #
-# Environment: MOHGE_ROOT (storage root, default ./storage-root), MOHGE_THREADS (default: all
-# cores), MOHGE_JOB (job spec, default deploy/jobs/brown-mohge.json).
+# Environment: MOHGE_ROOT (storage root, default ./storage-root), MOHGE_HTTP (default
+# 127.0.0.1:8080), MOHGE_CONTROL (default 127.0.0.1:7070), MOHGE_JOB (job spec), MOHGE_WORKERS
+# (default 2), MOHGE_THREADS (compute threads per worker, default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${MOHGE_ROOT:-storage-root}"
+http="${MOHGE_HTTP:-127.0.0.1:8080}"
+control="${MOHGE_CONTROL:-127.0.0.1:7070}"
 job="${MOHGE_JOB:-deploy/jobs/brown-mohge.json}"
-threads="${MOHGE_THREADS:-0}"
+workers="${MOHGE_WORKERS:-2}"
+threads="${MOHGE_THREADS:-1}"
 
 deploy/install-deps.sh
 deploy/build.sh
-mohge=build/bin/mohge
+bin=build/bin
 
 if [[ ! -f "$root/datasets/brown/val.bin" ]]; then
-  "$mohge" prepare-data --corpus brown --out "$root/datasets/brown" --vocab 4096
+  "$bin/mohge" prepare-data --corpus brown --out "$root/datasets/brown" --vocab 4096
 else
   echo "[quickstart] using the prepared corpus in $root/datasets/brown"
 fi
+if [[ "${MOHGE_FRESH:-0}" == 1 ]]; then
+  rm -f "$root"/mohge.db "$root"/mohge.db-* "$root"/admin.token
+fi
+mkdir -p "$root/logs"
 
-run="$root/runs/$(basename "$job" .json)-$(date +%Y%m%d-%H%M%S)"
-echo "[quickstart] training $job into $run"
-"$mohge" train --config "$job" --storage "$root" --out "$run" --threads "$threads"
+pids=()
+stop_cluster() {
+  trap - INT TERM EXIT
+  if ((${#pids[@]})); then
+    echo
+    echo "[quickstart] stopping the local cluster"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+}
+trap stop_cluster INT TERM EXIT
 
-ckpt=$(ls -d "$run"/checkpoints/step-* | tail -n 1)
-echo "[quickstart] mohge eval --checkpoint $ckpt --data $root/datasets/brown/val.bin"
-"$mohge" eval --checkpoint "$ckpt" --data "$root/datasets/brown/val.bin" --threads "$threads"
-echo "[quickstart] mohge generate --checkpoint $ckpt --prompt 'The jury said'"
-"$mohge" generate --checkpoint "$ckpt" --prompt "The jury said" --tokens 60 --threads "$threads"
-echo "[quickstart] metrics: $run/metrics.jsonl   checkpoints: $run/checkpoints/"
+"$bin/mohge-coordinator" --http "$http" --control "$control" --storage "$root" \
+  >>"$root/logs/coordinator.log" 2>&1 &
+pids+=($!)
+url="http://$http"
+for _ in $(seq 100); do
+  curl -fs "$url/api/v1/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "$url/api/v1/healthz" >/dev/null || {
+  echo "[quickstart] the coordinator did not start; see $root/logs/coordinator.log"
+  exit 1
+}
+for ((i = 0; i < workers; i++)); do
+  "$bin/mohge-worker" --coordinator "$control" --storage "$root" --name "cpu-$i" \
+    --threads "$threads" >>"$root/logs/worker-$i.log" 2>&1 &
+  pids+=($!)
+done
+
+export MOHGE_URL="$url" MOHGE_TOKEN
+MOHGE_TOKEN=$(cat "$root/admin.token")
+key="quickstart-$(basename "$job" .json)-$(sha256sum "$job" | cut -c1-12)"
+submitted=$("$bin/mohge" submit "$job" --idempotency-key "$key")
+echo "[quickstart] $submitted"
+id=$(grep -o 'job [0-9]*' <<<"$submitted" | head -n 1 | cut -d' ' -f2)
+
+cat <<EOF
+
+  Dashboard:   $url/#/jobs/$id   (paste the token into the field at the top right)
+  Admin token: $MOHGE_TOKEN   (also in $root/admin.token)
+  Logs:        $root/logs/   Run: $root/runs/job-$id/
+  From another terminal: MOHGE_URL=$url MOHGE_TOKEN=<token> build/bin/mohge jobs
+
+EOF
+# Follow the job: a progress line, then its final state.
+field() { { grep -o "\"$1\":[^,}]*" <<<"$j" || true; } | head -n 1 | cut -d: -f2 | tr -d '"'; }
+num() { local v; v=$(field "$1"); echo "${v:-0}"; }
+while true; do
+  j=$(curl -fs "$url/api/v1/jobs/$id" -H "Authorization: Bearer $MOHGE_TOKEN" || true)
+  state=$(field state)
+  printf '\r[quickstart] job %s %-10s step %s/%s  loss %.4f  val %.4f  %.0f tok/s  imbalance %.3f   ' \
+    "$id" "${state:-?}" "$(num step)" "$(num steps)" "$(num loss)" "$(num val_loss)" \
+    "$(num tokens_per_s)" "$(num imbalance)"
+  case "$state" in SUCCEEDED | FAILED | CANCELED) break ;; esac
+  sleep 5
+done
+echo
+"$bin/mohge" logs "$id" | grep '\[event\]' || true
+"$bin/mohge" checkpoints "$id" || true
+echo "[quickstart] the dashboard stays up until you press Ctrl-C: $url/#/jobs/$id"
+wait "${pids[0]}"
