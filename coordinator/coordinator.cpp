@@ -256,11 +256,26 @@ struct Coordinator::Impl : ApiService {
   Result<json> job_metrics(const Caller& c, int64_t id, const MetricsQuery& q) override {
     if (Status s = access(c, id); !s.ok()) return s.error();
     return read<json>([&](db::Repository& r) -> Result<json> {
-      std::vector<std::string> names = q.names;
-      if (names.empty()) {
+      // No names: every series. A name ending in ".*" stands for every series with that
+      // prefix (group_share.* → group_share.0, group_share.1, …).
+      std::vector<std::string> names;
+      bool wildcard = q.names.empty();
+      for (const std::string& n : q.names) wildcard = wildcard || n.ends_with(".*");
+      std::vector<std::string> known;
+      if (wildcard) {
         Result<std::vector<std::string>> all = r.metric_names(id);
         if (!all.ok()) return all.error();
-        names = all.value();
+        known = all.value();
+      }
+      if (q.names.empty()) names = known;
+      for (const std::string& n : q.names) {
+        if (!n.ends_with(".*")) {
+          names.push_back(n);
+          continue;
+        }
+        const std::string prefix = n.substr(0, n.size() - 1);
+        for (const std::string& k : known)
+          if (k.starts_with(prefix)) names.push_back(k);
       }
       json metrics = json::object();
       int64_t last = q.since;

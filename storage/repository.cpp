@@ -1,5 +1,7 @@
 #include "storage/repository.hpp"
 
+#include <cmath>
+
 #include <algorithm>
 #include <chrono>
 
@@ -654,42 +656,48 @@ Status Repository::insert_metrics(const std::vector<MetricRow>& rows) {
 
 Result<std::vector<MetricPoint>> Repository::metric_series(int64_t job_id, const std::string& name,
                                                            int64_t since, int64_t max_points) {
-  struct Range {
-    int64_t count, lo, hi;
-  };
-  Transaction tx(impl_->db);  // the range and the points come from one snapshot
-  if (Status st = tx.begin(false); !st) return st.error();
-  Result<std::optional<Range>> range = impl_->db.row(
-      "metric range",
-      // Separate subqueries, so MIN and MAX are single primary-key seeks.
-      "SELECT (SELECT COUNT(*) FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3), "
-      "(SELECT MIN(step) FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3), "
-      "(SELECT MAX(step) FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3)",
+  // The points are read in primary-key order (no sort, no temporary table) and, when there
+  // are more than max_points, averaged into equal step buckets here: one pass over the rows,
+  // which for 100,000 points is several times faster than SQLite's GROUP BY (it sorts).
+  Result<std::vector<MetricPoint>> all = impl_->db.rows(
+      "metric series",
+      "SELECT step, value FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3 ORDER BY step",
       [](const Statement& s) {
-        return Range{s.column_int64(0), s.column_int64(1), s.column_int64(2)};
+        return MetricPoint{s.column_int64(0), s.column_double(1)};
       },
       job_id, name, since);
-  if (!range.ok()) return range.error();
-  const Range r = range.value().value_or(Range{0, 0, 0});
-  auto point = [](const Statement& s) {
-    return MetricPoint{s.column_int64(0), s.column_double(1)};
+  if (!all.ok()) return all.error();
+  std::vector<MetricPoint>& points = all.value();
+  const int64_t P = std::min(max_points, kMaxPoints);
+  if (max_points <= 0 || static_cast<int64_t>(points.size()) <= P) return all;
+  // Bucket (step - lo) * P / (hi - lo + 1) lies in [0, P) and grows with the step: each
+  // non-empty bucket gives the mean of its finite values at its last step.
+  const int64_t lo = points.front().step, width = points.back().step - lo + 1;
+  std::vector<MetricPoint> out;
+  out.reserve(static_cast<size_t>(P));
+  int64_t bucket = -1, n = 0;
+  double sum = 0.0;
+  auto flush = [&](int64_t last_step) {
+    if (bucket >= 0)
+      out.push_back({last_step, n > 0 ? sum / static_cast<double>(n) : std::nan("")});
   };
-  Result<std::vector<MetricPoint>> out =
-      max_points <= 0 || r.count <= max_points
-          ? impl_->db.rows("metric series",
-                           "SELECT step, value FROM metrics WHERE job_id = ?1 AND name = ?2 AND "
-                           "step > ?3 ORDER BY step",
-                           point, job_id, name, since)
-          // Bucket (step - lo) * max_points / (hi - lo + 1), in integers, lies in
-          // [0, max_points): at most max_points groups. Buckets grow with the step, so
-          // ordering by the last step orders the buckets.
-          : impl_->db.rows("metric series (downsampled)",
-                           "SELECT MAX(step), AVG(value) FROM metrics WHERE job_id = ?1 AND "
-                           "name = ?2 AND step > ?3 GROUP BY (step - ?4) * ?5 / ?6 ORDER BY 1",
-                           point, job_id, name, since, r.lo, std::min(max_points, kMaxPoints),
-                           r.hi - r.lo + 1);
-  if (!out.ok()) return out.error();
-  if (Status c = tx.commit(); !c) return c.error();
+  int64_t prev_step = lo;
+  for (const MetricPoint& p : points) {
+    // (step - lo) * P may overflow int64 only past 9e12 steps; use 128-bit to be exact.
+    const auto b = static_cast<int64_t>(static_cast<__int128>(p.step - lo) * P / width);
+    if (b != bucket) {
+      flush(prev_step);
+      bucket = b;
+      n = 0;
+      sum = 0.0;
+    }
+    if (std::isfinite(p.value)) {
+      sum += p.value;
+      ++n;
+    }
+    prev_step = p.step;
+  }
+  flush(prev_step);
   return out;
 }
 

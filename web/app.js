@@ -171,8 +171,9 @@ async function submitJob(ev) {
 }
 
 // ---- job view --------------------------------------------------------------------------
-const SCALARS = ['loss', 'val_loss', 'aux_group', 'aux_expert', 'tokens_per_s', 'imbalance',
-                 'imbalance_group_per_rank', 'activated_expert_params', 'lr', 'grad_norm'];
+// The series the job view charts (the API downsamples each to max_points).
+const CHARTED = ['loss', 'val_loss', 'aux_group', 'aux_expert', 'tokens_per_s', 'imbalance',
+                 'imbalance_group_per_rank', 'activated_expert_params', 'group_share.*'];
 
 async function jobView(id) {
   const v = $('#view');
@@ -204,7 +205,7 @@ async function jobView(id) {
   try {
     const [job, metrics, routing, cks, ev, logs] = await Promise.all([
       api(`/jobs/${id}`),
-      api(`/jobs/${id}/metrics?max_points=1000`),
+      api(`/jobs/${id}/metrics?max_points=1000&names=${CHARTED.join(',')}`),
       api(`/jobs/${id}/routing`),
       api(`/jobs/${id}/checkpoints`),
       api(`/jobs/${id}/events?since=${st.events}`),

@@ -6,7 +6,7 @@
 //
 //   node tests/web/dashboard.test.mjs BUILD_BIN_DIR ARTIFACTS_DIR
 import { chromium } from 'playwright-core';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -180,6 +180,36 @@ async function main() {
     check(true, 'the cluster view lists the workers');
     await page.screenshot({ path: path.join(artifacts, 'cluster.png'), fullPage: true });
     check(consoleErrors.length === 0, 'no errors in the page' + (consoleErrors.length ? ': ' + consoleErrors.join('; ') : ''));
+
+    // A long job: 100,000 steps of every metric, seeded into the database while the
+    // coordinator is stopped. Its page renders from server-side downsampled series.
+    for (const c of children) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => new Promise((r) => (c.exitCode !== null ? r() : c.on('exit', r)))));
+    children.length = 0;
+    const seeded = spawnSync(path.join(binDir, 'seed_metrics'), [path.join(root, 'mohge.db'), '100000'], { encoding: 'utf8' });
+    check(seeded.status === 0, 'seeded a job with 100,000 steps of metrics ' + (seeded.stderr || '').trim());
+    const longId = Number(seeded.stdout.trim());
+    start('coordinator2', ['mohge-coordinator', '--http', `127.0.0.1:${http}`, '--control', `127.0.0.1:${control}`,
+                           '--storage', root]);
+    await waitFor(async () => (await fetch(url + '/api/v1/healthz')).ok, 20000, 'the coordinator again');
+    const times = [];
+    for (let i = 0; i < 3; i++) {
+      if (i === 0) await page.goto(`${url}/#/jobs/${longId}`);
+      const t1 = Date.now();
+      await page.reload();  // a fresh page load: HTML, scripts, REST calls, charts
+      await page.waitForFunction(() => {
+        const c = window.mohgeCharts && window.mohgeCharts.get('chart-loss');
+        const h = window.mohgeCharts && window.mohgeCharts.get('chart-heatmap');
+        return c && h && c.getOption().series[0].data.length > 0 && h.getOption().series[0].data.length > 0;
+      }, null, { timeout: 20000 });
+      times.push(Date.now() - t1);
+    }
+    const longLoss = await page.evaluate(() => window.mohgeCharts.get('chart-loss').getOption().series[0].data);
+    check(longLoss.length > 100 && longLoss.length <= 1000 && longLoss[longLoss.length - 1][0] === 100000,
+          `the 100,000-step job's loss chart holds ${longLoss.length} downsampled points up to step 100000`);
+    console.log(`     100,000-step job page: load to charts with data in ${times.join(', ')} ms`);
+    fs.writeFileSync(path.join(artifacts, 'long-job-render-ms.txt'), times.join('\n') + '\n');
+    await page.screenshot({ path: path.join(artifacts, 'long-job.png'), fullPage: true });
   } finally {
     await browser.close();
   }
