@@ -16,6 +16,18 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
     if (k == "step" || k == "workers" || !v.is_number()) continue;
     rows.push_back({job, k, step, v.get<double>()});
   }
+  // Difficulty routing of an evaluation: difficulty.<frequency|loss>.<bucket>.<group>.
+  if (const auto d = record.find("difficulty"); d != record.end() && d->is_object()) {
+    for (const char* kind : {"frequency", "loss"}) {
+      const json rows_by_bucket = d->value(kind, json::array());
+      for (size_t b = 0; b < rows_by_bucket.size(); ++b)
+        for (size_t g = 0; g < rows_by_bucket[b].size(); ++g)
+          rows.push_back({job,
+                          std::string("difficulty.") + kind + "." + std::to_string(b) + "." +
+                              std::to_string(g),
+                          step, rows_by_bucket[b][g].get<double>()});
+    }
+  }
   const auto layers = record.find("layers");
   if (layers == record.end() || !layers->is_array() || layers->empty()) return rows;
   double imbalance = 0, counterfactual = 0;

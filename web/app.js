@@ -134,7 +134,10 @@ async function jobsView() {
       <h3>Submit a job</h3>
       <form id="submit"><textarea id="spec" spellcheck="false"></textarea>
       <div id="submit-error"></div><button type="submit">Submit</button> <span id="submit-ok"></span></form>`;
-    fetch('examples/brown-mohge.json').then(r => r.text()).then(t => { if (!$('#spec').value) $('#spec').value = t; });
+    fetch('examples/brown-mohge.json').then(r => r.text()).then(t => {
+      const el = $('#spec');
+      if (el && !el.value) el.value = t;  // the view may have changed meanwhile
+    });
     $('#submit').addEventListener('submit', submitJob);
   }
   try {
@@ -197,6 +200,11 @@ async function jobView(id) {
         <div class="card"><div id="chart-imbalance" class="chart"></div></div>
         <div class="card"><div id="chart-groups" class="chart"></div></div>
       </div>
+      <h3>Difficulty routing <span class="muted" id="difficulty-step"></span></h3>
+      <div class="grid">
+        <div class="card"><div id="chart-diff-freq" class="chart"></div></div>
+        <div class="card"><div id="chart-diff-loss" class="chart"></div></div>
+      </div>
       <h3>Checkpoints</h3><table id="checkpoints"></table>
       <h3>Events</h3><table id="events"><tr><th>time</th><th>state</th><th>reason</th></tr></table>
       <h3>Logs</h3><pre class="log" id="logs"></pre>`;
@@ -211,6 +219,7 @@ async function jobView(id) {
       api(`/jobs/${id}/events?since=${st.events}`),
       api(`/jobs/${id}/logs?since=${st.logs}`),
     ]);
+    if (v.dataset.view !== key) return;  // the user moved on while the requests ran
     const p = job.progress || {};
     $('#job-title').innerHTML = `Job ${job.id}: ${esc(job.name)} ${stateSpan(job.state)}`;
     $('#job-kv').innerHTML = [
@@ -220,6 +229,13 @@ async function jobView(id) {
       ['reason', esc(job.pending_reason ? `#${job.queue_position} ${job.pending_reason}` : job.reason)],
     ].map(([k, x]) => `<div><span>${k}</span>${x}</div>`).join('');
     drawMetrics(metrics.metrics);
+    // Difficulty routing of the latest evaluation (group shares per token bucket).
+    const val = metrics.metrics.val_loss;
+    if (val && val.steps.length) {
+      const last = val.steps[val.steps.length - 1];
+      const d = await api(`/jobs/${id}/metrics?names=difficulty.*&since=${last - 1}&max_points=1`);
+      if (v.dataset.view === key) drawDifficulty(d.metrics, last);
+    }
     st.routing = routing;
     drawRouting(st);
     $('#checkpoints').innerHTML = '<tr><th>step</th><th>size</th><th>created</th><th></th></tr>' +
@@ -300,6 +316,36 @@ function drawRouting(st) {
     yAxis: { type: 'value' },
     series: [{ type: 'bar', data: flops.map(f => Number((f / scale).toPrecision(4))) }],
   });
+}
+
+const FREQ_BUCKETS = ['most frequent 25 %', '25–50 %', '50–75 %', 'rarest 25 %'];
+const LOSS_BUCKETS = ['loss < 2', '2–4', '4–6', '≥ 6'];
+
+function drawDifficulty(m, step) {
+  $('#difficulty-step').textContent = `(validation, step ${step})`;
+  const draw = (elId, kind, labels, title) => {
+    const data = [];
+    let groups = 0;
+    for (const [name, series] of Object.entries(m)) {
+      const parts = name.split('.');  // difficulty.<kind>.<bucket>.<group>
+      if (parts[1] !== kind || !series.values.length) continue;
+      const b = Number(parts[2]), g = Number(parts[3]);
+      groups = Math.max(groups, g + 1);
+      data.push([g, b, +(100 * series.values[series.values.length - 1]).toFixed(1)]);
+    }
+    chart(elId, {
+      title: { text: title, textStyle: { fontSize: 13 } },
+      tooltip: { formatter: p => `${labels[p.value[1]]}, group ${p.value[0]}: ${p.value[2]} % of its assignments` },
+      grid: { left: 110, right: 16, top: 36, bottom: 60 },
+      xAxis: { type: 'category', name: 'group (small → large)', nameLocation: 'middle', nameGap: 24,
+               data: Array.from({ length: groups }, (_, g) => String(g)) },
+      yAxis: { type: 'category', data: labels },
+      visualMap: { min: 0, max: Math.max(1, ...data.map(x => x[2])), orient: 'horizontal', left: 'center', bottom: 0, itemHeight: 120, calculable: true },
+      series: [{ type: 'heatmap', data, label: { show: groups <= 8 } }],
+    });
+  };
+  draw('chart-diff-freq', 'frequency', FREQ_BUCKETS, 'Group share by token frequency (Table 4)');
+  draw('chart-diff-loss', 'loss', LOSS_BUCKETS, 'Group share by token loss (Table 5)');
 }
 
 async function download(ev) {

@@ -149,6 +149,16 @@ async function main() {
     check(flops.length === 2 && flops.every((f) => f > 0), 'the per-rank FLOPs bars have both ranks');
     const imb = await page.evaluate(() => window.mohgeCharts.get('chart-imbalance').getOption().series.map((s) => s.data.length));
     check(imb[0] === 60 && imb[1] === 60, 'imbalance over time next to the group-per-rank counterfactual');
+    await page.waitForFunction(() => {
+      const c = window.mohgeCharts.get('chart-diff-freq');
+      return c && c.getOption().series[0].data.length > 0;
+    }, null, { timeout: 10000 });
+    const diff = await page.evaluate(() => ['chart-diff-freq', 'chart-diff-loss'].map((id) => window.mohgeCharts.get(id).getOption().series[0].data));
+    const perBucket = {};
+    for (const [, b, v] of diff[0]) perBucket[b] = (perBucket[b] || 0) + v;
+    check(diff[0].length === 4 * 4 && Object.values(perBucket).every((v) => Math.abs(v - 100) < 1),
+          `difficulty routing by frequency: 4 buckets × 4 groups, each bucket's shares add to 100 % (${diff[0].length} cells)`);
+    check(diff[1].length === 4 * 4, 'difficulty routing by token loss: 4 buckets × 4 groups');
     check((await page.textContent('#events')).includes('SUCCEEDED'), 'the events list the end');
     await page.screenshot({ path: path.join(artifacts, 'job.png'), fullPage: true });
 

@@ -79,4 +79,11 @@ void TrainBatches::next(std::vector<int32_t>& inputs, std::vector<int32_t>& targ
   }
 }
 
+std::vector<int64_t> TokenWindows::token_counts(int64_t vocab) const {
+  std::vector<int64_t> counts(static_cast<size_t>(vocab), 0);
+  for (uint16_t t : tokens_)
+    if (t < vocab) ++counts[t];
+  return counts;
+}
+
 }  // namespace mohge

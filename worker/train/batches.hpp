@@ -31,6 +31,8 @@ class TokenWindows {
   int64_t seq() const { return seq_; }
   /// Copies window k into inputs (seq) and targets (seq).
   void window(int64_t k, int32_t* inputs, int32_t* targets) const;
+  /// Occurrences of every token id below `vocab` in the file.
+  std::vector<int64_t> token_counts(int64_t vocab) const;
 
  private:
   std::vector<uint16_t> tokens_;

@@ -1,5 +1,7 @@
 #include "worker/train/trainer.hpp"
 
+#include <algorithm>
+
 #include <unistd.h>
 
 #include <chrono>
@@ -21,8 +23,48 @@ namespace mohge {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+DifficultyRouting DifficultyRouting::from_counts(const std::vector<int64_t>& counts, int groups) {
+  DifficultyRouting d;
+  d.groups = groups;
+  d.frequency_bucket.assign(counts.size(), kBuckets - 1);
+  std::vector<int32_t> order(counts.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return counts[a] > counts[b]; });
+  int64_t total = 0;
+  for (int64_t c : counts) total += c;
+  int64_t seen = 0;
+  for (int32_t t : order) {
+    // The bucket of the cumulative count before this token: the most frequent token is in
+    // bucket 0 even when it alone passes 25 %.
+    const int b = total > 0 ? static_cast<int>(seen * kBuckets / total) : kBuckets - 1;
+    d.frequency_bucket[static_cast<size_t>(t)] = static_cast<int8_t>(std::min(b, kBuckets - 1));
+    seen += counts[static_cast<size_t>(t)];
+  }
+  d.by_frequency.assign(static_cast<size_t>(kBuckets * groups), 0.0);
+  d.by_loss.assign(static_cast<size_t>(kBuckets * groups), 0.0);
+  return d;
+}
+
+json DifficultyRouting::to_json() const {
+  auto shares = [&](const std::vector<double>& m) {
+    json rows = json::array();
+    for (int b = 0; b < kBuckets; ++b) {
+      double sum = 0;
+      for (int g = 0; g < groups; ++g) sum += m[static_cast<size_t>(b * groups + g)];
+      json row = json::array();
+      for (int g = 0; g < groups; ++g)
+        row.push_back(sum > 0 ? m[static_cast<size_t>(b * groups + g)] / sum : 0.0);
+      rows.push_back(row);
+    }
+    return rows;
+  };
+  return {{"frequency", shares(by_frequency)}, {"loss", shares(by_loss)}};
+}
+
 EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,
-                    int64_t batch_size, const ParallelContext& parallel) {
+                    int64_t batch_size, const ParallelContext& parallel,
+                    DifficultyRouting* difficulty) {
   const int64_t T = data.seq();
   const int64_t windows = std::min(batches * batch_size, data.num_windows());
   const int64_t R = parallel.world(), r = parallel.rank();
@@ -40,9 +82,39 @@ EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batche
     const ForwardResult f = model.forward(inputs.data(), targets.data(), count, T);
     totals[0] += f.ce_loss * static_cast<double>(f.num_targets);
     totals[1] += static_cast<double>(f.num_targets);
+    if (difficulty != nullptr && difficulty->groups > 0 && count > 0) {
+      // Every routed layer's kept experts (N, K) → their groups, counted per token bucket.
+      const int64_t N = count * T;
+      const float* losses = model.token_losses();
+      const int G = difficulty->groups;
+      const int64_t per_group = std::max<int64_t>(1, model.spec().ffn.num_experts() / G);
+      std::vector<int32_t> index;
+      std::vector<float> weight;
+      for (int l = 0; l < model.spec().layers; ++l) {
+        if (!model.ffn(l).routing_decisions(&index, &weight) || index.empty()) continue;
+        const int64_t K = static_cast<int64_t>(index.size()) / N;
+        for (int64_t i = 0; i < N; ++i) {
+          const int fb =
+              difficulty->frequency_bucket[static_cast<size_t>(inputs[static_cast<size_t>(i)])];
+          const int lb = DifficultyRouting::loss_bucket(losses[i]);
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t g = index[static_cast<size_t>(i * K + k)] / per_group;
+            if (g < 0 || g >= G) continue;
+            difficulty->by_frequency[static_cast<size_t>(fb * G + g)] += 1;
+            difficulty->by_loss[static_cast<size_t>(lb * G + g)] += 1;
+          }
+        }
+      }
+    }
   }
   if (parallel.distributed())
     collective_check(parallel.comm->all_reduce(totals, 2, ReduceOp::kSum));
+  if (difficulty != nullptr && difficulty->groups > 0 && parallel.distributed()) {
+    for (std::vector<double>* m : {&difficulty->by_frequency, &difficulty->by_loss}) {
+      collective_check(
+          parallel.comm->all_reduce(m->data(), static_cast<int64_t>(m->size()), ReduceOp::kSum));
+    }
+  }
   EvalResult e;
   e.tokens = static_cast<int64_t>(totals[1]);
   e.loss = totals[1] > 0 ? totals[0] / totals[1] : 0.0;
@@ -216,6 +288,10 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
   const int64_t group_loss_start = static_cast<int64_t>(
       std::ceil(spec_.model.ffn.group_loss_start * static_cast<double>(ts.steps)));
   ParamStore& params = model_->params();
+  // Training-set token counts: the frequency buckets of difficulty routing (MoHGE).
+  const std::vector<int64_t> train_counts = spec_.model.ffn.kind == "mohge"
+                                                ? train_.token_counts(spec_.model.vocab_size)
+                                                : std::vector<int64_t>{};
   std::vector<int32_t> inputs, targets;
 
   for (int64_t step = state.step; step < ts.steps; ++step) {
@@ -284,14 +360,20 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     const bool last = r.step == ts.steps;
     if ((ts.eval_every > 0 && r.step % ts.eval_every == 0) || last) {
       if (ts.eval_batches > 0) {
-        const EvalResult e = evaluate(*model_, val_, ts.eval_batches, B, parallel_);
+        DifficultyRouting difficulty;
+        const bool mohge = spec_.model.ffn.kind == "mohge";
+        if (mohge)
+          difficulty = DifficultyRouting::from_counts(train_counts, spec_.model.ffn.groups);
+        const EvalResult e =
+            evaluate(*model_, val_, ts.eval_batches, B, parallel_, mohge ? &difficulty : nullptr);
         r.val_loss = e.loss;
         last_val = e.loss;
         if (lead) {
-          const json rec = {{"step", r.step},
-                            {"val_loss", e.loss},
-                            {"val_perplexity", std::exp(e.loss)},
-                            {"val_tokens", e.tokens}};
+          json rec = {{"step", r.step},
+                      {"val_loss", e.loss},
+                      {"val_perplexity", std::exp(e.loss)},
+                      {"val_tokens", e.tokens}};
+          if (mohge) rec["difficulty"] = difficulty.to_json();
           metrics << rec.dump() << "\n";
           if (options_.on_record) options_.on_record(rec);
         }

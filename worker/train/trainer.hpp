@@ -53,6 +53,27 @@ struct StepReport {
   bool stopped = false;                // the run stops after this step (stop_after/stop_request)
 };
 
+/// Difficulty routing (the paper's Tables 4–5), measured on evaluation batches: for MoHGE
+/// models, the share of token-expert assignments landing in each group, for tokens bucketed by
+/// how frequent the input token is in the training data and by the token's loss.
+struct DifficultyRouting {
+  static constexpr int kBuckets = 4;
+  /// Frequency buckets: input tokens ordered by training-set count, cut where the cumulative
+  /// count passes 25/50/75 % of all tokens (bucket 0 = the most frequent tokens).
+  std::vector<int8_t> frequency_bucket;  // (V)
+  /// Loss buckets (nats): [0, 2), [2, 4), [4, 6), [6, ∞).
+  static int loss_bucket(double loss) { return loss < 2 ? 0 : loss < 4 ? 1 : loss < 6 ? 2 : 3; }
+  int groups = 0;                    // G
+  std::vector<double> by_frequency;  // (kBuckets, G) assignment counts
+  std::vector<double> by_loss;       // (kBuckets, G)
+
+  /// Buckets from the training data's token counts.
+  static DifficultyRouting from_counts(const std::vector<int64_t>& counts, int groups);
+  /// {"frequency": [[share by group] per bucket], "loss": [...]} (shares of each bucket's
+  /// assignments; rows of empty buckets are zeros).
+  nlohmann::json to_json() const;
+};
+
 struct EvalResult {
   double loss = 0.0;   // mean next-token cross-entropy
   int64_t tokens = 0;  // targets evaluated
@@ -63,7 +84,8 @@ struct EvalResult {
 /// of each batch (collective) and all get the total. Throws CollectiveError on a failed
 /// collective.
 EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,
-                    int64_t batch_size, const ParallelContext& parallel = {});
+                    int64_t batch_size, const ParallelContext& parallel = {},
+                    DifficultyRouting* difficulty = nullptr);
 
 class Trainer {
  public:
