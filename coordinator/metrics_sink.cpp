@@ -16,9 +16,9 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
     if (k == "step" || k == "workers" || !v.is_number()) continue;
     rows.push_back({job, k, step, v.get<double>()});
   }
-  // Difficulty routing of an evaluation: difficulty.<frequency|loss>.<bucket>.<group>.
+  // Difficulty routing of an evaluation: difficulty.<frequency|token_loss>.<bucket>.<group>.
   if (const auto d = record.find("difficulty"); d != record.end() && d->is_object()) {
-    for (const char* kind : {"frequency", "loss"}) {
+    for (const char* kind : {"frequency", "token_loss"}) {
       const json rows_by_bucket = d->value(kind, json::array());
       for (size_t b = 0; b < rows_by_bucket.size(); ++b)
         for (size_t g = 0; g < rows_by_bucket[b].size(); ++g)

@@ -229,13 +229,6 @@ async function jobView(id) {
       ['reason', esc(job.pending_reason ? `#${job.queue_position} ${job.pending_reason}` : job.reason)],
     ].map(([k, x]) => `<div><span>${k}</span>${x}</div>`).join('');
     drawMetrics(metrics.metrics);
-    // Difficulty routing of the latest evaluation (group shares per token bucket).
-    const val = metrics.metrics.val_loss;
-    if (val && val.steps.length) {
-      const last = val.steps[val.steps.length - 1];
-      const d = await api(`/jobs/${id}/metrics?names=difficulty.*&since=${last - 1}&max_points=1`);
-      if (v.dataset.view === key) drawDifficulty(d.metrics, last);
-    }
     st.routing = routing;
     drawRouting(st);
     $('#checkpoints').innerHTML = '<tr><th>step</th><th>size</th><th>created</th><th></th></tr>' +
@@ -252,6 +245,13 @@ async function jobView(id) {
     for (const l of logs.logs) pre.textContent += `${new Date(l.at * 1000).toLocaleTimeString()} [rank ${l.rank}] ${l.line}\n`;
     if (logs.logs.length) pre.scrollTop = pre.scrollHeight;
     st.logs = logs.next;
+    // Difficulty routing of the latest evaluation (group shares per token bucket).
+    const val = metrics.metrics.val_loss;
+    if (val && val.steps.length) {
+      const last = val.steps[val.steps.length - 1];
+      const d = await api(`/jobs/${id}/metrics?names=difficulty.*&since=${last - 1}&max_points=1`);
+      if (v.dataset.view === key) drawDifficulty(d.metrics, last);
+    }
   } catch (e) { return showError(e); }
   poll(() => jobView(id));
 }
@@ -345,7 +345,7 @@ function drawDifficulty(m, step) {
     });
   };
   draw('chart-diff-freq', 'frequency', FREQ_BUCKETS, 'Group share by token frequency (Table 4)');
-  draw('chart-diff-loss', 'loss', LOSS_BUCKETS, 'Group share by token loss (Table 5)');
+  draw('chart-diff-loss', 'token_loss', LOSS_BUCKETS, 'Group share by token loss (Table 5)');
 }
 
 async function download(ev) {

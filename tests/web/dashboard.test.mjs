@@ -136,7 +136,8 @@ async function main() {
     await page.goto(`${url}/#/jobs/${job.id}`);
     await page.waitForFunction(() => {
       const c = window.mohgeCharts && window.mohgeCharts.get('chart-loss');
-      return c && c.getOption().series[0].data.length > 0;
+      const h = window.mohgeCharts && window.mohgeCharts.get('chart-heatmap');
+      return c && h && c.getOption().series[0].data.length > 0 && h.getOption().series[0].data.length > 0;
     }, null, { timeout: 15000 });
     console.log(`     job view rendered with data in ${Date.now() - t0} ms`);
     const loss = await page.evaluate(() => window.mohgeCharts.get('chart-loss').getOption().series[0].data);

@@ -59,7 +59,7 @@ json DifficultyRouting::to_json() const {
     }
     return rows;
   };
-  return {{"frequency", shares(by_frequency)}, {"loss", shares(by_loss)}};
+  return {{"frequency", shares(by_frequency)}, {"token_loss", shares(by_loss)}};
 }
 
 EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batches,

@@ -69,7 +69,7 @@ struct DifficultyRouting {
 
   /// Buckets from the training data's token counts.
   static DifficultyRouting from_counts(const std::vector<int64_t>& counts, int groups);
-  /// {"frequency": [[share by group] per bucket], "loss": [...]} (shares of each bucket's
+  /// {"frequency": [[share by group] per bucket], "token_loss": [...]} (shares of each bucket's
   /// assignments; rows of empty buckets are zeros).
   nlohmann::json to_json() const;
 };
