@@ -71,7 +71,7 @@ function lineOption(title, series, yName = '') {
     title: { text: title, textStyle: { fontSize: 13 } },
     tooltip: { trigger: 'axis' },
     legend: { top: 22, left: 'center', type: 'scroll' },
-    grid: { left: 56, right: 24, top: 56, bottom: 28 },
+    grid: { left: 72, right: 24, top: 56, bottom: 28 },
     xAxis: { type: 'value', name: 'step', nameGap: 4, min: 'dataMin' },
     yAxis: { type: 'value', scale: true, name: yName },
     series: series.map(s => Object.assign({ type: 'line', showSymbol: false }, s)),
@@ -247,6 +247,7 @@ async function jobView(id) {
     st.logs = logs.next;
     // Difficulty routing of the latest evaluation (group shares per token bucket).
     const val = metrics.metrics.val_loss;
+    if (!val || !val.steps.length) $('#difficulty-step').textContent = '(after the first evaluation)';
     if (val && val.steps.length) {
       const last = val.steps[val.steps.length - 1];
       const d = await api(`/jobs/${id}/metrics?names=difficulty.*&since=${last - 1}&max_points=1`);
@@ -269,7 +270,7 @@ function drawMetrics(m) {
     { name: 'group-per-rank (same routing)', data: pairs(m.imbalance_group_per_rank), lineStyle: { type: 'dashed' } }]));
   const groups = Object.keys(m).filter(k => k.startsWith('group_share.')).sort((a, b) => Number(a.slice(12)) - Number(b.slice(12)));
   const opt = lineOption('Group share over time (Fig. 3)', groups.map(g => ({ name: 'group ' + g.slice(12), data: pairs(m[g]) })));
-  opt.yAxis = { type: 'value', min: 0, name: 'share of assignments' };
+  opt.yAxis = { type: 'value', min: 0 };
   chart('chart-groups', opt);
 }
 
