@@ -1,7 +1,7 @@
 #include "api/rest_server.hpp"
 
-#include <cpprest/interopstream.h>
 #include <cpprest/http_listener.h>
+#include <cpprest/interopstream.h>
 #include <pplx/threadpool.h>
 
 #include <charconv>

@@ -1,6 +1,5 @@
 #include "coordinator/coordinator.hpp"
 
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -19,6 +18,7 @@
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
 #include "coordinator/worker_registry.hpp"
+#include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
 
 #ifndef MOHGE_VERSION
@@ -30,29 +30,10 @@ namespace mohge::coord {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string sha256_hex(const std::string& data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_Digest(data.data(), data.size(), md, &n, EVP_sha256(), nullptr);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
-  }
-  return out;
-}
-
 std::string new_token_secret() {
   unsigned char bytes[24];
   if (RAND_bytes(bytes, sizeof(bytes)) != 1) throw std::runtime_error("RAND_bytes failed");
-  static const char* hex = "0123456789abcdef";
-  std::string out = "mohge_";
-  for (unsigned char b : bytes) {
-    out.push_back(hex[b >> 4]);
-    out.push_back(hex[b & 15]);
-  }
-  return out;
+  return "mohge_" + hex_encode(bytes, sizeof(bytes));
 }
 
 namespace {

@@ -30,8 +30,6 @@ class Coordinator {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Lowercase hex SHA-256 of `data`.
-std::string sha256_hex(const std::string& data);
 /// A new random API token secret ("mohge_" + 48 hex characters).
 std::string new_token_secret();
 

@@ -32,9 +32,9 @@ namespace mohge::sched {
 
 struct Worker {
   std::string name;
-  std::string device;       // "cpu" | "cuda"
+  std::string device;  // "cpu" | "cuda"
   bool online = true;
-  int64_t job = 0;          // the job holding it, 0 = free
+  int64_t job = 0;  // the job holding it, 0 = free
 };
 
 struct QueuedJob {
@@ -52,14 +52,14 @@ struct RunningJob {
   int priority = 50;
   std::vector<std::string> workers;  // held workers (rank order)
   double started_at = 0;
-  bool preempting = false;           // already asked to checkpoint and stop
+  bool preempting = false;  // already asked to checkpoint and stop
 };
 
 struct User {
   int64_t id = 0;
   std::string name;
-  int max_workers = 0;       // 0 = no limit
-  double recent_usage = 0;   // decayed worker-seconds (see UsageLedger)
+  int max_workers = 0;      // 0 = no limit
+  double recent_usage = 0;  // decayed worker-seconds (see UsageLedger)
 };
 
 struct Snapshot {
@@ -80,9 +80,9 @@ struct Pending {
 };
 
 struct Decision {
-  std::vector<Start> starts;             // in queue order
-  std::vector<int64_t> preempt;          // running jobs to checkpoint and stop
-  std::map<int64_t, Pending> pending;    // every queued job that does not start
+  std::vector<Start> starts;           // in queue order
+  std::vector<int64_t> preempt;        // running jobs to checkpoint and stop
+  std::map<int64_t, Pending> pending;  // every queued job that does not start
 };
 
 /// Decides what starts, what is preempted, and why the rest waits. Deterministic: the same

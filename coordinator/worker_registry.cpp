@@ -1,5 +1,9 @@
 #include "coordinator/worker_registry.hpp"
 
+#ifndef MOHGE_VERSION
+#define MOHGE_VERSION "0.0.0"
+#endif
+
 #include <spdlog/spdlog.h>
 
 #include "api/job_spec.hpp"
@@ -13,12 +17,6 @@ namespace mohge::coord {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 using nlohmann::json;
-
-namespace {
-std::string version_string() {
-  return "0.1.0";
-}
-}  // namespace
 
 WorkerRegistry::WorkerRegistry(asio::io_context& io, Hub& hub)
     : Actor(io.get_executor()), hub_(hub), acceptor_(io), timer_(strand_) {}
@@ -173,7 +171,7 @@ void WorkerRegistry::on_hello(const std::shared_ptr<proto::Connection>& conn, co
   conn->send({{"type", proto::kWelcome},
               {"protocol", proto::kProtocolVersion},
               {"heartbeat_s", hub_.options.heartbeat_s},
-              {"coordinator_version", version_string()}});
+              {"coordinator_version", MOHGE_VERSION}});
   spdlog::info("worker {} online ({} {}, {} threads, from {})", name, e.row.host, backend,
                e.row.threads, conn->peer());
   hub_.scheduler->worker_online(name, backend, e.running);

@@ -25,9 +25,9 @@ namespace mohge::db {
 
 struct UserRow {
   int64_t id = 0;
-  std::string name;         // unique, [a-z0-9_.-]{1,64}
-  std::string role;         // "admin" | "user"
-  int max_workers = 0;      // quota on concurrently held workers; 0 = no limit
+  std::string name;     // unique, [a-z0-9_.-]{1,64}
+  std::string role;     // "admin" | "user"
+  int max_workers = 0;  // quota on concurrently held workers; 0 = no limit
   double created_at = 0;
 };
 
@@ -41,38 +41,38 @@ struct TokenRow {
 
 struct WorkerRow {
   int64_t id = 0;
-  std::string name;        // unique; the worker's identity across reconnects
+  std::string name;  // unique; the worker's identity across reconnects
   std::string host;
-  std::string backend;     // "cpu" | "cuda"
-  std::string version;     // the worker's build version
+  std::string backend;                               // "cpu" | "cuda"
+  std::string version;                               // the worker's build version
   nlohmann::json devices = nlohmann::json::array();  // [{"index":0,"name":"…","memory_bytes":…}]
   int threads = 0;
-  std::string state;       // "online" | "lost" | "offline"
+  std::string state;  // "online" | "lost" | "offline"
   double registered_at = 0;
   double last_seen = 0;
 };
 
 struct JobRow {
-  int64_t id = 0;              // assigned by insert_job
+  int64_t id = 0;  // assigned by insert_job
   int64_t user_id = 0;
-  std::string user;            // the owner's name (filled by reads, ignored by writes)
-  std::string name;            // spec.name
-  nlohmann::json spec;         // the full validated spec (defaults filled in)
-  std::string state;           // QUEUED STARTING RUNNING RECOVERING PREEMPTED SUCCEEDED FAILED CANCELED
-  std::string reason;          // why it is in this state (empty if nothing to say)
+  std::string user;     // the owner's name (filled by reads, ignored by writes)
+  std::string name;     // spec.name
+  nlohmann::json spec;  // the full validated spec (defaults filled in)
+  std::string state;    // QUEUED STARTING RUNNING RECOVERING PREEMPTED SUCCEEDED FAILED CANCELED
+  std::string reason;   // why it is in this state (empty if nothing to say)
   int priority = 50;
-  int workers = 1;             // gang size
+  int workers = 1;  // gang size
   std::string device = "cpu";
-  std::string idempotency_key; // empty: none; unique per user otherwise
+  std::string idempotency_key;  // empty: none; unique per user otherwise
   double submitted_at = 0;
-  double started_at = 0;       // first RUNNING, 0 = never
-  double finished_at = 0;      // terminal, 0 = not yet
-  int restarts = 0;            // recoveries so far
+  double started_at = 0;   // first RUNNING, 0 = never
+  double finished_at = 0;  // terminal, 0 = not yet
+  int restarts = 0;        // recoveries so far
   int max_restarts = 3;
-  int64_t step = 0;            // last completed step reported
-  int64_t steps = 0;           // spec.train.steps
-  int attempt = 0;             // incremented on every launch (STARTING)
-  std::string run_dir;         // relative to the storage root
+  int64_t step = 0;                   // last completed step reported
+  int64_t steps = 0;                  // spec.train.steps
+  int attempt = 0;                    // incremented on every launch (STARTING)
+  std::string run_dir;                // relative to the storage root
   std::vector<std::string> assigned;  // worker names in rank order while placed, else empty
 };
 
@@ -80,7 +80,7 @@ struct JobFilter {
   std::optional<int64_t> user_id;    // only this user's jobs
   std::optional<std::string> state;  // only jobs in this state
   int64_t offset = 0;
-  int64_t limit = 50;                // 1..1000
+  int64_t limit = 50;  // 1..1000
 };
 
 struct EventRow {
@@ -96,7 +96,7 @@ struct LogRow {
   int64_t id = 0;  // increasing; use as a `since` cursor
   int64_t job_id = 0;
   double at = 0;
-  int rank = -1;    // -1: the coordinator
+  int rank = -1;  // -1: the coordinator
   std::string line;
 };
 
@@ -113,7 +113,7 @@ struct MetricPoint {
 };
 
 struct CheckpointFile {
-  std::string name;    // relative to the checkpoint folder
+  std::string name;  // relative to the checkpoint folder
   int64_t bytes = 0;
   std::string sha256;  // lowercase hex
 };
@@ -122,10 +122,10 @@ struct CheckpointRow {
   int64_t id = 0;
   int64_t job_id = 0;
   int64_t step = 0;
-  std::string path;    // checkpoint folder, relative to the storage root
-  std::string state;   // "complete" | "deleted"
+  std::string path;   // checkpoint folder, relative to the storage root
+  std::string state;  // "complete" | "deleted"
   double created_at = 0;
-  int64_t bytes = 0;   // sum of files
+  int64_t bytes = 0;  // sum of files
   std::vector<CheckpointFile> files;
 };
 
@@ -185,8 +185,7 @@ class Repository {
   Result<std::vector<EventRow>> list_events(int64_t job_id, int64_t after_id = 0,
                                             int64_t limit = 1000);
   Status append_logs(const std::vector<LogRow>& rows);
-  Result<std::vector<LogRow>> list_logs(int64_t job_id, int64_t after_id = 0,
-                                        int64_t limit = 1000);
+  Result<std::vector<LogRow>> list_logs(int64_t job_id, int64_t after_id = 0, int64_t limit = 1000);
 
   // ---- metrics ------------------------------------------------------------------------------
   /// Inserts all rows in one transaction. A row whose (job, name, step) exists is ignored,
@@ -219,7 +218,6 @@ class Repository {
 
 /// Benchmark helper: inserts `rows` metric rows in batches of `batch` into a fresh database at
 /// `file` and returns rows per second.
-Result<double> bench_metrics_ingest(const std::filesystem::path& file, int64_t rows,
-                                    int64_t batch);
+Result<double> bench_metrics_ingest(const std::filesystem::path& file, int64_t rows, int64_t batch);
 
 }  // namespace mohge::db

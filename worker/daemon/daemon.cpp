@@ -1,12 +1,10 @@
 #include "worker/daemon/daemon.hpp"
 
-#include <openssl/evp.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <condition_variable>
-#include <deque>
 #include <fstream>
 #include <map>
 #include <set>
@@ -14,6 +12,7 @@
 
 #include "api/job_spec.hpp"
 #include "api/protocol.hpp"
+#include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/dist/rank_runner.hpp"
@@ -28,29 +27,6 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 using asio::ip::tcp;
 using nlohmann::json;
-
-Result<std::string> file_sha256(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{ErrorCode::kNotFound, "cannot open " + path.string(), ""};
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(1 << 20);
-  while (in) {
-    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
-  }
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(ctx, md, &n);
-  EVP_MD_CTX_free(ctx);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < n; ++i) {
-    out.push_back(hex[md[i] >> 4]);
-    out.push_back(hex[md[i] & 15]);
-  }
-  return out;
-}
 
 namespace {
 
@@ -78,11 +54,10 @@ class ControlRendezvous : public Rendezvous {
            {"round", round},
            {"blob", proto::base64_encode(blob)}});
     std::unique_lock<std::mutex> lock(mu_);
-    const bool got = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
-                                  [&] { return results_.count(round) > 0 || abort_.raised(); });
+    cv_.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                 [&] { return results_.count(round) > 0 || abort_.raised(); });
     if (results_.count(round)) return results_[round];
     if (abort_.raised()) return Error{ErrorCode::kFailedPrecondition, abort_.reason(), ""};
-    (void)got;
     return Error{ErrorCode::kUnavailable,
                  "rendezvous round " + std::to_string(round) + " of job " + std::to_string(job_) +
                      ": not every rank joined within " +

@@ -40,7 +40,4 @@ class WorkerDaemon {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Lowercase hex SHA-256 of a file's bytes; errors name the file.
-Result<std::string> file_sha256(const std::filesystem::path& path);
-
 }  // namespace mohge
