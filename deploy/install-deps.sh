@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake ninja-build pkg-config git
   libdnnl-dev               # oneDNN: CPU GEMM
+  ocl-icd-opencl-dev        # Debian's oneDNN is built with its OpenCL runtime: its CMake config
+                            # requires OpenCL, which libdnnl-dev only recommends
   libsentencepiece-dev sentencepiece
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
