@@ -1,5 +1,8 @@
 #include "api/job_spec.hpp"
 
+#include "api/field_reader.hpp"
+#include "api/paths.hpp"
+
 #include <algorithm>
 #include <fstream>
 #include <set>
@@ -23,95 +26,6 @@ int FfnSpec::expert_hidden_width(int e) const {
 }
 
 namespace {
-
-// Reads fields of one JSON object, recording every problem with its dotted path.
-class FieldReader {
- public:
-  FieldReader(const json& obj, std::string path, std::vector<Error>& errors)
-      : obj_(obj), path_(std::move(path)), errors_(errors) {
-    if (!obj_.is_object()) fail("", "must be a JSON object");
-  }
-
-  std::string field(const std::string& key) const {
-    return path_.empty() ? key : key.empty() ? path_ : path_ + "." + key;
-  }
-  void fail(const std::string& key, std::string message) const {
-    errors_.push_back(invalid_argument(field(key), std::move(message)));
-  }
-  bool has(const std::string& key) const {
-    seen_.insert(key);
-    return obj_.is_object() && obj_.contains(key);
-  }
-  const json* get(const std::string& key, bool required) const {
-    if (!has(key)) {
-      if (required) fail(key, "is required");
-      return nullptr;
-    }
-    return &obj_.at(key);
-  }
-
-  template <class Int>
-  void integer(const std::string& key, Int& out, bool required, int64_t min, int64_t max) const {
-    const json* v = get(key, required);
-    if (v == nullptr) return;
-    if (!v->is_number_integer()) return fail(key, "must be an integer");
-    const int64_t x = v->get<int64_t>();
-    if (x < min || x > max) {
-      return fail(key, "must be in [" + std::to_string(min) + ", " + std::to_string(max) +
-                           "], got " + std::to_string(x));
-    }
-    out = static_cast<Int>(x);
-  }
-  template <class Real>
-  void real(const std::string& key, Real& out, bool required, double min, double max) const {
-    const json* v = get(key, required);
-    if (v == nullptr) return;
-    if (!v->is_number()) return fail(key, "must be a number");
-    const double x = v->get<double>();
-    if (!(x >= min && x <= max)) {
-      std::ostringstream os;
-      os << "must be in [" << min << ", " << max << "], got " << x;
-      return fail(key, os.str());
-    }
-    out = static_cast<Real>(x);
-  }
-  void boolean(const std::string& key, bool& out) const {
-    const json* v = get(key, false);
-    if (v == nullptr) return;
-    if (!v->is_boolean()) return fail(key, "must be true or false");
-    out = v->get<bool>();
-  }
-  void string(const std::string& key, std::string& out, bool required) const {
-    const json* v = get(key, required);
-    if (v == nullptr) return;
-    if (!v->is_string()) return fail(key, "must be a string");
-    out = v->get<std::string>();
-  }
-  void choice(const std::string& key, std::string& out, const std::vector<std::string>& allowed,
-              bool required) const {
-    std::string value = out;
-    string(key, value, required);
-    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "\"" : ", \"") + a + "\"";
-      return fail(key, "must be one of " + list + ", got \"" + value + "\"");
-    }
-    out = value;
-  }
-  /// Flags keys nobody read (typos would otherwise be silently ignored).
-  void reject_unknown() const {
-    if (!obj_.is_object()) return;
-    for (const auto& [key, value] : obj_.items()) {
-      if (!seen_.contains(key)) fail(key, "is not a known field");
-    }
-  }
-
- private:
-  const json& obj_;
-  std::string path_;
-  std::vector<Error>& errors_;
-  mutable std::set<std::string> seen_;
-};
 
 constexpr int64_t kMaxDim = 1 << 20;
 
@@ -234,6 +148,10 @@ Result<JobSpec> parse_job_spec(const json& j) {
     FieldReader r(*d, "data", errors);
     r.string("train", s.data.train, true);
     r.string("val", s.data.val, true);
+    for (const auto& [key, value] : {std::pair{"train", &s.data.train}, {"val", &s.data.val}}) {
+      if (r.has(key) && d->at(key).is_string() && !path_is_confined(*value))
+        r.fail(key, "must be a path relative to the storage root, without \"..\"");
+    }
     r.reject_unknown();
   }
   if (const json* t = top.get("train", true)) {

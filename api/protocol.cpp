@@ -1,5 +1,8 @@
 #include "api/protocol.hpp"
 
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <cstring>
 
 namespace mohge::proto {
@@ -86,7 +89,7 @@ void Connection::read_header() {
                      const uint32_t n = (uint32_t{self->header_[0]} << 24) |
                                         (uint32_t{self->header_[1]} << 16) |
                                         (uint32_t{self->header_[2]} << 8) | self->header_[3];
-                     if (n == 0 || n > kMaxFrameBytes) {
+                     if (n == 0 || n > self->max_frame_.load()) {
                        return self->shutdown("bad frame length " + std::to_string(n));
                      }
                      self->read_body(n);
@@ -94,19 +97,36 @@ void Connection::read_header() {
 }
 
 void Connection::read_body(uint32_t n) {
-  body_.resize(n);
+  body_.clear();
+  read_more(n);
+}
+
+// Reads the body in chunks of at most 64 KiB, growing the buffer only by what arrived.
+void Connection::read_more(uint32_t n) {
+  constexpr size_t kChunk = 64 << 10;
+  const size_t have = body_.size();
+  const size_t chunk = std::min<size_t>(kChunk, n - have);
+  body_.resize(have + chunk);
   asio::async_read(
-      socket_, asio::buffer(body_),
+      socket_, asio::buffer(body_.data() + have, chunk),
       asio::bind_executor(
-          strand_, [self = shared_from_this()](boost::system::error_code ec, size_t) {
+          strand_, [self = shared_from_this(), n](boost::system::error_code ec, size_t) {
             if (ec) return self->shutdown(ec.message());
+            if (self->body_.size() < n) return self->read_more(n);
             json message = json::parse(self->body_.begin(), self->body_.end(), nullptr, false);
+            std::vector<char>().swap(self->body_);  // a large frame's buffer is not kept
             if (message.is_discarded() || !message.is_object() || !message.contains("type") ||
                 !message["type"].is_string()) {
               return self->shutdown("malformed message (not a JSON object with a \"type\")");
             }
             if (!self->open_.load()) return;
-            self->on_message_(message);
+            try {
+              self->on_message_(message);
+            } catch (const std::exception& e) {
+              spdlog::error("control connection {}: message handler failed ({}); closing",
+                            self->peer_, e.what());
+              return self->shutdown(std::string("handler failed: ") + e.what());
+            }
             if (self->open_.load()) self->read_header();
           }));
 }

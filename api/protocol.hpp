@@ -23,10 +23,13 @@
 
 namespace mohge::proto {
 
-/// Bumped on any incompatible change of a message below.
-constexpr int kProtocolVersion = 1;
+/// Bumped on any incompatible change of a message below. 2: hello carries the join secret and
+/// the daemon's instance id; metrics carry their rank; the coordinator may answer "error".
+constexpr int kProtocolVersion = 2;
 /// Frames above this are a protocol error (the connection is closed).
 constexpr uint32_t kMaxFrameBytes = 64u << 20;
+/// Before a worker has authenticated, frames above this close the connection.
+constexpr uint32_t kMaxHelloFrameBytes = 64u << 10;
 
 // Message types (the "type" field). Direction and fields are in api/PROTOCOL.md.
 inline constexpr const char* kHello = "hello";                           // worker → coordinator
@@ -44,6 +47,7 @@ inline constexpr const char* kLog = "log";                               // work
 inline constexpr const char* kCheckpointWritten = "checkpoint_written";  // worker → coordinator
 inline constexpr const char* kRankExited = "rank_exited";                // worker → coordinator
 inline constexpr const char* kAck = "ack";                               // coordinator → worker
+inline constexpr const char* kError = "error";                           // coordinator → worker
 
 /// [u32 big-endian length][body].
 std::string frame_encode(const nlohmann::json& message);
@@ -62,18 +66,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   /// Starts the read loop. `on_message` runs on the connection's strand for every message in
   /// order; `on_close` runs once when the connection ends (peer closed, error, bad frame, or
-  /// close()). Call once.
+  /// close()). An exception escaping `on_message` closes the connection (logged with the
+  /// peer); it never reaches the io thread. Call once.
   void start(MessageHandler on_message, CloseHandler on_close);
   /// Queues a message; dropped silently once the connection is closed.
   void send(const nlohmann::json& message);
   /// Closes after the queued messages are written (bounded by the socket's send buffer).
   void close(const std::string& why = "closed");
   bool open() const { return open_.load(); }
+  /// Frames longer than this close the connection (default kMaxFrameBytes). A frame body is
+  /// allocated as its bytes arrive, so a length claim alone costs nothing.
+  void set_max_frame(uint32_t bytes) { max_frame_.store(bytes); }
   std::string peer() const { return peer_; }
 
  private:
   void read_header();
   void read_body(uint32_t n);
+  void read_more(uint32_t n);
   void write_next();
   void shutdown(const std::string& why);
 
@@ -81,6 +90,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   boost::asio::strand<boost::asio::any_io_executor> strand_;
   std::string peer_;
   std::atomic<bool> open_{true};
+  std::atomic<uint32_t> max_frame_{kMaxFrameBytes};
   unsigned char header_[4] = {};
   std::vector<char> body_;
   std::deque<std::string> out_;  // strand only

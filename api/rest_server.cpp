@@ -125,7 +125,8 @@ const char* content_type_of(const std::filesystem::path& p) {
 // deadlocks once every pool thread is doing that at once (seen with 2 threads serving the
 // dashboard's files in parallel). The ifstream lives until the reply has been sent.
 void reply_file(const http::http_request& req, const std::filesystem::path& file,
-                const std::string& content_type, const std::string& download_name) {
+                const std::string& content_type, const std::string& download_name,
+                const std::vector<std::pair<std::string, std::string>>& headers = {}) {
   std::error_code ec;
   const auto size = std::filesystem::file_size(file, ec);
   auto in = std::make_shared<std::ifstream>(file, std::ios::binary);
@@ -135,6 +136,7 @@ void reply_file(const http::http_request& req, const std::filesystem::path& file
   if (!download_name.empty()) {
     resp.headers().add("Content-Disposition", "attachment; filename=\"" + download_name + "\"");
   }
+  for (const auto& [name, value] : headers) resp.headers().add(name, value);
   req.reply(resp).then([in](pplx::task<void> t) {
     try {
       t.get();
@@ -335,6 +337,10 @@ struct RestServer::Impl {
       if (method != http::methods::GET) return method_not_allowed(req);
       return reply(req, service.cluster(c));
     }
+    if (is({"cluster", "join-secret"})) {
+      if (method != http::methods::POST) return method_not_allowed(req);
+      return reply(req, service.rotate_join_secret(c));
+    }
     if (is({"users"})) {
       if (method == http::methods::GET) return reply(req, service.list_users(c));
       if (method != http::methods::POST) return method_not_allowed(req);
@@ -379,7 +385,15 @@ struct RestServer::Impl {
     if (!std::filesystem::is_regular_file(file, ec)) {
       return reply_error(req, Error{ErrorCode::kNotFound, "no such resource", ""});
     }
-    reply_file(req, file, content_type_of(file), "");
+    // Scripts only from the coordinator itself: a value that slipped past the dashboard's
+    // escaping still cannot run. (ECharts sets inline styles, hence 'unsafe-inline' for
+    // styles only.)
+    reply_file(req, file, content_type_of(file), "",
+               {{"Content-Security-Policy",
+                 "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                 "img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+                 "frame-ancestors 'none'"},
+                {"X-Content-Type-Options", "nosniff"}});
   }
 };
 

@@ -83,6 +83,10 @@ class ApiService {
   virtual Result<nlohmann::json> create_token(const Caller& caller, int64_t user,
                                               const nlohmann::json& body) = 0;
   virtual Result<nlohmann::json> revoke_token(const Caller& caller, int64_t token) = 0;
+  /// Admin: replaces the cluster join secret workers present in their hello (written to
+  /// join.secret in the storage root, owner-only). Connected workers stay; new connections
+  /// need the new secret. {"secret" (shown once), "file"}.
+  virtual Result<nlohmann::json> rotate_join_secret(const Caller& caller) = 0;
 
   /// No auth: liveness and version.
   virtual nlohmann::json health() = 0;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "api/paths.hpp"
 #include "coordinator/store.hpp"
 
 namespace mohge::coord {
@@ -14,28 +15,64 @@ using nlohmann::json;
 CheckpointRegistry::CheckpointRegistry(boost::asio::io_context& io, Hub& hub)
     : Actor(io.get_executor()), hub_(hub) {}
 
-void CheckpointRegistry::on_report(const json& m) {
-  post([this, m] {
-    const int64_t job = m.value("job", int64_t{0});
-    const int64_t step = m.value("step", int64_t{0});
-    const int rank = m.value("rank", -1);
-    const std::string path = m.value("path", "");
-    // Paths are relative to the storage root and stay inside it.
-    if (path.empty() || fs::path(path).is_absolute() || path.find("..") != std::string::npos) {
-      spdlog::warn("job {}: checkpoint report with a bad path \"{}\" ignored", job, path);
+bool CheckpointRegistry::inside_checkpoints(const fs::path& root, const std::string& run_dir,
+                                            const std::string& path) {
+  if (!path_is_confined(run_dir) || !path_is_confined(path)) return false;
+  std::error_code ec;
+  const fs::path base = fs::weakly_canonical(root / run_dir / "checkpoints", ec);
+  if (ec) return false;
+  const fs::path target = fs::weakly_canonical(root / path, ec);
+  if (ec) return false;
+  const fs::path rel = target.lexically_relative(base);
+  return !rel.empty() && rel != "." && *rel.begin() != "..";
+}
+
+void CheckpointRegistry::on_report(int64_t job, int rank, std::string run_dir,
+                                   proto::CheckpointWritten report) {
+  post([this, job, rank, run_dir = std::move(run_dir), report = std::move(report)]() mutable {
+    if (!inside_checkpoints(hub_.options.storage, run_dir, report.path)) {
+      spdlog::warn(
+          "job {}: checkpoint report of rank {} with a path outside {}/checkpoints "
+          "(\"{}\") ignored",
+          job, rank, run_dir, report.path);
       return;
     }
-    PendingCheckpoint& p = pending_[{job, step}];
-    p.world = m.value("world", 1);
-    p.keep = m.value("keep", 3);
-    p.path = path;
+    // Forget what never completed (a rank died between its report and the others').
+    const double now = hub_.now();
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (now - it->second.first_at > kPendingTtlS)
+        it = pending_.erase(it);
+      else
+        ++it;
+    }
+    const auto key = std::make_pair(job, report.step);
+    if (!pending_.count(key) && pending_.size() >= kMaxPending) {
+      spdlog::warn("job {}: checkpoint step {} not tracked: {} incomplete checkpoints pending", job,
+                   report.step, pending_.size());
+      return;
+    }
+    PendingCheckpoint& p = pending_[key];
+    if (p.first_at == 0) {
+      p.first_at = now;
+      p.run_dir = run_dir;
+      p.world = report.world;
+      p.keep = report.keep;
+      p.path = report.path;
+    }
+    if (p.world != report.world || p.path != report.path) {
+      spdlog::warn(
+          "job {}: checkpoint step {}: rank {} reports world {} and \"{}\", the first "
+          "report said {} and \"{}\"; ignored",
+          job, report.step, rank, report.world, report.path, p.world, p.path);
+      return;
+    }
     if (!p.ranks.insert(rank).second) return;
-    for (const json& f : m.value("files", json::array()))
-      p.files.push_back({f.value("name", ""), f.value("bytes", int64_t{0}), f.value("sha256", "")});
+    for (proto::FileEntry& f : report.files)
+      p.files.push_back({std::move(f.name), f.bytes, std::move(f.sha256)});
     if (static_cast<int>(p.ranks.size()) < p.world) return;
     PendingCheckpoint done = std::move(p);
-    pending_.erase({job, step});
-    complete(job, step, std::move(done));
+    pending_.erase(key);
+    complete(job, report.step, std::move(done));
   });
 }
 
@@ -65,7 +102,7 @@ void CheckpointRegistry::complete(int64_t job, int64_t step, PendingCheckpoint p
     return;
   }
   row.files = std::move(p.files);
-  hub_.store->write("register checkpoint", [row, keep = p.keep,
+  hub_.store->write("register checkpoint", [row, keep = p.keep, run_dir = p.run_dir,
                                             root = hub_.options.storage](db::Repository& r) {
     Result<db::CheckpointRow> inserted = r.insert_checkpoint(row);
     if (!inserted.ok() && inserted.error().code != ErrorCode::kAlreadyExists)
@@ -75,7 +112,9 @@ void CheckpointRegistry::complete(int64_t job, int64_t step, PendingCheckpoint p
     const auto& list = all.value();  // oldest first
     for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < list.size(); ++i) {
       std::error_code ec;
-      fs::remove_all(root / list[i].path, ec);  // files first, then the row
+      // Never outside the job's own checkpoints, whatever a row says.
+      if (inside_checkpoints(root, run_dir, list[i].path))
+        fs::remove_all(root / list[i].path, ec);  // files first, then the row
       if (!ec) {
         fs::remove(
             root / "downloads" / ("checkpoint-" + std::to_string(list[i].id) + ".safetensors"), ec);

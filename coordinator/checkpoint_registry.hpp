@@ -5,6 +5,7 @@
 // deleted and only then their rows marked deleted.
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <set>
 #include <string>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/actor.hpp"
+#include "api/messages.hpp"
 #include "coordinator/hub.hpp"
 #include "storage/repository.hpp"
 
@@ -21,11 +23,24 @@ namespace mohge::coord {
 class CheckpointRegistry : public Actor {
  public:
   CheckpointRegistry(boost::asio::io_context& io, Hub& hub);
-  /// A "checkpoint_written" message from a rank.
-  void on_report(const nlohmann::json& m);
+  /// A checked "checkpoint_written" report from `rank` of the job's current attempt (the
+  /// Scheduler authorized the sender). The checkpoint folder must resolve inside
+  /// `<run_dir>/checkpoints` of that job; reports pointing elsewhere are dropped.
+  void on_report(int64_t job, int rank, std::string run_dir, proto::CheckpointWritten report);
+
+  /// True when `path` (relative to `root`) resolves inside `root/run_dir/checkpoints`,
+  /// symlinks of its existing parts followed.
+  static bool inside_checkpoints(const std::filesystem::path& root, const std::string& run_dir,
+                                 const std::string& path);
+
+  /// Incomplete checkpoints are forgotten after this long, and at most this many are kept.
+  static constexpr double kPendingTtlS = 3600;
+  static constexpr size_t kMaxPending = 1024;
 
  private:
   struct PendingCheckpoint {
+    double first_at = 0;  // hub_.now() of its first report
+    std::string run_dir;
     int world = 0;
     int keep = 0;
     std::string path;

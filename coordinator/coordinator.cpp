@@ -1,8 +1,13 @@
 #include "coordinator/coordinator.hpp"
 
+#include <fcntl.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <fstream>
 #include <mutex>
@@ -47,6 +52,24 @@ bool valid_user_name(const std::string& s) {
       return false;
   return std::islower(static_cast<unsigned char>(s[0])) ||
          std::isdigit(static_cast<unsigned char>(s[0]));
+}
+
+// Writes a secret file readable only by its owner: the file is created with mode 0600 under a
+// temporary name, synced, and renamed over `file`, so no reader ever sees it partial or open.
+Status write_owner_only(const fs::path& file, const std::string& text) {
+  const fs::path tmp = file.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  bool ok = fd >= 0 && ::fchmod(fd, 0600) == 0 &&
+            ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+            ::fsync(fd) == 0;
+  if (fd >= 0) ok = ::close(fd) == 0 && ok;
+  if (ok) ok = ::rename(tmp.c_str(), file.c_str()) == 0;
+  if (!ok) {
+    const std::string why = std::strerror(errno);
+    ::unlink(tmp.c_str());
+    return Error{ErrorCode::kInternal, "cannot write " + file.string() + ": " + why, "--storage"};
+  }
+  return {};
 }
 
 Error forbidden(const std::string& what) {
@@ -284,27 +307,33 @@ struct Coordinator::Impl : ApiService {
       if (!got.value()) return json{{"job", id}, {"step", nullptr}, {"layers", json::array()}};
       const int64_t step = got.value()->first;
       const json& rec = got.value()->second;
-      const json layers = rec.value("layers", json::array());
+      const json layers = rec.is_object() && rec.contains("layers") && rec["layers"].is_array()
+                              ? rec["layers"]
+                              : json::array();
+      auto array_of = [](const json& obj, const char* key) {
+        return obj.is_object() && obj.contains(key) && obj[key].is_array() ? obj[key]
+                                                                           : json::array();
+      };
       // Averages over layers: the rank × group token matrix (as shares of all assignments),
       // per-rank expert FLOPs (sum), imbalance, the group-per-rank counterfactual, group shares.
       std::vector<std::vector<double>> tokens;
       std::vector<double> flops, share;
       double imbalance = 0, counterfactual = 0;
       for (const json& l : layers) {
-        imbalance += l.value("imbalance", 0.0);
-        counterfactual += l.value("imbalance_group_per_rank", 0.0);
-        const json ranks = l.value("ranks", json::array());
+        imbalance += number_at(l, "imbalance");
+        counterfactual += number_at(l, "imbalance_group_per_rank");
+        const json ranks = array_of(l, "ranks");
         if (tokens.size() < ranks.size()) tokens.resize(ranks.size());
         if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
         for (size_t k = 0; k < ranks.size(); ++k) {
-          const json t = ranks[k].value("tokens", json::array());
+          const json t = array_of(ranks[k], "tokens");
           if (tokens[k].size() < t.size()) tokens[k].resize(t.size(), 0.0);
-          for (size_t g = 0; g < t.size(); ++g) tokens[k][g] += t[g].get<double>();
-          flops[k] += ranks[k].value("flops", 0.0);
+          for (size_t g = 0; g < t.size(); ++g) tokens[k][g] += number_or_zero(t[g]);
+          flops[k] += number_at(ranks[k], "flops");
         }
-        const json gs = l.value("group_share", json::array());
+        const json gs = array_of(l, "group_share");
         if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
-        for (size_t g = 0; g < gs.size(); ++g) share[g] += gs[g].get<double>() / layers.size();
+        for (size_t g = 0; g < gs.size(); ++g) share[g] += number_or_zero(gs[g]) / layers.size();
       }
       double total = 0;
       for (const auto& row : tokens)
@@ -323,7 +352,7 @@ struct Coordinator::Impl : ApiService {
                   {"imbalance", imbalance / L},
                   {"imbalance_group_per_rank", counterfactual / L},
                   {"group_share", share},
-                  {"activated_expert_params", rec.value("activated_expert_params", 0.0)},
+                  {"activated_expert_params", number_at(rec, "activated_expert_params")},
                   {"layers", layers}};
     });
   }
@@ -493,11 +522,42 @@ struct Coordinator::Impl : ApiService {
     return json{{"id", token}, {"revoked", true}};
   }
 
+  Result<json> rotate_join_secret(const Caller& c) override {
+    if (!c.admin) return forbidden("rotating the join secret");
+    const std::string secret = new_token_secret();
+    const fs::path file = options.storage / "join.secret";
+    if (Status s = write_owner_only(file, secret + "\n"); !s.ok()) return s.error();
+    registry->set_join_secret_sha256(sha256_hex(secret));
+    spdlog::info("join secret rotated by {}", c.user);
+    return json{{"secret", secret},
+                {"file", file.string()},
+                {"note", "connected workers stay; restart the others with the new secret"}};
+  }
+
   json health() override {
     return {{"status", "ok"}, {"version", MOHGE_VERSION}, {"protocol", proto::kProtocolVersion}};
   }
 
   // ---- start-up ---------------------------------------------------------------------------
+  /// The join secret workers present (join.secret beside admin.token, created at first start).
+  Status load_join_secret() {
+    const fs::path file = options.storage / "join.secret";
+    std::string secret;
+    {
+      std::ifstream in(file);
+      if (in) std::getline(in, secret);
+    }
+    if (secret.empty()) {
+      secret = new_token_secret();
+      if (Status s = write_owner_only(file, secret + "\n"); !s.ok()) return s;
+      std::printf("cluster join secret for the workers written to %s (readable only by you)\n",
+                  file.c_str());
+      std::fflush(stdout);
+    }
+    registry->set_join_secret_sha256(sha256_hex(secret));
+    return {};
+  }
+
   Status bootstrap_admin() {
     db::Repository& repo = store->unsafe_repository();
     Result<std::vector<db::UserRow>> users = repo.list_users();
@@ -510,12 +570,7 @@ struct Coordinator::Impl : ApiService {
         repo.create_token(admin.value().id, sha256_hex(secret), "first admin token", hub.now());
     if (!t.ok()) return t.error();
     const fs::path file = options.storage / "admin.token";
-    {
-      std::ofstream out(file, std::ios::trunc);
-      out << secret << "\n";
-      if (!out) return Error{ErrorCode::kInternal, "cannot write " + file.string(), "--storage"};
-    }
-    ::chmod(file.c_str(), 0600);
+    if (Status s = write_owner_only(file, secret + "\n"); !s.ok()) return s;
     std::printf("admin token (also in %s, readable only by you): %s\n", file.c_str(),
                 secret.c_str());
     std::fflush(stdout);
@@ -556,6 +611,7 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
   m.hub.views = &m.views;
 
   if (Status s = m.bootstrap_admin(); !s.ok()) return s.error();
+  if (Status s = m.load_join_secret(); !s.ok()) return s.error();
   Result<std::vector<db::WorkerRow>> workers = m.store->unsafe_repository().list_workers();
   if (!workers.ok()) return workers.error();
   m.registry->load(workers.value());

@@ -101,16 +101,14 @@ void JobSupervisor::on_rv_publish(int rank, int round, const std::string& blob) 
   });
 }
 
-void JobSupervisor::on_rank_exited(int rank, const json& m) {
-  post([self = shared_from_this(), rank, m] {
+void JobSupervisor::on_rank_exited(int rank, const proto::RankExited& exited) {
+  post([self = shared_from_this(), rank, exited] {
     if (rank < 0 || rank >= static_cast<int>(self->ranks_.size())) return;
     if (self->ranks_[rank] == RankState::kExited || self->ranks_[rank] == RankState::kLost) return;
     self->ranks_[rank] = RankState::kExited;
-    const bool ok = m.value("ok", false);
-    const bool stopped = m.value("stopped", false);
-    if (!ok || !stopped) self->stopped_ok_ = false;
-    if (!ok) {
-      const std::string why = m.value("error", json::object()).value("message", "unknown error");
+    if (!exited.ok || !exited.stopped) self->stopped_ok_ = false;
+    if (!exited.ok) {
+      const std::string why = exited.error_message.empty() ? "unknown error" : exited.error_message;
       if (self->first_failure_.empty()) {
         self->first_failure_ = "rank " + std::to_string(rank) + " failed: " + why;
         // Stop the others now rather than at their data-plane deadline.

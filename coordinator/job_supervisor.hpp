@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/actor.hpp"
+#include "api/messages.hpp"
 #include "coordinator/hub.hpp"
 
 namespace mohge::coord {
@@ -41,7 +42,7 @@ class JobSupervisor : public Actor, public std::enable_shared_from_this<JobSuper
   /// A worker's hello said it runs `rank` of this attempt.
   void rank_alive(int rank);
   void on_rv_publish(int rank, int round, const std::string& blob);
-  void on_rank_exited(int rank, const nlohmann::json& m);
+  void on_rank_exited(int rank, const proto::RankExited& exited);
   void worker_lost(const std::string& worker, const std::string& why);
   void cancel(const std::string& reason);
   void preempt();

@@ -9,9 +9,33 @@ namespace mohge::coord {
 
 using nlohmann::json;
 
+double number_or_zero(const json& v) {
+  return v.is_number() ? v.get<double>() : 0.0;
+}
+
+double number_at(const json& obj, const char* key) {
+  if (!obj.is_object()) return 0.0;
+  const auto it = obj.find(key);
+  return it == obj.end() ? 0.0 : number_or_zero(*it);
+}
+
+namespace {
+
+const json& array_at(const json& obj, const char* key) {
+  static const json empty = json::array();
+  if (!obj.is_object()) return empty;
+  const auto it = obj.find(key);
+  return it != obj.end() && it->is_array() ? *it : empty;
+}
+
+}  // namespace
+
 std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& record) {
   std::vector<db::MetricRow> rows;
-  const int64_t step = record.value("step", int64_t{0});
+  if (!record.is_object()) return rows;
+  const auto step_it = record.find("step");
+  if (step_it == record.end() || !step_it->is_number_integer()) return rows;
+  const int64_t step = step_it->get<int64_t>();
   for (const auto& [k, v] : record.items()) {
     if (k == "step" || k == "workers" || !v.is_number()) continue;
     rows.push_back({job, k, step, v.get<double>()});
@@ -19,30 +43,32 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
   // Difficulty routing of an evaluation: difficulty.<frequency|token_loss>.<bucket>.<group>.
   if (const auto d = record.find("difficulty"); d != record.end() && d->is_object()) {
     for (const char* kind : {"frequency", "token_loss"}) {
-      const json rows_by_bucket = d->value(kind, json::array());
-      for (size_t b = 0; b < rows_by_bucket.size(); ++b)
+      const json& rows_by_bucket = array_at(*d, kind);
+      for (size_t b = 0; b < rows_by_bucket.size(); ++b) {
+        if (!rows_by_bucket[b].is_array()) continue;
         for (size_t g = 0; g < rows_by_bucket[b].size(); ++g)
           rows.push_back({job,
                           std::string("difficulty.") + kind + "." + std::to_string(b) + "." +
                               std::to_string(g),
-                          step, rows_by_bucket[b][g].get<double>()});
+                          step, number_or_zero(rows_by_bucket[b][g])});
+      }
     }
   }
-  const auto layers = record.find("layers");
-  if (layers == record.end() || !layers->is_array() || layers->empty()) return rows;
+  const json& layers = array_at(record, "layers");
+  if (layers.empty()) return rows;
   double imbalance = 0, counterfactual = 0;
   std::vector<double> share, flops;
-  for (const json& l : *layers) {
-    imbalance += l.value("imbalance", 0.0);
-    counterfactual += l.value("imbalance_group_per_rank", 0.0);
-    const json gs = l.value("group_share", json::array());
+  for (const json& l : layers) {
+    imbalance += number_at(l, "imbalance");
+    counterfactual += number_at(l, "imbalance_group_per_rank");
+    const json& gs = array_at(l, "group_share");
     if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
-    for (size_t g = 0; g < gs.size(); ++g) share[g] += gs[g].get<double>();
-    const json ranks = l.value("ranks", json::array());
+    for (size_t g = 0; g < gs.size(); ++g) share[g] += number_or_zero(gs[g]);
+    const json& ranks = array_at(l, "ranks");
     if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
-    for (size_t r = 0; r < ranks.size(); ++r) flops[r] += ranks[r].value("flops", 0.0);
+    for (size_t r = 0; r < ranks.size(); ++r) flops[r] += number_at(ranks[r], "flops");
   }
-  const double L = static_cast<double>(layers->size());
+  const double L = static_cast<double>(layers.size());
   rows.push_back({job, "imbalance", step, imbalance / L});
   rows.push_back({job, "imbalance_group_per_rank", step, counterfactual / L});
   for (size_t g = 0; g < share.size(); ++g)
@@ -59,29 +85,32 @@ void MetricsSink::start() {
   post([this] { schedule_flush(); });
 }
 
-void MetricsSink::on_message(const std::string& worker, const json& m) {
-  post([this, worker, m] {
-    if (m.contains("seq")) acks_[worker].push_back(m["seq"].get<int64_t>());
-    const int64_t job = m.value("job", int64_t{0});
-    if (m.value("type", "") == proto::kLog) {
-      const double at = m.value("at", hub_.now());
-      for (const json& line : m.value("lines", json::array()))
-        logs_.push_back({0, job, at, m.value("rank", -1), line.get<std::string>()});
-      return;
-    }
-    for (const json& rec : m.value("records", json::array())) {
+void MetricsSink::on_log(const std::string& worker, int64_t job, int rank,
+                         std::optional<int64_t> seq, proto::LogReport log) {
+  post([this, worker, job, rank, seq, log = std::move(log)] {
+    if (seq) acks_[worker].push_back(*seq);
+    const double at = log.at.value_or(hub_.now());
+    for (const std::string& line : log.lines) logs_.push_back({0, job, at, rank, line});
+  });
+}
+
+void MetricsSink::on_metrics(const std::string& worker, int64_t job, int attempt,
+                             std::optional<int64_t> seq, json records) {
+  post([this, worker, job, attempt, seq, records = std::move(records)] {
+    if (seq) acks_[worker].push_back(*seq);
+    for (const json& rec : records) {
       std::vector<db::MetricRow> rows = metric_rows_from_record(job, rec);
       json progress = rec;
       progress.erase("layers");
       if (rec.contains("layers")) {
-        const int64_t step = rec.value("step", int64_t{0});
+        const int64_t step = rec["step"].get<int64_t>();  // checked by check_metric_record
         auto& slot = routing_[job];
         if (step >= slot.first) slot = {step, rec};
         for (const db::MetricRow& r : rows)
           if (r.name == "imbalance") progress["imbalance"] = r.value;
       }
       rows_.insert(rows_.end(), rows.begin(), rows.end());
-      hub_.scheduler->progress(job, m.value("attempt", 0), progress);
+      hub_.scheduler->progress(job, attempt, progress);
     }
     if (rows_.size() > 20000) flush();
   });

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/actor.hpp"
+#include "api/messages.hpp"
 #include "coordinator/hub.hpp"
 #include "storage/repository.hpp"
 
@@ -20,14 +21,26 @@ namespace mohge::coord {
 /// The metric rows of one record: every numeric field (loss, aux_group, val_loss, …), and from
 /// its per-layer routing: imbalance and imbalance_group_per_rank (mean over layers),
 /// group_share.<g> (mean over layers) and flops.<rank> (sum over layers).
+/// The metric rows of one record (DESIGN §7): its top-level numbers, and the averages over
+/// its layers. Values of an unexpected shape are skipped, never thrown on.
 std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const nlohmann::json& record);
+
+/// obj[key] when obj is an object and that is a number; 0 otherwise.
+double number_at(const nlohmann::json& obj, const char* key);
+/// v when it is a number; 0 otherwise.
+double number_or_zero(const nlohmann::json& v);
 
 class MetricsSink : public Actor {
  public:
   MetricsSink(boost::asio::io_context& io, Hub& hub);
   void start();
-  /// A "metrics" or "log" message from a worker; acknowledged to it after the commit.
-  void on_message(const std::string& worker, const nlohmann::json& m);
+  /// Checked metric records of a job attempt's rank 0 (the Scheduler authorized the sender);
+  /// `seq` is acknowledged to the worker after the rows are committed.
+  void on_metrics(const std::string& worker, int64_t job, int attempt, std::optional<int64_t> seq,
+                  nlohmann::json records);
+  /// Log lines of a job's rank; acknowledged after the commit.
+  void on_log(const std::string& worker, int64_t job, int rank, std::optional<int64_t> seq,
+              proto::LogReport log);
   /// Writes what is buffered now (on the strand).
   void flush();
   /// Flushes, then runs `done` once the Store has committed those writes (so a job is never

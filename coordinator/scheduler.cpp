@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "api/protocol.hpp"
+#include "coordinator/checkpoint_registry.hpp"
 #include "coordinator/job_supervisor.hpp"
 #include "coordinator/job_views.hpp"
 #include "coordinator/metrics_sink.hpp"
@@ -232,27 +233,28 @@ Result<json> Scheduler::cluster_json() {
                  {"queue_position", e->pending->position},
                  {"pending_reason", e->pending->reason}});
   }
-  return json{{"workers", workers}, {"jobs", states}, {"queue", q}};
+  return json{{"workers", workers},
+              {"jobs", states},
+              {"queue", q},
+              {"rejected_reports", rejected_reports_}};
 }
 
 void Scheduler::worker_online(const std::string& name, const std::string& device,
-                              const json& running) {
+                              const std::vector<proto::RunningRank>& running) {
   post([this, name, device, running] {
     WorkerView& w = workers_[name];
     w.device = device;
     w.online = true;
-    for (const json& r : running) {
-      const int64_t job = r.value("job", int64_t{0});
-      const int attempt = r.value("attempt", 0);
-      const auto it = jobs_.find(job);
-      if (it != jobs_.end() && it->second.supervisor && it->second.row.attempt == attempt &&
-          w.job == job) {
-        it->second.supervisor->rank_alive(r.value("rank", -1));
+    for (const proto::RunningRank& r : running) {
+      const auto it = jobs_.find(r.job);
+      if (it != jobs_.end() && it->second.supervisor && it->second.row.attempt == r.attempt &&
+          w.job == r.job) {
+        it->second.supervisor->rank_alive(r.rank);
       } else {
         // A rank of an attempt that no longer exists (recovered elsewhere, or finished).
         hub_.registry->send(name, {{"type", proto::kCancel},
-                                   {"job", job},
-                                   {"attempt", attempt},
+                                   {"job", r.job},
+                                   {"attempt", r.attempt},
                                    {"reason", "this attempt is no longer current"}});
       }
     }
@@ -272,25 +274,50 @@ void Scheduler::worker_lost(const std::string& name, const std::string& why) {
   });
 }
 
-void Scheduler::on_job_message(const std::string& worker, const json& m) {
-  post([this, worker, m] {
-    const int64_t job = m.value("job", int64_t{0});
-    const int attempt = m.value("attempt", 0);
-    const auto it = jobs_.find(job);
-    if (it == jobs_.end() || !it->second.supervisor || it->second.row.attempt != attempt) return;
-    const std::string type = m.value("type", "");
-    const int rank = m.value("rank", -1);
-    if (rank < 0 || rank >= static_cast<int>(it->second.row.assigned.size()) ||
-        it->second.row.assigned[rank] != worker) {
-      spdlog::warn("job {}: worker {} reported for rank {} it does not hold", job, worker, rank);
-      return;
-    }
-    if (type == proto::kRvPublish) {
-      it->second.supervisor->on_rv_publish(rank, m.value("round", -1), m.value("blob", ""));
-    } else if (type == proto::kRankExited) {
-      it->second.supervisor->on_rank_exited(rank, m);
+void Scheduler::on_report(const std::string& worker, proto::Report report) {
+  post([this, worker, report = std::move(report)]() mutable {
+    const auto it = jobs_.find(report.job);
+    if (it == jobs_.end() || !it->second.supervisor || it->second.row.attempt != report.attempt)
+      return reject_report(worker, report, "not a current attempt");
+    JobEntry& e = it->second;
+    if (report.rank >= static_cast<int>(e.row.assigned.size()) ||
+        e.row.assigned[static_cast<size_t>(report.rank)] != worker)
+      return reject_report(worker, report, "the worker does not hold that rank");
+    auto ack_now = [&] {
+      if (report.seq)
+        hub_.registry->send(worker, {{"type", proto::kAck}, {"seqs", json::array({*report.seq})}});
+    };
+    if (auto* rv = std::get_if<proto::RvPublish>(&report.body)) {
+      e.supervisor->on_rv_publish(report.rank, rv->round, rv->blob);
+      ack_now();
+    } else if (auto* exited = std::get_if<proto::RankExited>(&report.body)) {
+      e.supervisor->on_rank_exited(report.rank, *exited);
+      ack_now();
+    } else if (auto* metrics = std::get_if<proto::MetricsReport>(&report.body)) {
+      if (report.rank != 0) return reject_report(worker, report, "metrics come from rank 0");
+      hub_.metrics->on_metrics(worker, report.job, report.attempt, report.seq,
+                               std::move(metrics->records));
+    } else if (auto* log = std::get_if<proto::LogReport>(&report.body)) {
+      hub_.metrics->on_log(worker, report.job, report.rank, report.seq, std::move(*log));
+    } else if (auto* ck = std::get_if<proto::CheckpointWritten>(&report.body)) {
+      if (!CheckpointRegistry::inside_checkpoints(hub_.options.storage, e.row.run_dir, ck->path))
+        return reject_report(worker, report, "the checkpoint folder is outside the job's run");
+      hub_.checkpoints->on_report(report.job, report.rank, e.row.run_dir, std::move(*ck));
+      ack_now();
     }
   });
+}
+
+void Scheduler::reject_report(const std::string& worker, const proto::Report& report,
+                              const std::string& why) {
+  ++rejected_reports_;
+  const int64_t n = ++rejected_by_worker_[worker];
+  if (n <= 5 || n % 1000 == 0) {
+    spdlog::warn("worker {}: {} for job {} attempt {} rank {} dropped ({}; {} so far from it)",
+                 worker, report.type, report.job, report.attempt, report.rank, why, n);
+  }
+  if (report.seq)
+    hub_.registry->send(worker, {{"type", proto::kAck}, {"seqs", json::array({*report.seq})}});
 }
 
 void Scheduler::progress(int64_t job, int attempt, const json& record) {
@@ -301,7 +328,7 @@ void Scheduler::progress(int64_t job, int attempt, const json& record) {
     const int64_t step = record.value("step", int64_t{0});
     if (step > e.row.step) e.row.step = step;
     for (const char* k : {"loss", "val_loss", "tokens_per_s", "step_ms", "imbalance"})
-      if (record.contains(k)) e.progress[k] = record[k];
+      if (record.contains(k) && record[k].is_number()) e.progress[k] = record[k];
     progress_dirty_.insert(job);
     publish(e);
   });

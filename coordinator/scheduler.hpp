@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/actor.hpp"
+#include "api/messages.hpp"
 #include "api/service.hpp"
 #include "coordinator/hub.hpp"
 #include "coordinator/scheduler_policy.hpp"
@@ -59,9 +60,13 @@ class Scheduler : public Actor {
 
   // ---- from other actors (post) ---------------------------------------------------------------
   void worker_online(const std::string& name, const std::string& device,
-                     const nlohmann::json& running);
+                     const std::vector<proto::RunningRank>& running);
   void worker_lost(const std::string& name, const std::string& why);
-  void on_job_message(const std::string& worker, const nlohmann::json& m);
+  /// A decoded report from `worker`. Accepted only when `worker` holds that rank of the job's
+  /// current attempt (metrics: rank 0); then handed to its owner (the job's supervisor, the
+  /// MetricsSink, the CheckpointRegistry). Anything else is dropped, counted
+  /// (cluster.rejected_reports) and acknowledged, so a superseded worker stops resending it.
+  void on_report(const std::string& worker, proto::Report report);
   void progress(int64_t job, int attempt, const nlohmann::json& record);
 
   // ---- from supervisors (post) ----------------------------------------------------------------
@@ -93,6 +98,8 @@ class Scheduler : public Actor {
   void reschedule();
   void start_attempt(JobEntry& e, const std::vector<std::string>& workers, bool reattach);
   void persist_progress();
+  void reject_report(const std::string& worker, const proto::Report& report,
+                     const std::string& why);
   nlohmann::json to_json(const JobEntry& e) const;
 
   Hub& hub_;
@@ -103,6 +110,8 @@ class Scheduler : public Actor {
   sched::UsageLedger usage_;
   boost::asio::steady_timer progress_timer_;
   std::set<int64_t> progress_dirty_;
+  int64_t rejected_reports_ = 0;
+  std::map<std::string, int64_t> rejected_by_worker_;
 };
 
 }  // namespace mohge::coord

@@ -4,6 +4,7 @@
 #define MOHGE_VERSION "0.0.0"
 #endif
 
+#include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
 #include "api/job_spec.hpp"
@@ -11,12 +12,29 @@
 #include "coordinator/metrics_sink.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
+#include "storage/sha256.hpp"
 
 namespace mohge::coord {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
 using nlohmann::json;
+
+namespace {
+
+// What the REST API shows of a worker's running ranks: only the checked numbers.
+json running_json(const std::vector<proto::RunningRank>& running) {
+  json out = json::array();
+  for (const proto::RunningRank& r : running)
+    out.push_back({{"job", r.job},
+                   {"attempt", r.attempt},
+                   {"rank", r.rank},
+                   {"world", r.world},
+                   {"step", r.step}});
+  return out;
+}
+
+}  // namespace
 
 WorkerRegistry::WorkerRegistry(asio::io_context& io, Hub& hub)
     : Actor(io.get_executor()), hub_(hub), acceptor_(io), timer_(strand_) {}
@@ -72,98 +90,148 @@ void WorkerRegistry::stop() {
   });
 }
 
+void WorkerRegistry::set_join_secret_sha256(std::string sha256_hex) {
+  post([this, sha = std::move(sha256_hex)] { join_secret_sha256_ = sha; });
+}
+
 void WorkerRegistry::accept() {
   acceptor_.async_accept(
       asio::bind_executor(strand_, [this](boost::system::error_code ec, tcp::socket socket) {
         if (stopped_) return;
         if (!ec) {
           auto conn = std::make_shared<proto::Connection>(std::move(socket));
-          std::weak_ptr<proto::Connection> weak = conn;
-          conn->start(
-              [this, weak](const json& m) {
-                post([this, weak, m] {
-                  if (auto c = weak.lock()) on_message(c, m);
+          if (unauthenticated_.size() >= kMaxUnauthenticated) {
+            spdlog::warn(
+                "control connection from {} closed: {} connections are waiting for "
+                "their hello",
+                conn->peer(), unauthenticated_.size());
+            conn->close("too many unauthenticated connections");
+          } else {
+            conn->set_max_frame(proto::kMaxHelloFrameBytes);
+            unauthenticated_[conn.get()] = {conn, hub_.now() + hub_.options.hello_timeout_s};
+            std::weak_ptr<proto::Connection> weak = conn;
+            conn->start(
+                [this, weak](const json& m) {
+                  post([this, weak, m] {
+                    if (auto c = weak.lock()) on_message(c, m);
+                  });
+                },
+                [this, weak](const std::string& why) {
+                  post([this, weak, why] {
+                    if (auto c = weak.lock()) on_closed(c, why);
+                  });
                 });
-              },
-              [this, weak](const std::string& why) {
-                post([this, weak, why] {
-                  if (auto c = weak.lock()) on_closed(c, why);
-                });
-              });
+          }
         }
         accept();
       }));
 }
 
 void WorkerRegistry::on_message(const std::shared_ptr<proto::Connection>& conn, const json& m) {
-  const std::string type = m.value("type", "");
+  // The last line of defence: the decoders check every field, but whatever a bug lets
+  // through ends this connection, not the coordinator.
+  try {
+    dispatch(conn, m);
+  } catch (const std::exception& e) {
+    const auto it = names_.find(conn.get());
+    reject(conn, it == names_.end() ? conn->peer() : it->second,
+           Error{ErrorCode::kInternal, std::string("the message could not be handled: ") + e.what(),
+                 ""},
+           m);
+  }
+}
+
+void WorkerRegistry::reject(const std::shared_ptr<proto::Connection>& conn, const std::string& who,
+                            const Error& why, const json& m) {
+  spdlog::warn("control connection {} ({}): {}; closing", conn->peer(), who, why.to_string());
+  json frame = {{"type", proto::kError}, {"reason", why.to_string()}};
+  if (const auto seq = m.find("seq"); seq != m.end() && seq->is_number_integer())
+    frame["seq"] = *seq;
+  conn->send(frame);
+  conn->close(why.to_string());
+}
+
+void WorkerRegistry::dispatch(const std::shared_ptr<proto::Connection>& conn, const json& m) {
+  const std::string type = m.value("type", "");  // Connection checked it is a string
   const auto it = names_.find(conn.get());
   if (it == names_.end()) {
     if (type == proto::kHello) return on_hello(conn, m);
+    unauthenticated_.erase(conn.get());
     conn->send({{"type", proto::kRefused}, {"reason", "the first message must be hello"}});
     return conn->close("no hello");
   }
-  Entry& e = workers_[it->second];
+  const std::string& worker = it->second;
+  Entry& e = workers_[worker];
   e.last_seen = hub_.now();
   if (type == proto::kHeartbeat) {
-    e.load = m.value("load", json::object());
-    e.running = m.value("running", json::array());
+    Result<proto::Heartbeat> hb = proto::decode_heartbeat(m);
+    if (!hb.ok()) return reject(conn, worker, hb.error(), m);
+    e.load = hb.value().load.to_json();
+    e.running = running_json(hb.value().running);
     return;
   }
-  // Reports with a "seq" are acknowledged once their effect is stored (metrics and logs: by
-  // the MetricsSink after the commit; the others here, once handed to their owner); until
-  // then the worker keeps them and sends them again after a reconnect.
-  auto ack_now = [&] {
-    if (m.contains("seq")) conn->send({{"type", proto::kAck}, {"seqs", json::array({m["seq"]})}});
-  };
-  if (type == proto::kRvPublish || type == proto::kRankExited) {
-    hub_.scheduler->on_job_message(it->second, m);
-    return ack_now();
+  if (proto::is_report_type(type)) {
+    Result<proto::Report> report = proto::decode_report(m);
+    if (!report.ok()) return reject(conn, worker, report.error(), m);
+    return hub_.scheduler->on_report(worker, std::move(report).value());
   }
-  if (type == proto::kMetrics || type == proto::kLog)
-    return hub_.metrics->on_message(it->second, m);
-  if (type == proto::kCheckpointWritten) {
-    hub_.checkpoints->on_report(m);
-    return ack_now();
-  }
-  spdlog::warn("worker {}: unknown message type \"{}\" ignored", it->second, type);
+  spdlog::warn("worker {}: unknown message type \"{}\" ignored", worker,
+               proto::utf8_prefix(type, 64));
 }
 
 void WorkerRegistry::on_hello(const std::shared_ptr<proto::Connection>& conn, const json& m) {
-  auto refuse = [&](const std::string& reason) {
+  unauthenticated_.erase(conn.get());
+  auto refuse = [&](const std::string& reason, bool retry = false) {
     spdlog::warn("refused worker from {}: {}", conn->peer(), reason);
-    conn->send({{"type", proto::kRefused}, {"reason", reason}});
+    conn->send({{"type", proto::kRefused}, {"reason", reason}, {"retry", retry}});
     conn->close(reason);
   };
-  const int version = m.value("protocol", 0);
-  if (version != proto::kProtocolVersion) {
-    return refuse("protocol version " + std::to_string(version) +
+  Result<proto::Hello> decoded = proto::decode_hello(m);
+  if (!decoded.ok()) return refuse(decoded.error().to_string());
+  const proto::Hello& hello = decoded.value();
+  if (hello.protocol != proto::kProtocolVersion) {
+    return refuse("protocol version " + std::to_string(hello.protocol) +
                   " is not supported; this coordinator speaks version " +
                   std::to_string(proto::kProtocolVersion) + " (upgrade the worker)");
   }
-  const std::string name = m.value("name", "");
-  if (name.empty() || name.size() > 128) return refuse("hello.name must be 1–128 characters");
-  const std::string backend = m.value("backend", "cpu");
-  if (backend != "cpu" && backend != "cuda") return refuse("hello.backend must be cpu or cuda");
+  // Compared as digests in constant time: the secret never sits in the coordinator's memory.
+  const std::string presented = sha256_hex(hello.secret);
+  if (hello.secret.empty() || join_secret_sha256_.size() != presented.size() ||
+      CRYPTO_memcmp(presented.data(), join_secret_sha256_.data(), presented.size()) != 0) {
+    return refuse(
+        "hello.secret: the cluster join secret is missing or wrong (give the worker "
+        "the coordinator's join.secret by --join-secret-file or MOHGE_JOIN_SECRET)");
+  }
+  const std::string& name = hello.name;
   Entry& e = workers_[name];
   if (e.conn && e.conn->open()) {
-    return refuse("a worker named \"" + name + "\" is already connected (from " + e.conn->peer() +
-                  "); give each worker a unique --name");
+    if (hello.instance.empty() || hello.instance != e.instance) {
+      // Another daemon with this name: refused, but told to retry, so that a real daemon whose
+      // old connection is not yet noticed as dead comes back instead of exiting.
+      return refuse("a worker named \"" + name + "\" is already connected (from " + e.conn->peer() +
+                        "); give each worker a unique --name",
+                    /*retry=*/true);
+    }
+    // The same daemon process reconnecting: its old connection is stale.
+    names_.erase(e.conn.get());
+    e.conn->close("replaced by a new connection of the same worker");
   }
   const double now = hub_.now();
   e.conn = conn;
+  e.instance = hello.instance;
   e.last_seen = now;
-  e.running = m.value("running", json::array());
+  e.running = running_json(hello.running);
   e.row.name = name;
-  e.row.host = m.value("host", "");
-  e.row.backend = backend;
-  e.row.version = m.value("version", "");
-  e.row.devices = m.value("devices", json::array());
-  e.row.threads = m.value("threads", 0);
+  e.row.host = hello.host;
+  e.row.backend = hello.backend;
+  e.row.version = hello.version;
+  e.row.devices = hello.devices;
+  e.row.threads = hello.threads;
   e.row.state = "online";
   if (e.row.registered_at == 0) e.row.registered_at = now;
   e.row.last_seen = now;
   names_[conn.get()] = name;
+  conn->set_max_frame(proto::kMaxFrameBytes);
   hub_.store->write("register worker", [row = e.row](db::Repository& r) -> Status {
     Result<db::WorkerRow> s = r.upsert_worker(row);
     return s.ok() ? Status() : Status(s.error());
@@ -172,13 +240,14 @@ void WorkerRegistry::on_hello(const std::shared_ptr<proto::Connection>& conn, co
               {"protocol", proto::kProtocolVersion},
               {"heartbeat_s", hub_.options.heartbeat_s},
               {"coordinator_version", MOHGE_VERSION}});
-  spdlog::info("worker {} online ({} {}, {} threads, from {})", name, e.row.host, backend,
+  spdlog::info("worker {} online ({} {}, {} threads, from {})", name, e.row.host, e.row.backend,
                e.row.threads, conn->peer());
-  hub_.scheduler->worker_online(name, backend, e.running);
+  hub_.scheduler->worker_online(name, e.row.backend, hello.running);
 }
 
 void WorkerRegistry::on_closed(const std::shared_ptr<proto::Connection>& conn,
                                const std::string& why) {
+  unauthenticated_.erase(conn.get());
   const auto it = names_.find(conn.get());
   if (it == names_.end()) return;
   const std::string name = it->second;
@@ -194,6 +263,16 @@ void WorkerRegistry::on_closed(const std::shared_ptr<proto::Connection>& conn,
 void WorkerRegistry::check_deadlines() {
   if (stopped_) return;
   const double now = hub_.now();
+  for (auto it = unauthenticated_.begin(); it != unauthenticated_.end();) {
+    if (now <= it->second.deadline) {
+      ++it;
+      continue;
+    }
+    spdlog::warn("control connection {} closed: no hello within {} s", it->second.conn->peer(),
+                 hub_.options.hello_timeout_s);
+    it->second.conn->close("no hello in time");
+    it = unauthenticated_.erase(it);
+  }
   for (auto& [name, e] : workers_) {
     if (e.row.state != "online" && e.row.state != "disconnected") continue;
     if (now - e.last_seen > hub_.options.heartbeat_timeout_s) {

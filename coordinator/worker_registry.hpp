@@ -1,8 +1,13 @@
 // WorkerRegistry actor: the worker daemons' control connections (api/PROTOCOL.md). It accepts
-// connections, checks the hello (protocol version, unique name), tracks heartbeats, declares a
-// worker lost when it is silent or disconnected past the deadline, sends orders, and routes
-// what workers report to the actor that owns it (job messages → Scheduler, metrics and logs →
-// MetricsSink, checkpoint reports → CheckpointRegistry).
+// connections, authenticates the hello (protocol version, join secret, unique name), tracks
+// heartbeats, declares a worker lost when it is silent or disconnected past the deadline, sends
+// orders, and hands every report, decoded and checked (api/messages.hpp), to the Scheduler,
+// which accepts it only from the worker holding that job rank in the current attempt.
+//
+// Before a connection has authenticated it may send one frame of at most kMaxHelloFrameBytes
+// within options.hello_timeout_s; at most kMaxUnauthenticated such connections are open at
+// once (more are closed at accept). A message that fails its checks is answered with an
+// "error" frame and the connection is closed; nothing a peer sends can end the process.
 #pragma once
 
 #include <map>
@@ -12,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "api/actor.hpp"
+#include "api/messages.hpp"
 #include "api/protocol.hpp"
 #include "coordinator/hub.hpp"
 #include "storage/repository.hpp"
@@ -30,6 +36,11 @@ class WorkerRegistry : public Actor {
 
   /// Sends an order to a connected worker (dropped when it is not connected).
   void send(const std::string& worker, nlohmann::json message);
+  /// The SHA-256 (hex) of the cluster join secret every hello must present. Before start, or
+  /// posted after a rotation (connected workers stay; new hellos need the new secret).
+  void set_join_secret_sha256(std::string sha256_hex);
+
+  static constexpr size_t kMaxUnauthenticated = 64;
 
   /// The workers as the REST API shows them.
   nlohmann::json to_json() const;  // on the strand only (use ask)
@@ -38,6 +49,7 @@ class WorkerRegistry : public Actor {
   struct Entry {
     db::WorkerRow row;
     std::shared_ptr<proto::Connection> conn;  // null while disconnected
+    std::string instance;                     // the connected daemon process's hello.instance
     double last_seen = 0;
     nlohmann::json load = nlohmann::json::object();  // last heartbeat's utilisation figures
     nlohmann::json running = nlohmann::json::array();
@@ -45,7 +57,11 @@ class WorkerRegistry : public Actor {
 
   void accept();
   void on_message(const std::shared_ptr<proto::Connection>& conn, const nlohmann::json& m);
+  void dispatch(const std::shared_ptr<proto::Connection>& conn, const nlohmann::json& m);
   void on_hello(const std::shared_ptr<proto::Connection>& conn, const nlohmann::json& m);
+  /// Answers "error" (naming the refused report's seq, so the worker drops it) and closes.
+  void reject(const std::shared_ptr<proto::Connection>& conn, const std::string& who,
+              const Error& why, const nlohmann::json& m);
   void on_closed(const std::shared_ptr<proto::Connection>& conn, const std::string& why);
   void check_deadlines();
   void declare_lost(Entry& e, const std::string& why);
@@ -55,6 +71,12 @@ class WorkerRegistry : public Actor {
   boost::asio::steady_timer timer_;
   std::map<std::string, Entry> workers_;             // by name
   std::map<proto::Connection*, std::string> names_;  // connection → worker name
+  struct Unauthenticated {
+    std::shared_ptr<proto::Connection> conn;
+    double deadline = 0;  // hub_.now() by which the hello must have arrived
+  };
+  std::map<proto::Connection*, Unauthenticated> unauthenticated_;
+  std::string join_secret_sha256_;
   bool stopped_ = false;
 };
 

@@ -45,7 +45,7 @@ function stateSpan(s) { return `<span class="state ${esc(s)}">${esc(s)}</span>`;
 function progressBar(p) {
   const f = Math.max(0, Math.min(1, (p && p.fraction) || 0));
   return `<span class="bar"><span style="width:${(100 * f).toFixed(1)}%"></span></span> ` +
-         `<span class="muted">${p ? p.step : 0}/${p ? p.steps : 0}</span>`;
+         `<span class="muted">${esc(p ? p.step : 0)}/${esc(p ? p.steps : 0)}</span>`;
 }
 function showError(e) {
   const v = $('#view');
@@ -105,21 +105,21 @@ async function clusterView() {
   try {
     const c = await api('/cluster');
     $('#cluster-kv').innerHTML =
-      `<div><span>workers online</span>${c.workers.online} of ${c.workers.total}</div>` +
-      `<div><span>busy</span>${c.workers.busy}</div>` +
+      `<div><span>workers online</span>${esc(c.workers.online)} of ${esc(c.workers.total)}</div>` +
+      `<div><span>busy</span>${esc(c.workers.busy)}</div>` +
       Object.entries(c.jobs).filter(([, n]) => n > 0).map(([s, n]) => `<div><span>${esc(s)}</span>${n}</div>`).join('');
     $('#workers').innerHTML = '<tr><th>worker</th><th>state</th><th>device</th><th>threads</th><th>job / rank</th><th>load</th><th>memory</th><th>last seen</th></tr>' +
       c.worker_list.map(w => {
-        const r = (w.running || []).map(x => `<a href="#/jobs/${x.job}">job ${x.job}</a> rank ${x.rank}/${x.world} step ${x.step}`).join('<br>');
+        const r = (w.running || []).map(x => `<a href="#/jobs/${encodeURIComponent(x.job)}">job ${esc(x.job)}</a> rank ${esc(x.rank)}/${esc(x.world)} step ${esc(x.step)}`).join('<br>');
         const dev = (w.devices || []).map(d => `${esc(d.kind || w.backend)}:${esc(d.index)}`).join(', ');
-        const load = w.load && w.load.load1 !== undefined ? `${w.load.load1.toFixed(2)} / ${w.load.cores} cores` : '';
-        const mem = w.load && w.load.rss_bytes ? (w.load.rss_bytes / 2 ** 20).toFixed(0) + ' MiB' : '';
+        const load = w.load && w.load.load1 !== undefined ? `${Number(w.load.load1).toFixed(2)} / ${esc(w.load.cores)} cores` : '';
+        const mem = w.load && w.load.rss_bytes ? (Number(w.load.rss_bytes) / 2 ** 20).toFixed(0) + ' MiB' : '';
         return `<tr><td>${esc(w.name)}<div class="muted">${esc(w.host)}</div></td><td>${esc(w.state)}</td><td>${dev}</td>` +
-               `<td>${w.threads || 'all'}</td><td>${r || '<span class="muted">idle</span>'}</td><td>${load}</td><td>${mem}</td><td>${age(w.last_seen)}</td></tr>`;
+               `<td>${esc(w.threads || 'all')}</td><td>${r || '<span class="muted">idle</span>'}</td><td>${load}</td><td>${mem}</td><td>${age(w.last_seen)}</td></tr>`;
       }).join('');
     $('#queue').innerHTML = '<tr><th>#</th><th>job</th><th>user</th><th>priority</th><th>workers</th><th>why it waits</th></tr>' +
-      (c.queue.length ? c.queue.map(q => `<tr><td>${q.queue_position}</td><td><a href="#/jobs/${q.id}">${q.id} ${esc(q.name)}</a></td><td>${esc(q.user)}</td>` +
-        `<td>${q.priority}</td><td>${q.workers}</td><td>${esc(q.pending_reason)}</td></tr>`).join('')
+      (c.queue.length ? c.queue.map(q => `<tr><td>${esc(q.queue_position)}</td><td><a href="#/jobs/${encodeURIComponent(q.id)}">${esc(q.id)} ${esc(q.name)}</a></td><td>${esc(q.user)}</td>` +
+        `<td>${esc(q.priority)}</td><td>${esc(q.workers)}</td><td>${esc(q.pending_reason)}</td></tr>`).join('')
         : '<tr><td colspan="6" class="muted">nothing is waiting</td></tr>');
   } catch (e) { return showError(e); }
   poll(clusterView);
@@ -143,8 +143,8 @@ async function jobsView() {
   try {
     const r = await api('/jobs?limit=100');
     $('#jobs').innerHTML = '<tr><th>id</th><th>name</th><th>state</th><th>owner</th><th>progress</th><th>workers</th><th>age</th><th>reason</th></tr>' +
-      (r.jobs.length ? r.jobs.map(j => `<tr><td><a href="#/jobs/${j.id}">${j.id}</a></td><td><a href="#/jobs/${j.id}">${esc(j.name)}</a></td>` +
-        `<td>${stateSpan(j.state)}</td><td>${esc(j.user)}</td><td>${progressBar(j.progress)}</td><td>${j.workers}</td>` +
+      (r.jobs.length ? r.jobs.map(j => `<tr><td><a href="#/jobs/${encodeURIComponent(j.id)}">${esc(j.id)}</a></td><td><a href="#/jobs/${encodeURIComponent(j.id)}">${esc(j.name)}</a></td>` +
+        `<td>${stateSpan(j.state)}</td><td>${esc(j.user)}</td><td>${progressBar(j.progress)}</td><td>${esc(j.workers)}</td>` +
         `<td>${age(j.submitted_at)}</td><td class="muted">${esc(j.pending_reason ? '#' + j.queue_position + ' ' + j.pending_reason : j.reason)}</td></tr>`).join('')
         : '<tr><td colspan="8" class="muted">no jobs yet</td></tr>');
   } catch (e) { return showError(e); }
@@ -185,7 +185,7 @@ async function jobView(id) {
   if (v.dataset.view !== key) {
     v.dataset.view = key;
     st = v._state = { events: 0, logs: 0, layer: 'all' };
-    v.innerHTML = `<h2 id="job-title">Job ${id}</h2><div class="kv" id="job-kv"></div>
+    v.innerHTML = `<h2 id="job-title">Job ${esc(id)}</h2><div class="kv" id="job-kv"></div>
       <div class="grid">
         <div class="card"><div id="chart-loss" class="chart"></div></div>
         <div class="card"><div id="chart-aux" class="chart"></div></div>
@@ -221,19 +221,19 @@ async function jobView(id) {
     ]);
     if (v.dataset.view !== key) return;  // the user moved on while the requests ran
     const p = job.progress || {};
-    $('#job-title').innerHTML = `Job ${job.id}: ${esc(job.name)} ${stateSpan(job.state)}`;
+    $('#job-title').innerHTML = `Job ${esc(job.id)}: ${esc(job.name)} ${stateSpan(job.state)}`;
     $('#job-kv').innerHTML = [
       ['owner', esc(job.user)], ['progress', progressBar(p)], ['loss', fmt(p.loss)], ['validation loss', fmt(p.val_loss)],
       ['tokens/s', fmt(p.tokens_per_s, 0)], ['imbalance', fmt(p.imbalance, 3)], ['workers', esc((job.assigned || []).join(', ') || job.workers)],
-      ['restarts', `${job.restarts}/${job.max_restarts}`],
+      ['restarts', `${esc(job.restarts)}/${esc(job.max_restarts)}`],
       ['reason', esc(job.pending_reason ? `#${job.queue_position} ${job.pending_reason}` : job.reason)],
     ].map(([k, x]) => `<div><span>${k}</span>${x}</div>`).join('');
     drawMetrics(metrics.metrics);
     st.routing = routing;
     drawRouting(st);
     $('#checkpoints').innerHTML = '<tr><th>step</th><th>size</th><th>created</th><th></th></tr>' +
-      (cks.checkpoints.length ? cks.checkpoints.map(c => `<tr><td>${c.step}</td><td>${(c.bytes / 2 ** 20).toFixed(1)} MiB</td>` +
-        `<td>${age(c.created_at)} ago</td><td><a href="#" class="download" data-id="${c.id}" data-step="${c.step}">download safetensors</a></td></tr>`).join('')
+      (cks.checkpoints.length ? cks.checkpoints.map(c => `<tr><td>${esc(c.step)}</td><td>${(Number(c.bytes) / 2 ** 20).toFixed(1)} MiB</td>` +
+        `<td>${age(c.created_at)} ago</td><td><a href="#" class="download" data-id="${esc(c.id)}" data-step="${esc(c.step)}">download safetensors</a></td></tr>`).join('')
         : '<tr><td colspan="4" class="muted">none yet</td></tr>');
     document.querySelectorAll('a.download').forEach(a => a.addEventListener('click', download));
     const evTable = $('#events');
@@ -283,7 +283,7 @@ function drawRouting(st) {
   $('#balance-step').textContent = `step ${r.step}`;
   const sel = $('#layer');
   if (sel.options.length !== 1 + r.layers.length) {
-    sel.innerHTML = '<option value="all">all layers (mean)</option>' + r.layers.map((l, i) => `<option value="${i}">layer ${l.layer ?? i}</option>`).join('');
+    sel.innerHTML = '<option value="all">all layers (mean)</option>' + r.layers.map((l, i) => `<option value="${i}">layer ${esc(l.layer ?? i)}</option>`).join('');
     sel.value = st.layer;
   }
   // Share of token-expert assignments per rank and group (the paper's Table 3).

@@ -185,11 +185,51 @@ async function main() {
     check(field === 'model.layers' && text.includes('model.layers'), `the form shows the field error: "${text.trim()}"`);
     await page.screenshot({ path: path.join(artifacts, 'submit-error.png'), fullPage: true });
 
+    // Hostile values: a worker that has the join secret registers with markup as its host, and
+    // a user queues a job whose name is markup. Both must render as text, and nothing runs.
+    const markup = (n) => `<img src=x onerror="window.__xss=${n}">`;
+    const secret = fs.readFileSync(path.join(root, 'join.secret'), 'utf8').trim();
+    const frame = (m) => { const b = Buffer.from(JSON.stringify(m)); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); };
+    const evil = net.connect(control, '127.0.0.1');
+    evil.on('error', () => {});
+    evil.write(frame({ type: 'hello', protocol: 2, name: 'evil-0', host: markup(1), backend: 'cpu', secret,
+                       instance: 'evil', version: markup(3), threads: 1, running: [] }));
+    // Its heartbeats carry markup where numbers belong (the coordinator refuses them and closes
+    // the connection; the worker's hello, with its hostile host, stays on record).
+    const beat = setInterval(() => evil.write(frame({ type: 'heartbeat', load: { load1: 0.5, cores: markup(5) },
+                                                      running: [{ job: markup(4), attempt: 1, rank: 0, world: 1, step: 0 }] })), 500);
+    const queued = await fetch(url + '/api/v1/jobs', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
+                                                       body: JSON.stringify({ ...spec, name: markup(2), resources: { workers: 8, device: 'cpu' },
+                                                                              model: { ...spec.model, ffn: { ...spec.model.ffn, experts_per_group: 8 } } }) });
+    check(queued.status === 201, 'a job named with markup is queued');
+
     // The cluster view shows the workers.
     await page.goto(url + '/#/cluster');
-    await page.waitForFunction(() => document.querySelector('#workers') && document.querySelector('#workers').textContent.includes('cpu-1'));
+    await page.waitForFunction(() => document.querySelector('#workers') && document.querySelector('#workers').textContent.includes('cpu-1') &&
+                                     document.querySelector('#workers').textContent.includes('evil-0'));
     check(true, 'the cluster view lists the workers');
+    const shown = await page.evaluate(() => ({
+      workers: document.querySelector('#workers').textContent,
+      queue: document.querySelector('#queue').textContent,
+      images: document.querySelectorAll('#view img').length,
+      xss: window.__xss,
+    }));
+    check(shown.workers.includes(markup(1)) && shown.queue.includes(markup(2)),
+          'hostile host and job name are shown as text');
+    check(shown.images === 0 && shown.xss === undefined, 'no hostile markup became an element or ran');
+    const workersApi = await (await fetch(url + '/api/v1/workers', { headers: auth })).text();
+    check(!workersApi.includes('__xss=4') && !workersApi.includes('__xss=5'), 'hostile heartbeat values never reach the API');
+    await page.goto(url + '/#/jobs');
+    await page.waitForFunction(() => document.querySelector('#jobs') && document.querySelector('#jobs').textContent.includes('onerror'));
+    check(await page.evaluate(() => document.querySelectorAll('#view img').length === 0 && window.__xss === undefined),
+          'the jobs table shows the hostile name as text');
+    const csp = (await fetch(url + '/')).headers.get('content-security-policy') || '';
+    check(csp.includes("script-src 'self'"), `static files carry a Content-Security-Policy (${csp})`);
+    await page.goto(url + '/#/cluster');
+    await page.waitForFunction(() => document.querySelector('#workers') && document.querySelector('#workers').textContent.includes('evil-0'));
     await page.screenshot({ path: path.join(artifacts, 'cluster.png'), fullPage: true });
+    clearInterval(beat);
+    evil.destroy();
     check(consoleErrors.length === 0, 'no errors in the page' + (consoleErrors.length ? ': ' + consoleErrors.join('; ') : ''));
 
     // A long job: 100,000 steps of every metric, seeded into the database while the

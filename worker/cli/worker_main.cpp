@@ -29,11 +29,14 @@ int main(int argc, char** argv) {
   bool resume = false, quiet = false;
   int64_t stop_after = 0;
   double timeout = 60.0;
-  std::string coordinator, name, devices = "cpu";
+  std::string coordinator, name, devices = "cpu", join_secret_file;
   app.add_option("--coordinator", coordinator,
                  "Daemon mode: HOST:PORT of the coordinator's control address");
   app.add_option("--name", name, "Daemon mode: unique worker name (default: host name)");
   app.add_option("--devices", devices, "Daemon mode: cpu or cuda:N")->capture_default_str();
+  app.add_option("--join-secret-file", join_secret_file,
+                 "Daemon mode: file holding the cluster join secret (default STORAGE/join.secret; "
+                 "MOHGE_JOIN_SECRET overrides)");
   app.add_option("--job", job, "One rank: job spec JSON");
   app.add_option("--rank", rank, "One rank: this rank")->check(CLI::NonNegativeNumber);
   app.add_option("--world", world, "One rank: number of ranks")->check(CLI::PositiveNumber);
@@ -58,11 +61,16 @@ int main(int argc, char** argv) {
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    const mohge::Result<std::string> secret = mohge::join_secret_load(
+        join_secret_file.empty() ? std::filesystem::path(storage) / "join.secret"
+                                 : std::filesystem::path(join_secret_file));
+    if (!secret.ok()) return mohge::cli::report(secret.error());
     mohge::WorkerDaemon daemon({.coordinator = coordinator,
                                 .storage = storage,
                                 .name = name,
                                 .devices = devices,
-                                .threads = threads});
+                                .threads = threads,
+                                .join_secret = secret.value()});
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&set, &sig);

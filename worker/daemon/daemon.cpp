@@ -7,10 +7,12 @@
 #include <condition_variable>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
 #include <thread>
 
 #include "api/job_spec.hpp"
+#include "api/messages.hpp"
 #include "api/protocol.hpp"
 #include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
@@ -64,9 +66,9 @@ class ControlRendezvous : public Rendezvous {
                      std::to_string(static_cast<int>(timeout_s)) + " s",
                  ""};
   }
-  void deliver(int round, const json& blobs) {
+  void deliver(int round, const std::vector<std::string>& blobs) {
     std::vector<std::string> out;
-    for (const json& b : blobs) out.push_back(proto::base64_decode(b.get<std::string>()));
+    for (const std::string& b : blobs) out.push_back(proto::base64_decode(b));
     std::lock_guard<std::mutex> lock(mu_);
     if (static_cast<int>(out.size()) == world_) results_[round] = std::move(out);
     cv_.notify_all();
@@ -135,6 +137,19 @@ json host_load() {
   return load;
 }
 
+// A random id for this daemon process: the coordinator lets a reconnect of the same process
+// replace its stale connection, and refuses a second daemon using the same name.
+std::string new_instance_id() {
+  std::random_device rd;
+  std::string out;
+  for (int i = 0; i < 4; ++i) {
+    char buf[9];
+    std::snprintf(buf, sizeof(buf), "%08x", static_cast<unsigned>(rd()));
+    out += buf;
+  }
+  return out;
+}
+
 std::string host_name() {
   char buf[256] = {};
   gethostname(buf, sizeof(buf) - 1);
@@ -143,8 +158,24 @@ std::string host_name() {
 
 }  // namespace
 
+Result<std::string> join_secret_load(const fs::path& file) {
+  if (const char* env = std::getenv("MOHGE_JOIN_SECRET"); env != nullptr && *env != 0)
+    return std::string(env);
+  std::ifstream in(file);
+  std::string secret;
+  if (!in || !std::getline(in, secret) || secret.empty()) {
+    return invalid_argument("--join-secret-file",
+                            "cannot read the cluster join secret from " + file.string() +
+                                " (the coordinator writes join.secret in its storage root; or "
+                                "set MOHGE_JOIN_SECRET)");
+  }
+  while (!secret.empty() && (secret.back() == '\r' || secret.back() == ' ')) secret.pop_back();
+  return secret;
+}
+
 struct WorkerDaemon::Impl {
   DaemonOptions options;
+  std::string instance = new_instance_id();
   asio::io_context io;
   asio::steady_timer heartbeat{io};
   asio::steady_timer reconnect{io};
@@ -251,6 +282,8 @@ struct WorkerDaemon::Impl {
                 {"devices", devices},
                 {"threads", options.threads},
                 {"version", MOHGE_VERSION},
+                {"instance", instance},
+                {"secret", options.join_secret},
                 {"running", running()}});
   }
 
@@ -263,52 +296,95 @@ struct WorkerDaemon::Impl {
     });
   }
 
-  std::shared_ptr<RankTask> find_task(const json& m) {
-    const auto it = tasks.find({m.value("job", int64_t{0}), m.value("attempt", 0)});
+  std::shared_ptr<RankTask> find_task(int64_t job, int attempt) {
+    const auto it = tasks.find({job, attempt});
     return it == tasks.end() ? nullptr : it->second;
   }
 
   void on_message(const json& m) {
-    const std::string type = m.value("type", "");
+    // Every order is decoded (types and ranges checked) before it is acted on; one that fails
+    // is logged and ignored. Nothing the connection delivers may end the daemon.
+    try {
+      dispatch(m);
+    } catch (const std::exception& e) {
+      spdlog::error("coordinator message could not be handled ({}); ignored", e.what());
+    }
+  }
+
+  template <class T>
+  static bool decoded(const Result<T>& r) {
+    if (!r.ok()) spdlog::warn("coordinator message ignored: {}", r.error().to_string());
+    return r.ok();
+  }
+
+  void dispatch(const json& m) {
+    const std::string type = m.value("type", "");  // Connection checked it is a string
     if (type == proto::kWelcome) {
+      const Result<proto::Welcome> w = proto::decode_welcome(m);
+      if (!decoded(w)) return;
       welcomed = true;
       backoff_s = 0.2;
-      heartbeat_s = m.value("heartbeat_s", 1.0);
+      heartbeat_s = w.value().heartbeat_s;
       spdlog::info("registered with coordinator {} as {}", options.coordinator, options.name);
       for (const auto& [seq, report] : unacked) conn->send(report);
       send_heartbeat();
     } else if (type == proto::kRefused) {
-      refused =
-          Error{ErrorCode::kFailedPrecondition,
-                "the coordinator refused this worker: " + m.value("reason", "no reason given"), ""};
+      const Result<proto::Refused> r = proto::decode_refused(m);
+      const std::string reason = r.ok() ? r.value().reason : "no reason given";
+      if (r.ok() && r.value().retry) {
+        // A passing condition (our name's old connection is still open there): try again.
+        spdlog::warn("the coordinator asks this worker to retry: {}", reason);
+        return;
+      }
+      refused = Error{ErrorCode::kFailedPrecondition,
+                      "the coordinator refused this worker: " + reason, ""};
       spdlog::error("{}", refused->message);
       stopping = true;
       io.stop();
+    } else if (type == proto::kError) {
+      const Result<proto::ErrorFrame> e = proto::decode_error(m);
+      if (!decoded(e)) return;
+      spdlog::error("the coordinator could not accept a message: {}", e.value().reason);
+      if (e.value().seq) unacked.erase(*e.value().seq);  // sending it again would not help
     } else if (type == proto::kAck) {
-      for (const json& seq : m.value("seqs", json::array())) unacked.erase(seq.get<int64_t>());
+      const Result<proto::Ack> a = proto::decode_ack(m);
+      if (!decoded(a)) return;
+      for (const int64_t seq : a.value().seqs) unacked.erase(seq);
     } else if (type == proto::kLaunch) {
-      launch(m);
+      const Result<proto::Launch> l = proto::decode_launch(m);
+      if (decoded(l)) launch(l.value());
     } else if (type == proto::kRvAll) {
-      if (auto t = find_task(m))
-        t->rv->deliver(m.value("round", -1), m.value("blobs", json::array()));
+      const Result<proto::RvAll> rv = proto::decode_rv_all(m);
+      if (!decoded(rv)) return;
+      if (auto t = find_task(rv.value().job, rv.value().attempt))
+        t->rv->deliver(rv.value().round, rv.value().blobs);
     } else if (type == proto::kCancel || type == proto::kAbort) {
-      if (auto t = find_task(m)) {
-        const std::string reason = m.value("reason", type);
+      const Result<proto::Stop> stop = proto::decode_stop(m);
+      if (!decoded(stop)) return;
+      if (auto t = find_task(stop.value().job, stop.value().attempt)) {
+        const std::string reason = stop.value().reason.empty() ? type : stop.value().reason;
         t->stop_request = true;
         t->rv->abort(type == proto::kCancel ? "canceled: " + reason : reason);
       }
     } else if (type == proto::kCheckpoint) {
-      if (auto t = find_task(m)) t->stop_request = m.value("stop", false) || t->stop_request.load();
+      const Result<proto::CheckpointOrder> c = proto::decode_checkpoint_order(m);
+      if (!decoded(c)) return;
+      if (auto t = find_task(c.value().job, c.value().attempt))
+        t->stop_request = c.value().stop || t->stop_request.load();
     }
   }
 
-  void launch(const json& m) {
+  void launch(const proto::Launch& m) {
+    if (find_task(m.job, m.attempt)) {
+      spdlog::warn("job {} attempt {}: launch repeated; already running", m.job, m.attempt);
+      return;
+    }
     auto task = std::make_shared<RankTask>();
-    task->job = m.value("job", int64_t{0});
-    task->attempt = m.value("attempt", 0);
-    task->rank = m.value("rank", 0);
-    task->world = m.value("world", 1);
-    Result<JobSpec> spec = parse_job_spec(m.value("spec", json::object()));
+    task->job = m.job;
+    task->attempt = m.attempt;
+    task->rank = m.rank;
+    task->world = m.world;
+    Result<JobSpec> spec = parse_job_spec(m.spec);
     const Send send = [this](json j) { report(std::move(j)); };
     if (!spec.ok()) {
       report({{"type", proto::kRankExited},
@@ -328,12 +404,11 @@ struct WorkerDaemon::Impl {
     c.rank = task->rank;
     c.world = task->world;
     c.threads = options.threads;
-    c.comm_timeout_s = m.value("comm_timeout_s", 60.0);
+    c.comm_timeout_s = m.comm_timeout_s;
     c.job_id = "job-" + std::to_string(task->job) + "-" + std::to_string(task->attempt);
-    const std::string run_dir = m.value("run_dir", "runs/job-" + std::to_string(task->job));
     c.train.storage_root = options.storage;
-    c.train.run_dir = options.storage / run_dir;
-    c.train.resume_if_present = m.value("resume", false);
+    c.train.run_dir = options.storage / m.run_dir;  // relative, no "..": checked by decode_launch
+    c.train.resume_if_present = m.resume;
     c.train.progress = false;
     c.train.stop_request = &task->stop_request;
     RankTask* t = task.get();
@@ -342,6 +417,7 @@ struct WorkerDaemon::Impl {
         send({{"type", proto::kMetrics},
               {"job", t->job},
               {"attempt", t->attempt},
+              {"rank", t->rank},
               {"records", json::array({rec})}});
       };
     }

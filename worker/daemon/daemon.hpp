@@ -24,7 +24,13 @@ struct DaemonOptions {
   std::string devices = "cpu";          // "cpu" or "cuda:N"
   int threads = 0;                      // compute threads per rank (0: all cores)
   double reconnect_max_s = 5.0;         // reconnect back-off ceiling
+  std::string join_secret;              // the cluster join secret (see join_secret_load)
 };
+
+/// The cluster join secret for a daemon: MOHGE_JOIN_SECRET when set, else the first line of
+/// `file` (the coordinator writes it as join.secret in the storage root). Never take it from
+/// the command line: other users can read a process's arguments.
+Result<std::string> join_secret_load(const std::filesystem::path& file);
 
 class WorkerDaemon {
  public:
