@@ -5,7 +5,9 @@
 #include <filesystem>
 
 #include "api/paths.hpp"
+#include "api/protocol.hpp"
 #include "coordinator/store.hpp"
+#include "coordinator/worker_registry.hpp"
 
 namespace mohge::coord {
 
@@ -27,9 +29,11 @@ bool CheckpointRegistry::inside_checkpoints(const fs::path& root, const std::str
   return !rel.empty() && rel != "." && *rel.begin() != "..";
 }
 
-void CheckpointRegistry::on_report(int64_t job, int rank, std::string run_dir,
+void CheckpointRegistry::on_report(const std::string& worker, std::optional<int64_t> seq,
+                                   int64_t job, int rank, std::string run_dir,
                                    proto::CheckpointWritten report) {
-  post([this, job, rank, run_dir = std::move(run_dir), report = std::move(report)]() mutable {
+  post([this, worker, seq, job, rank, run_dir = std::move(run_dir),
+        report = std::move(report)]() mutable {
     if (!inside_checkpoints(hub_.options.storage, run_dir, report.path)) {
       spdlog::warn(
           "job {}: checkpoint report of rank {} with a path outside {}/checkpoints "
@@ -66,6 +70,7 @@ void CheckpointRegistry::on_report(int64_t job, int rank, std::string run_dir,
           job, report.step, rank, report.world, report.path, p.world, p.path);
       return;
     }
+    if (seq) p.acks[worker].push_back(*seq);
     if (!p.ranks.insert(rank).second) return;
     for (proto::FileEntry& f : report.files)
       p.files.push_back({std::move(f.name), f.bytes, std::move(f.sha256)});
@@ -91,7 +96,7 @@ void CheckpointRegistry::complete(int64_t job, int64_t step, PendingCheckpoint p
     if (ec || static_cast<int64_t>(size) != f.bytes || f.sha256.size() != 64) {
       spdlog::error("job {}: checkpoint step {} not registered: {} is missing or not {} bytes", job,
                     step, (dir / f.name).string(), f.bytes);
-      return;
+      return ack(p.acks);  // sending these again would not help
     }
     row.bytes += f.bytes;
     if (f.name == "model.safetensors.index.json" || f.name == "model.safetensors") has_index = true;
@@ -99,36 +104,48 @@ void CheckpointRegistry::complete(int64_t job, int64_t step, PendingCheckpoint p
   if (!has_index) {
     spdlog::error("job {}: checkpoint step {} not registered: no model index in the reports", job,
                   step);
-    return;
+    return ack(p.acks);
   }
   row.files = std::move(p.files);
-  hub_.store->write("register checkpoint", [row, keep = p.keep, run_dir = p.run_dir,
-                                            root = hub_.options.storage](db::Repository& r) {
-    Result<db::CheckpointRow> inserted = r.insert_checkpoint(row);
-    if (!inserted.ok() && inserted.error().code != ErrorCode::kAlreadyExists)
-      return Status(inserted.error());
-    Result<std::vector<db::CheckpointRow>> all = r.list_checkpoints(row.job_id);
-    if (!all.ok()) return Status(all.error());
-    const auto& list = all.value();  // oldest first
-    for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < list.size(); ++i) {
-      std::error_code ec;
-      // Never outside the job's own checkpoints, whatever a row says.
-      if (inside_checkpoints(root, run_dir, list[i].path))
-        fs::remove_all(root / list[i].path, ec);  // files first, then the row
-      if (!ec) {
-        fs::remove(
-            root / "downloads" / ("checkpoint-" + std::to_string(list[i].id) + ".safetensors"), ec);
-        ec.clear();  // the consolidated copy exists only if someone downloaded it
-      }
-      if (ec)
-        return Status(
-            Error{ErrorCode::kInternal, "cannot delete " + list[i].path + ": " + ec.message(), ""});
-      if (Status s = r.mark_checkpoint_deleted(list[i].id); !s.ok()) return s;
-    }
-    spdlog::info("job {}: checkpoint step {} complete ({} files, {} bytes)", row.job_id, row.step,
-                 row.files.size(), row.bytes);
-    return Status();
-  });
+  auto acks = std::make_shared<std::map<std::string, std::vector<int64_t>>>(std::move(p.acks));
+  hub_.store->write(
+      "register checkpoint",
+      [row, keep = p.keep, run_dir = p.run_dir, root = hub_.options.storage](db::Repository& r) {
+        Result<db::CheckpointRow> inserted = r.insert_checkpoint(row);
+        if (!inserted.ok() && inserted.error().code != ErrorCode::kAlreadyExists)
+          return Status(inserted.error());
+        Result<std::vector<db::CheckpointRow>> all = r.list_checkpoints(row.job_id);
+        if (!all.ok()) return Status(all.error());
+        const auto& list = all.value();  // oldest first
+        for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < list.size(); ++i) {
+          std::error_code ec;
+          // Never outside the job's own checkpoints, whatever a row says.
+          if (inside_checkpoints(root, run_dir, list[i].path))
+            fs::remove_all(root / list[i].path, ec);  // files first, then the row
+          if (!ec) {
+            fs::remove(
+                root / "downloads" / ("checkpoint-" + std::to_string(list[i].id) + ".safetensors"),
+                ec);
+            ec.clear();  // the consolidated copy exists only if someone downloaded it
+          }
+          if (ec)
+            return Status(Error{ErrorCode::kInternal,
+                                "cannot delete " + list[i].path + ": " + ec.message(), ""});
+          if (Status s = r.mark_checkpoint_deleted(list[i].id); !s.ok()) return s;
+        }
+        spdlog::info("job {}: checkpoint step {} complete ({} files, {} bytes)", row.job_id,
+                     row.step, row.files.size(), row.bytes);
+        return Status();
+      },
+      [this, acks](const Status& s) {
+        // Unacknowledged on failure: the ranks' workers keep the reports and send them again.
+        if (s.ok()) post([this, acks] { ack(*acks); });
+      });
+}
+
+void CheckpointRegistry::ack(const std::map<std::string, std::vector<int64_t>>& acks) {
+  for (const auto& [worker, seqs] : acks)
+    hub_.registry->send(worker, {{"type", proto::kAck}, {"seqs", seqs}});
 }
 
 }  // namespace mohge::coord

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -24,9 +25,11 @@ class CheckpointRegistry : public Actor {
  public:
   CheckpointRegistry(boost::asio::io_context& io, Hub& hub);
   /// A checked "checkpoint_written" report from `rank` of the job's current attempt (the
-  /// Scheduler authorized the sender). The checkpoint folder must resolve inside
-  /// `<run_dir>/checkpoints` of that job; reports pointing elsewhere are dropped.
-  void on_report(int64_t job, int rank, std::string run_dir, proto::CheckpointWritten report);
+  /// Scheduler authorized the sender and its folder). The reports of a checkpoint are
+  /// acknowledged to their workers (`seq`) only once its row is committed, so a failed write
+  /// loses nothing: the workers send them again after their next reconnect.
+  void on_report(const std::string& worker, std::optional<int64_t> seq, int64_t job, int rank,
+                 std::string run_dir, proto::CheckpointWritten report);
 
   /// True when `path` (relative to `root`) resolves inside `root/run_dir/checkpoints`,
   /// symlinks of its existing parts followed.
@@ -46,7 +49,9 @@ class CheckpointRegistry : public Actor {
     std::string path;
     std::set<int> ranks;
     std::vector<db::CheckpointFile> files;
+    std::map<std::string, std::vector<int64_t>> acks;  // worker → seqs of its reports
   };
+  void ack(const std::map<std::string, std::vector<int64_t>>& acks);
   void complete(int64_t job, int64_t step, PendingCheckpoint p);
 
   Hub& hub_;

@@ -535,7 +535,14 @@ struct Coordinator::Impl : ApiService {
   }
 
   json health() override {
-    return {{"status", "ok"}, {"version", MOHGE_VERSION}, {"protocol", proto::kProtocolVersion}};
+    json h = {{"status", "ok"}, {"version", MOHGE_VERSION}, {"protocol", proto::kProtocolVersion}};
+    // A write that failed for good means memory and SQLite may disagree: say so (the errors
+    // themselves are in the coordinator's log).
+    if (const auto [failed, last] = store->failures(); failed > 0) {
+      h["status"] = "degraded";
+      h["failed_writes"] = failed;
+    }
+    return h;
   }
 
   // ---- start-up ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 #include "coordinator/metrics_sink.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include "api/protocol.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
@@ -88,60 +90,80 @@ void MetricsSink::start() {
 void MetricsSink::on_log(const std::string& worker, int64_t job, int rank,
                          std::optional<int64_t> seq, proto::LogReport log) {
   post([this, worker, job, rank, seq, log = std::move(log)] {
-    if (seq) acks_[worker].push_back(*seq);
+    JobBatch& b = batches_[job];
+    if (seq) b.acks[worker].push_back(*seq);
     const double at = log.at.value_or(hub_.now());
-    for (const std::string& line : log.lines) logs_.push_back({0, job, at, rank, line});
+    for (const std::string& line : log.lines) b.logs.push_back({0, job, at, rank, line});
   });
 }
 
 void MetricsSink::on_metrics(const std::string& worker, int64_t job, int attempt,
                              std::optional<int64_t> seq, json records) {
   post([this, worker, job, attempt, seq, records = std::move(records)] {
-    if (seq) acks_[worker].push_back(*seq);
+    JobBatch& b = batches_[job];
+    if (seq) b.acks[worker].push_back(*seq);
     for (const json& rec : records) {
       std::vector<db::MetricRow> rows = metric_rows_from_record(job, rec);
       json progress = rec;
       progress.erase("layers");
       if (rec.contains("layers")) {
         const int64_t step = rec["step"].get<int64_t>();  // checked by check_metric_record
-        auto& slot = routing_[job];
-        if (step >= slot.first) slot = {step, rec};
+        if (!b.routing || step >= b.routing->first) b.routing = std::make_pair(step, rec);
         for (const db::MetricRow& r : rows)
           if (r.name == "imbalance") progress["imbalance"] = r.value;
       }
-      rows_.insert(rows_.end(), rows.begin(), rows.end());
+      buffered_rows_ += rows.size();
+      b.rows.insert(b.rows.end(), rows.begin(), rows.end());
       hub_.scheduler->progress(job, attempt, progress);
     }
-    if (rows_.size() > 20000) flush();
+    if (buffered_rows_ > 20000) flush();
   });
 }
 
 void MetricsSink::flush() {
-  if (!rows_.empty()) {
+  for (auto& [job, batch] : batches_) {
+    if (batch.empty()) continue;
+    auto out = std::make_shared<JobBatch>(std::move(batch));
     hub_.store->write(
-        "metrics", [rows = std::move(rows_)](db::Repository& r) { return r.insert_metrics(rows); });
-    rows_.clear();
+        "reports of a job",
+        [job = job, out](db::Repository& r) {
+          return r.store_job_reports(job, out->rows, out->logs, out->routing);
+        },
+        [this, job = job, out](const Status& s) {
+          post([this, job, out, s] { written(job, std::move(*out), s); });
+        });
   }
-  if (!logs_.empty()) {
-    hub_.store->write("logs",
-                      [logs = std::move(logs_)](db::Repository& r) { return r.append_logs(logs); });
-    logs_.clear();
+  batches_.clear();
+  buffered_rows_ = 0;
+}
+
+void MetricsSink::written(int64_t job, JobBatch batch, const Status& status) {
+  if (status.ok()) {
+    for (auto& [worker, seqs] : batch.acks)
+      hub_.registry->send(worker, {{"type", proto::kAck}, {"seqs", seqs}});
+    return;
   }
-  for (auto& [job, rec] : routing_) {
-    hub_.store->write("routing", [job = job, rec = std::move(rec)](db::Repository& r) {
-      json record = rec.second;
-      return r.set_routing(job, rec.first, record);
-    });
+  if (status.error().code == ErrorCode::kNotFound) {
+    spdlog::warn("metrics of job {} dropped: {}", job, status.error().to_string());
+    return;
   }
-  routing_.clear();
-  if (!acks_.empty()) {
-    // Runs after the writes above commit (the Store's strand is in order).
-    hub_.store->post([registry = hub_.registry, acks = std::move(acks_)] {
-      for (const auto& [worker, seqs] : acks)
-        registry->send(worker, {{"type", proto::kAck}, {"seqs", seqs}});
-    });
-    acks_.clear();
+  if (++batch.failures >= kMaxWriteFailures) {
+    spdlog::error(
+        "{} metric rows and {} log lines of job {} not stored after {} attempts ({}); "
+        "the workers keep them unacknowledged and send them again when they reconnect",
+        batch.rows.size(), batch.logs.size(), job, batch.failures, status.error().to_string());
+    return;
   }
+  // Back into the buffer, before what arrived meanwhile, for the next flush.
+  JobBatch& next = batches_[job];
+  batch.rows.insert(batch.rows.end(), next.rows.begin(), next.rows.end());
+  batch.logs.insert(batch.logs.end(), next.logs.begin(), next.logs.end());
+  if (next.routing && (!batch.routing || next.routing->first >= batch.routing->first))
+    batch.routing = std::move(next.routing);
+  for (auto& [worker, seqs] : next.acks)
+    batch.acks[worker].insert(batch.acks[worker].end(), seqs.begin(), seqs.end());
+  buffered_rows_ += batch.rows.size() - next.rows.size();
+  next = std::move(batch);
 }
 
 void MetricsSink::flush_then(std::function<void()> done) {

@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,14 +49,30 @@ class MetricsSink : public Actor {
   void flush_then(std::function<void()> done);
 
  private:
+  // What arrived for one job since its last write; written in one transaction and
+  // acknowledged to the workers only once that commits.
+  struct JobBatch {
+    std::vector<db::MetricRow> rows;
+    std::vector<db::LogRow> logs;
+    std::optional<std::pair<int64_t, nlohmann::json>> routing;  // the latest record
+    std::map<std::string, std::vector<int64_t>> acks;           // worker → seqs
+    int failures = 0;                                           // failed writes of what is in here
+    bool empty() const { return rows.empty() && logs.empty() && !routing && acks.empty(); }
+  };
+
   void schedule_flush();
+  /// The write of `batch` ended: acknowledge it, or put it back for the next flush.
+  void written(int64_t job, JobBatch batch, const Status& status);
+
+  /// A batch is written this many times (one per flush, 200 ms apart) before it is given up:
+  /// its reports stay unacknowledged, so the workers keep them and send them again after
+  /// their next reconnect.
+  static constexpr int kMaxWriteFailures = 50;
 
   Hub& hub_;
   boost::asio::steady_timer timer_;
-  std::vector<db::MetricRow> rows_;
-  std::vector<db::LogRow> logs_;
-  std::map<int64_t, std::pair<int64_t, nlohmann::json>> routing_;  // job → latest, unwritten
-  std::map<std::string, std::vector<int64_t>> acks_;  // worker → seqs in the unwritten batch
+  std::map<int64_t, JobBatch> batches_;  // job → not yet written
+  size_t buffered_rows_ = 0;
 };
 
 }  // namespace mohge::coord

@@ -302,8 +302,8 @@ void Scheduler::on_report(const std::string& worker, proto::Report report) {
     } else if (auto* ck = std::get_if<proto::CheckpointWritten>(&report.body)) {
       if (!CheckpointRegistry::inside_checkpoints(hub_.options.storage, e.row.run_dir, ck->path))
         return reject_report(worker, report, "the checkpoint folder is outside the job's run");
-      hub_.checkpoints->on_report(report.job, report.rank, e.row.run_dir, std::move(*ck));
-      ack_now();
+      hub_.checkpoints->on_report(worker, report.seq, report.job, report.rank, e.row.run_dir,
+                                  std::move(*ck));
     }
   });
 }

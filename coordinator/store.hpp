@@ -5,8 +5,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
 
 #include "api/actor.hpp"
 #include "storage/repository.hpp"
@@ -18,13 +22,36 @@ class Store : public Actor {
   Store(boost::asio::any_io_executor ex, std::unique_ptr<db::Repository> repo)
       : Actor(std::move(ex)), repo_(std::move(repo)) {}
 
-  /// Runs a write on the store's strand; a failure is logged with `what`.
-  void write(const char* what, std::function<Status(db::Repository&)> f) {
-    post([this, what, f = std::move(f)] {
+  /// Runs a write on the store's strand. A busy database is retried at once, up to kAttempts
+  /// times over ~0.35 s, holding the strand so that later writes cannot overtake it (a job's
+  /// row must not be overwritten by an older one). A failure that persists is logged with
+  /// `what`, counted (failures(), shown by /healthz), and handed to `done` (on this strand:
+  /// post onward), whose owner may retry later.
+  void write(const char* what, std::function<Status(db::Repository&)> f,
+             std::function<void(const Status&)> done = nullptr) {
+    post([this, what, f = std::move(f), done = std::move(done)] {
       Status s = f(*repo_);
-      if (!s.ok()) spdlog::error("store: {} failed: {}", what, s.error().to_string());
+      for (int attempt = 1; !s.ok() && attempt < kAttempts && retryable(s.error()); ++attempt) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50 << (attempt - 1)));
+        s = f(*repo_);
+      }
+      if (!s.ok()) {
+        spdlog::error("store: {} failed: {}", what, s.error().to_string());
+        std::lock_guard<std::mutex> lock(health_mu_);
+        ++failed_writes_;
+        last_error_ = std::string(what) + ": " + s.error().to_string();
+      }
+      if (done) done(s);
     });
   }
+
+  /// Writes that failed for good since start, and the last one's error (any thread).
+  std::pair<int64_t, std::string> failures() const {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    return {failed_writes_, last_error_};
+  }
+
+  static constexpr int kAttempts = 4;
 
   /// Runs `f` on the strand and waits for it (REST threads and start-up only).
   template <class T>
@@ -37,7 +64,14 @@ class Store : public Actor {
   db::Repository& unsafe_repository() { return *repo_; }
 
  private:
+  static bool retryable(const Error& e) { return e.code == ErrorCode::kUnavailable; }
+
   std::unique_ptr<db::Repository> repo_;
+  // The failure count is read by REST threads for /healthz and written here: a small lock is
+  // simpler than an ask() round trip to this (possibly busy) strand.
+  mutable std::mutex health_mu_;
+  int64_t failed_writes_ = 0;
+  std::string last_error_;
 };
 
 }  // namespace mohge::coord

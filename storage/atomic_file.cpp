@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 
 namespace mohge {
@@ -22,10 +24,11 @@ Status atomic_write_file(const fs::path& path, const std::function<void(std::ost
       return Error{ErrorCode::kInternal, "write failed: " + tmp.string(), ""};
     }
   }
-  // Durable before it becomes visible under its final name.
-  if (int fd = ::open(tmp.c_str(), O_RDONLY); fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
+  // Durable before it becomes visible under its final name: a failed fsync (NFS reports
+  // ENOSPC and EIO there, not at write) fails the write.
+  if (Status st = sync_path(tmp, false); !st.ok()) {
+    fs::remove(tmp, ec);
+    return st;
   }
   fs::rename(tmp, path, ec);
   if (ec) {
@@ -33,6 +36,23 @@ Status atomic_write_file(const fs::path& path, const std::function<void(std::ost
     return Error{ErrorCode::kInternal,
                  "cannot rename " + tmp.string() + " to " + path.string() + ": " + ec.message(),
                  ""};
+  }
+  // The rename itself is durable only once its folder is synced.
+  return sync_path(path.parent_path().empty() ? fs::path(".") : path.parent_path(), true);
+}
+
+Status sync_path(const fs::path& path, bool directory) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (directory ? O_DIRECTORY : 0));
+  if (fd < 0) {
+    return Error{ErrorCode::kInternal,
+                 "cannot open " + path.string() + " to sync it: " + std::strerror(errno), ""};
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    return Error{ErrorCode::kInternal,
+                 "fsync of " + path.string() + " failed: " + std::strerror(err), ""};
   }
   return {};
 }

@@ -15,4 +15,8 @@ namespace mohge {
 Status atomic_write_file(const std::filesystem::path& path,
                          const std::function<void(std::ostream&)>& write);
 
+/// fsync of a file (directory = false) or of a folder, so that what was written, or renamed
+/// into it, survives a crash. Errors name the path and errno.
+Status sync_path(const std::filesystem::path& path, bool directory);
+
 }  // namespace mohge

@@ -267,6 +267,47 @@ struct Repository::Impl {
   Database db;
   int version = 0;
 
+  // Writes without a transaction of their own (the callers hold one).
+  Status append_logs(const std::vector<LogRow>& rows) {
+    for (const LogRow& l : rows) {
+      Result<int64_t> r = db.exec(
+          "append job log", "INSERT INTO job_logs(job_id, at, rank, line) VALUES (?1, ?2, ?3, ?4)",
+          l.job_id, l.at, l.rank, l.line);
+      if (!r.ok()) return r.error();
+    }
+    return {};
+  }
+  Status insert_metrics(const std::vector<MetricRow>& rows) {
+    if (rows.empty()) return {};
+    const std::string what = "insert metrics";
+    Result<StatementUse> st = db.use(
+        "INSERT OR IGNORE INTO metrics(job_id, name, step, value) VALUES (?1, ?2, ?3, ?4)", what);
+    if (!st.ok()) return st.error();
+    Statement& s = *st.value();
+    for (const MetricRow& m : rows) {
+      s.bind(1, m.job_id);
+      s.bind_static(2, m.name);  // `rows` outlives every step
+      s.bind(3, m.step);
+      s.bind(4, m.value);
+      const int rc = s.step();
+      if (rc != SQLITE_DONE) return db.error(rc, what);
+      s.rewind();  // every parameter is bound again for the next row
+    }
+    return {};
+  }
+  Status set_routing(int64_t job_id, int64_t step, const json& record) {
+    Result<int64_t> r = db.exec(
+        "set routing",
+        "INSERT INTO routing(job_id, step, record) VALUES (?1, ?2, ?3) ON CONFLICT(job_id) DO "
+        "UPDATE SET step = excluded.step, record = excluded.record "
+        "WHERE excluded.step >= routing.step",
+        job_id, step, dump(record));
+    if (!r.ok()) {
+      return reword(r.error(), ErrorCode::kNotFound, "no job with id " + std::to_string(job_id));
+    }
+    return {};
+  }
+
   Result<int> user_version() {
     Result<std::optional<int>> v = db.row("read PRAGMA user_version", "PRAGMA user_version",
                                           [](const Statement& s) { return s.column_int(0); });
@@ -608,12 +649,7 @@ Status Repository::append_logs(const std::vector<LogRow>& rows) {
   if (rows.empty()) return {};
   Transaction tx(impl_->db);
   if (Status st = tx.begin(true); !st) return st;
-  for (const LogRow& l : rows) {
-    Result<int64_t> r = impl_->db.exec(
-        "append job log", "INSERT INTO job_logs(job_id, at, rank, line) VALUES (?1, ?2, ?3, ?4)",
-        l.job_id, l.at, l.rank, l.line);
-    if (!r.ok()) return r.error();
-  }
+  if (Status st = impl_->append_logs(rows); !st) return st;
   return tx.commit();
 }
 
@@ -633,24 +669,9 @@ Result<std::vector<LogRow>> Repository::list_logs(int64_t job_id, int64_t after_
 
 Status Repository::insert_metrics(const std::vector<MetricRow>& rows) {
   if (rows.empty()) return {};
-  const std::string what = "insert metrics";
   Transaction tx(impl_->db);
   if (Status st = tx.begin(true); !st) return st;
-  {
-    Result<StatementUse> st = impl_->db.use(
-        "INSERT OR IGNORE INTO metrics(job_id, name, step, value) VALUES (?1, ?2, ?3, ?4)", what);
-    if (!st.ok()) return st.error();
-    Statement& s = *st.value();
-    for (const MetricRow& m : rows) {
-      s.bind(1, m.job_id);
-      s.bind_static(2, m.name);  // `rows` outlives every step
-      s.bind(3, m.step);
-      s.bind(4, m.value);
-      const int rc = s.step();
-      if (rc != SQLITE_DONE) return impl_->db.error(rc, what);
-      s.rewind();  // every parameter is bound again for the next row
-    }
-  }
+  if (Status st = impl_->insert_metrics(rows); !st) return st;
   return tx.commit();
 }
 
@@ -715,16 +736,27 @@ Result<std::vector<std::string>> Repository::metric_names(int64_t job_id) {
 }
 
 Status Repository::set_routing(int64_t job_id, int64_t step, const json& record) {
-  Result<int64_t> r = impl_->db.exec(
-      "set routing",
-      "INSERT INTO routing(job_id, step, record) VALUES (?1, ?2, ?3) ON CONFLICT(job_id) DO "
-      "UPDATE SET step = excluded.step, record = excluded.record "
-      "WHERE excluded.step >= routing.step",
-      job_id, step, dump(record));
-  if (!r.ok()) {
-    return reword(r.error(), ErrorCode::kNotFound, "no job with id " + std::to_string(job_id));
+  return impl_->set_routing(job_id, step, record);
+}
+
+Status Repository::store_job_reports(int64_t job_id, const std::vector<MetricRow>& rows,
+                                     const std::vector<LogRow>& logs,
+                                     const std::optional<std::pair<int64_t, json>>& routing) {
+  Transaction tx(impl_->db);
+  if (Status st = tx.begin(true); !st) return st;
+  // The job must exist: without this a foreign-key failure would name no job.
+  Result<std::optional<int64_t>> job = impl_->db.row(
+      "find job", "SELECT id FROM jobs WHERE id = ?1",
+      [](const Statement& st) { return st.column_int64(0); }, job_id);
+  if (!job.ok()) return job.error();
+  if (!job.value())
+    return Error{ErrorCode::kNotFound, "no job with id " + std::to_string(job_id), ""};
+  if (Status st = impl_->insert_metrics(rows); !st) return st;
+  if (Status st = impl_->append_logs(logs); !st) return st;
+  if (routing) {
+    if (Status st = impl_->set_routing(job_id, routing->first, routing->second); !st) return st;
   }
-  return {};
+  return tx.commit();
 }
 
 Result<std::optional<std::pair<int64_t, json>>> Repository::get_routing(int64_t job_id) {

@@ -201,6 +201,12 @@ class Repository {
   /// with a lower step than the stored one is ignored.
   Status set_routing(int64_t job_id, int64_t step, const nlohmann::json& record);
   Result<std::optional<std::pair<int64_t, nlohmann::json>>> get_routing(int64_t job_id);
+  /// One job's reports of a batch, all or nothing in one transaction: metric rows (existing
+  /// (job, name, step) ignored), log lines and, when set, the routing record. kNotFound when
+  /// the job does not exist (nothing is written).
+  Status store_job_reports(int64_t job_id, const std::vector<MetricRow>& rows,
+                           const std::vector<LogRow>& logs,
+                           const std::optional<std::pair<int64_t, nlohmann::json>>& routing);
 
   // ---- checkpoints --------------------------------------------------------------------------
   /// Registers a complete checkpoint (state "complete"); kAlreadyExists for (job, step).

@@ -4,6 +4,8 @@
 
 #include <boost/asio.hpp>
 
+#include <sqlite3.h>
+
 #include <set>
 
 #include "api/protocol.hpp"
@@ -12,6 +14,25 @@
 
 namespace mohge::testing {
 namespace {
+
+// A second connection to the coordinator's live database, to inject faults (triggers).
+class Database {
+ public:
+  explicit Database(const fs::path& file) {
+    EXPECT_EQ(sqlite3_open(file.c_str(), &db_), SQLITE_OK);
+    sqlite3_busy_timeout(db_, 10000);
+  }
+  ~Database() { sqlite3_close(db_); }
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    EXPECT_EQ(sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK)
+        << (err ? err : "") << " in " << sql;
+    sqlite3_free(err);
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
 
 TEST_F(LocalCluster, SubmitRunsCheckpointsSucceedsAndDownloads) {
   start_coordinator();
@@ -430,6 +451,72 @@ namespace {
 
 // Every operation of api/openapi.yaml exists on the server and answers with one of the
 // statuses documented for it.
+// One job's metric rows failing to commit (here: a trigger injected into the live database)
+// must not take another job's rows of the same batch with them, and nothing may be
+// acknowledged before it is stored: once the fault clears, every step of both jobs is there.
+TEST_F(LocalCluster, AMetricsWriteFailingForOneJobLosesNothing) {
+  start_coordinator();
+  start_worker("w1");
+  start_worker("w2");
+  wait_workers_online(2);
+  const int64_t a = post("/api/v1/jobs", service_job(1, 300, 0, 1)).body["id"];
+  Database db(root_ / "mohge.db");
+  const int64_t b_expected = a + 1;
+  db.exec("CREATE TRIGGER fail_job BEFORE INSERT ON metrics WHEN NEW.job_id = " +
+          std::to_string(b_expected) + " BEGIN SELECT RAISE(ABORT, 'injected failure'); END;");
+  const int64_t b = post("/api/v1/jobs", service_job(1, 300, 0, 1)).body["id"];
+  ASSERT_EQ(b, b_expected);
+  auto loss_steps = [&](int64_t id) {
+    const json m =
+        get("/api/v1/jobs/" + std::to_string(id) + "/metrics?names=loss&max_points=100000").body;
+    return m["metrics"]["loss"]["steps"].size();
+  };
+  // At least one write of job b's rows has failed, and none of them is stored.
+  ASSERT_TRUE(wait_for(
+      [&] {
+        return get("/api/v1/healthz").body["status"] == "degraded" &&
+               job(b)["progress"]["step"] >= 50;
+      },
+      60.0));
+  EXPECT_EQ(loss_steps(b), 0u);
+  db.exec("DROP TRIGGER fail_job;");
+  ASSERT_TRUE(wait_state(a, "SUCCEEDED", 120.0));
+  ASSERT_TRUE(wait_state(b, "SUCCEEDED", 120.0));
+  EXPECT_TRUE(wait_for([&] { return loss_steps(a) == 300u && loss_steps(b) == 300u; }, 20.0))
+      << loss_steps(a) << " and " << loss_steps(b) << " of 300 steps stored";
+}
+
+// A checkpoint report is acknowledged only once its row is committed: when the registration
+// fails (a trigger injected into the live database), the worker keeps the report and sends it
+// again after reconnecting, and the checkpoint is registered then.
+TEST_F(LocalCluster, ACheckpointReportIsAcknowledgedOnlyOnceRegistered) {
+  start_coordinator();
+  start_worker("w1");
+  wait_workers_online(1);
+  Database(root_ / "mohge.db")
+      .exec(
+          "CREATE TRIGGER fail_checkpoint BEFORE INSERT ON checkpoints WHEN NEW.step = 1000 "
+          "BEGIN SELECT RAISE(ABORT, 'injected failure'); END;");
+  // Long enough to be running when the coordinator restarts (reports of an attempt that has
+  // ended are not accepted after it); nothing is deleted by retention.
+  const int64_t id = post("/api/v1/jobs", service_job(1, 200000, 1000, 1000)).body["id"];
+  auto steps = [&] {
+    std::set<int64_t> out;
+    const json list = get("/api/v1/jobs/" + std::to_string(id) + "/checkpoints").body;
+    for (const json& c : list["checkpoints"]) out.insert(c["step"].get<int64_t>());
+    return out;
+  };
+  ASSERT_TRUE(wait_for([&] { return steps().count(3000) > 0; }, 120.0));
+  EXPECT_EQ(steps().count(1000), 0u);
+  Database(root_ / "mohge.db").exec("DROP TRIGGER fail_checkpoint;");
+  kill9(coordinator_);
+  start_coordinator();
+  EXPECT_TRUE(wait_for([&] { return steps().count(1000) > 0; }, 30.0))
+      << "step 1000 was never registered";
+  EXPECT_EQ(post("/api/v1/jobs/" + std::to_string(id) + "/cancel", json::object()).status, 200);
+  ASSERT_TRUE(wait_state(id, "CANCELED", 60.0));
+}
+
 TEST_F(LocalCluster, EveryDocumentedRouteAnswersWithADocumentedStatus) {
   start_coordinator();
   ASSERT_EQ(post("/api/v1/jobs", service_job(1, 3)).status, 201);

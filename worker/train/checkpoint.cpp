@@ -94,6 +94,7 @@ Result<fs::path> publish(const fs::path& dir, const fs::path& tmp_dir, int64_t s
   if (fs::exists(final_dir)) fs::rename(final_dir, old_dir, ec);
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) return io_error("cannot rename " + tmp_dir.string() + " to " + final_dir.string(), ec);
+  if (Status s = sync_path(dir, true); !s.ok()) return s.error();  // the rename is durable
   fs::remove_all(old_dir, ec);
   std::vector<fs::path> all = checkpoint_list(dir);
   for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i], ec);
