@@ -323,10 +323,13 @@ struct RestServer::Impl {
       if (!id.ok()) return reply_error(req, id.error());
       if (p[2] == "files") return reply(req, service.checkpoint_files(c, id.value()));
       if (p[2] == "download") {
-        Result<std::filesystem::path> file = service.checkpoint_download(c, id.value());
-        if (!file.ok()) return reply_error(req, file.error());
-        return reply_file(req, file.value(), "application/octet-stream",
-                          "checkpoint-" + std::to_string(id.value()) + ".safetensors");
+        // Answered from whichever thread has the file ready; this REST thread is free now.
+        return service.checkpoint_download(
+            c, id.value(), [req, id = id.value()](Result<std::filesystem::path> file) {
+              if (!file.ok()) return reply_error(req, file.error());
+              reply_file(req, file.value(), "application/octet-stream",
+                         "checkpoint-" + std::to_string(id) + ".safetensors");
+            });
       }
     }
     if (is({"workers"})) {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -69,9 +70,11 @@ class ApiService {
   virtual Result<nlohmann::json> job_routing(const Caller& caller, int64_t job) = 0;
   virtual Result<nlohmann::json> job_checkpoints(const Caller& caller, int64_t job) = 0;
   virtual Result<nlohmann::json> checkpoint_files(const Caller& caller, int64_t checkpoint) = 0;
-  /// The consolidated safetensors file of a checkpoint (built on first request), to stream.
-  virtual Result<std::filesystem::path> checkpoint_download(const Caller& caller,
-                                                            int64_t checkpoint) = 0;
+  /// The consolidated safetensors file of a checkpoint, to stream: `done` receives it, on
+  /// another thread once the file is built (first request: the shards are consolidated off
+  /// the REST threads, once however many ask at the same time), or at once when it exists.
+  virtual void checkpoint_download(const Caller& caller, int64_t checkpoint,
+                                   std::function<void(Result<std::filesystem::path>)> done) = 0;
   virtual Result<nlohmann::json> list_workers(const Caller& caller) = 0;
   virtual Result<nlohmann::json> cluster(const Caller& caller) = 0;
 

@@ -99,6 +99,13 @@ struct Coordinator::Impl : ApiService {
   std::shared_mutex auth_mu;
   std::map<std::string, Caller> auth_cache;
 
+  // Checkpoint downloads are consolidated here, off the REST threads (a large checkpoint takes
+  // seconds). The map of requests waiting for a build is shared by the REST threads and this
+  // pool: a small lock, held only to add or take waiters.
+  boost::asio::thread_pool downloads_pool{1};
+  std::mutex downloads_mu;
+  std::map<int64_t, std::vector<std::function<void(Result<fs::path>)>>> downloads_waiting;
+
   // Read-only connections for the REST threads' reads (WAL readers never block the writer).
   std::mutex readers_mu;  // guards the free list only
   std::vector<std::unique_ptr<db::Repository>> readers;
@@ -401,17 +408,33 @@ struct Coordinator::Impl : ApiService {
     return out;
   }
 
-  Result<fs::path> checkpoint_download(const Caller& c, int64_t id) override {
+  void checkpoint_download(const Caller& c, int64_t id,
+                           std::function<void(Result<fs::path>)> done) override {
     Result<db::CheckpointRow> ck = visible_checkpoint(c, id);
-    if (!ck.ok()) return ck.error();
+    if (!ck.ok()) return done(ck.error());
     const fs::path out =
         options.storage / "downloads" / ("checkpoint-" + std::to_string(id) + ".safetensors");
     std::error_code ec;
-    if (fs::exists(out, ec)) return out;
-    fs::create_directories(out.parent_path(), ec);
-    Status s = consolidate_safetensors(options.storage / ck.value().path, "model", out);
-    if (!s.ok()) return s.error();
-    return out;
+    if (fs::exists(out, ec)) return done(out);
+    {
+      // Requests for a file being built wait for that build instead of starting another.
+      std::lock_guard<std::mutex> lock(downloads_mu);
+      auto& waiting = downloads_waiting[id];
+      waiting.push_back(std::move(done));
+      if (waiting.size() > 1) return;
+    }
+    boost::asio::post(downloads_pool, [this, id, out, dir = options.storage / ck.value().path] {
+      std::error_code ec2;
+      fs::create_directories(out.parent_path(), ec2);
+      const Status s = consolidate_safetensors(dir, "model", out);
+      std::vector<std::function<void(Result<fs::path>)>> waiting;
+      {
+        std::lock_guard<std::mutex> lock(downloads_mu);
+        waiting = std::move(downloads_waiting[id]);
+        downloads_waiting.erase(id);
+      }
+      for (auto& w : waiting) w(s.ok() ? Result<fs::path>(out) : Result<fs::path>(s.error()));
+    });
   }
 
   Result<json> list_workers(const Caller&) override {
@@ -652,6 +675,7 @@ void Coordinator::stop() {
   if (!impl_ || impl_->threads.empty()) return;
   Impl& m = *impl_;
   if (m.rest) m.rest->stop();
+  m.downloads_pool.join();
   m.registry->stop();
   m.metrics->post([&m] { m.metrics->flush(); });
   // Let the queued writes reach SQLite before the threads stop.

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -12,7 +13,11 @@ namespace mohge {
 namespace fs = std::filesystem;
 
 Status atomic_write_file(const fs::path& path, const std::function<void(std::ostream&)>& write) {
-  const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+  // Unique per call, so that two writers of the same file in one process (two first
+  // downloads of a checkpoint) never share a temporary file.
+  static std::atomic<uint64_t> counter{0};
+  const fs::path tmp =
+      path.string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
   std::error_code ec;
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);

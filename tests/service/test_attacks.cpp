@@ -13,6 +13,7 @@
 
 #include "api/messages.hpp"
 #include "api/protocol.hpp"
+#include "storage/safetensors.hpp"
 #include "tests/service/service_fixture.hpp"
 
 namespace mohge::testing {
@@ -482,6 +483,64 @@ TEST_F(ControlPlaneAttack, ConnectionsThatDoNotAuthenticateCostNothingAndAreClos
   expect_healthy();
   // The real worker was never disturbed.
   EXPECT_EQ(get("/api/v1/cluster").body["workers"]["online"], 1);
+}
+
+// Two first downloads of a checkpoint at once: the consolidation runs once, off the REST
+// threads, and both get the same complete file (before, both wrote one temporary file); the
+// API answers /healthz quickly meanwhile.
+TEST_F(ControlPlaneAttack, ParallelFirstDownloadsGetTheSameCompleteFile) {
+  start_coordinator();
+  start_worker("w1");
+  start_worker("w2");
+  wait_workers_online(2);
+  json spec = service_job(2, 8, 8, 1);
+  spec["model"]["d_model"] = 128;  // a checkpoint of a few MiB, so consolidation takes a while
+  spec["model"]["heads"] = 4;
+  spec["model"]["ffn"]["widths"] = {256, 320, 384, 448};
+  const int64_t id = post("/api/v1/jobs", spec).body["id"];
+  ASSERT_TRUE(wait_state(id, "SUCCEEDED", 120.0));
+  json cks;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        cks = get("/api/v1/jobs/" + std::to_string(id) + "/checkpoints").body["checkpoints"];
+        return cks.size() == 1u;
+      },
+      10.0));
+  const int64_t ck = cks[0]["id"];
+  std::vector<std::vector<unsigned char>> bodies(4);
+  std::vector<int> statuses(4, 0);
+  std::vector<std::thread> downloads;
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    downloads.emplace_back([&, i] {
+      web::http::client::http_client client(url());
+      web::http::http_request req(web::http::methods::GET);
+      req.set_request_uri("/api/v1/checkpoints/" + std::to_string(ck) + "/download");
+      req.headers().add("Authorization", "Bearer " + token_);
+      web::http::http_response resp = client.request(req).get();
+      statuses[i] = resp.status_code();
+      bodies[i] = resp.extract_vector().get();
+    });
+  }
+  expect_healthy();
+  for (std::thread& t : downloads) t.join();
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    EXPECT_EQ(statuses[i], 200);
+    EXPECT_EQ(bodies[i], bodies[0]) << "download " << i << " differs";
+  }
+  const fs::path file = root_ / "downloaded.safetensors";
+  std::ofstream(file, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bodies[0].data()),
+             static_cast<std::streamsize>(bodies[0].size()));
+  Result<SafetensorsFile> st = SafetensorsFile::open(file);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  std::ifstream index(root_ / cks[0]["path"].get<std::string>() / "model.safetensors.index.json");
+  const json weight_map = json::parse(index)["weight_map"];
+  EXPECT_EQ(st.value().entries().size(), weight_map.size());
+  for (const auto& [name, shard] : weight_map.items())
+    EXPECT_NE(st.value().find(name), nullptr) << name;
+  // No temporary file is left in the downloads folder.
+  for (const auto& entry : fs::directory_iterator(root_ / "downloads"))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
 }
 
 }  // namespace
