@@ -31,6 +31,11 @@ constexpr size_t kMaxBlobBytes = 1 << 20;     // a rendezvous blob (base64 of a 
 constexpr size_t kMaxRecords = 1000;          // metric records per message
 constexpr size_t kMaxCheckpointFiles = 4096;  // files one rank reports for a checkpoint
 constexpr int kMaxWorld = 4096;
+
+/// The attempt fence: a file in a job's run folder holding the number of the attempt that owns
+/// the folder. The coordinator writes it before launching an attempt; every rank verifies it
+/// before writing into the folder, so a rank of a superseded attempt writes nothing more.
+inline constexpr const char* kAttemptFenceFile = "attempt";
 constexpr int kMaxRounds = 1000;  // rendezvous rounds per attempt
 
 /// One rank of one attempt of a job, as a worker reports it running.

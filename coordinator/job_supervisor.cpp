@@ -2,12 +2,15 @@
 
 #include <spdlog/spdlog.h>
 
+#include "api/messages.hpp"
 #include "api/protocol.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/worker_registry.hpp"
+#include "storage/atomic_file.hpp"
 
 namespace mohge::coord {
 
+namespace fs = std::filesystem;
 using nlohmann::json;
 
 JobSupervisor::JobSupervisor(boost::asio::io_context& io, Hub& hub, Launch launch)
@@ -19,6 +22,20 @@ JobSupervisor::JobSupervisor(boost::asio::io_context& io, Hub& hub, Launch launc
 
 void JobSupervisor::start() {
   post([self = shared_from_this()] {
+    // The fence first: from now on only this attempt's ranks may write into the run folder.
+    const fs::path run = self->hub_.options.storage / self->launch_.run_dir;
+    std::error_code ec;
+    fs::create_directories(run, ec);
+    const Status fenced = atomic_write_file(run / proto::kAttemptFenceFile, [&](std::ostream& out) {
+      out << self->launch_.attempt << "\n";
+    });
+    if (!fenced.ok()) {
+      self->finished_ = true;
+      self->hub_.scheduler->attempt_ended(
+          self->launch_.job, self->launch_.attempt, AttemptOutcome::kFailed,
+          "cannot write the attempt fence: " + fenced.error().to_string());
+      return;
+    }
     const int world = static_cast<int>(self->launch_.workers.size());
     for (int r = 0; r < world; ++r) {
       self->ranks_[r] = RankState::kRunning;

@@ -411,6 +411,67 @@ TEST_F(LocalCluster, ASilentWorkerIsDeclaredLostAndItsJobRecovers) {
       << get("/api/v1/workers").text;
 }
 
+// Fencing: a worker stopped (SIGSTOP) long enough to be declared lost has its job placed again
+// as attempt 2. When it wakes, its rank of attempt 1 must write nothing more into the run
+// folder: the run's metrics.jsonl holds every step once, in order, and every checkpoint in it
+// was written by attempt 2.
+TEST_F(LocalCluster, AWokenRankOfASupersededAttemptWritesNothing) {
+  start_coordinator();
+  start_worker("w1");
+  wait_workers_online(1);
+  const int64_t id = post("/api/v1/jobs", service_job(1, 400000, 1000, 3)).body["id"];
+  ASSERT_TRUE(wait_for([&] { return job(id)["progress"]["step"].get<int64_t>() >= 2000; }, 60.0));
+  ::kill(workers_["w1"], SIGSTOP);
+  start_worker("w2");
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const json j = job(id);
+        return j["attempt"] == 2 && j["state"] == "RUNNING";
+      },
+      30.0))
+      << job(id).dump();
+  const int64_t resumed_at = job(id)["progress"]["step"];
+  ASSERT_TRUE(wait_for(
+      [&] { return job(id)["progress"]["step"].get<int64_t>() >= resumed_at + 3000; }, 60.0));
+  ::kill(workers_["w1"], SIGCONT);
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const json workers = get("/api/v1/workers").body["workers"];
+        for (const json& x : workers)
+          if (x["name"] == "w1") return x["state"] == "online" && x["running"].empty();
+        return false;
+      },
+      30.0));
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ASSERT_EQ(post("/api/v1/jobs/" + std::to_string(id) + "/cancel", json::object()).status, 200);
+  ASSERT_TRUE(wait_state(id, "CANCELED", 60.0));
+
+  const fs::path run = root_ / job(id)["run_dir"].get<std::string>();
+  std::ifstream metrics(run / "metrics.jsonl");
+  std::string line;
+  int64_t expected = 1, lines = 0;
+  while (std::getline(metrics, line)) {
+    const json rec = json::parse(line);
+    if (!rec.contains("loss")) continue;  // evaluation records repeat their step
+    ASSERT_EQ(rec["step"].get<int64_t>(), expected) << "line " << lines + 1 << ": " << line;
+    ++expected;
+    ++lines;
+  }
+  EXPECT_GT(lines, 5000);
+  int checkpoints = 0;
+  for (const auto& entry : fs::directory_iterator(run / "checkpoints")) {
+    const std::string name = entry.path().filename().string();
+    ASSERT_EQ(name.rfind("step-", 0), 0u) << "left behind: " << name;
+    std::ifstream state(entry.path() / "trainer_state.json");
+    EXPECT_EQ(json::parse(state).value("attempt", 0), 2) << name;
+    ++checkpoints;
+  }
+  EXPECT_GE(checkpoints, 1);
+  std::ifstream w1_log(root_ / "w1.log");
+  const std::string text((std::istreambuf_iterator<char>(w1_log)), {});
+  EXPECT_NE(text.find("superseded by attempt 2"), std::string::npos) << text.substr(0, 2000);
+}
+
 TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
   start_coordinator();
   start_worker("w1");

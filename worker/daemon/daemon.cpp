@@ -409,6 +409,20 @@ struct WorkerDaemon::Impl {
     c.train.storage_root = options.storage;
     c.train.run_dir = options.storage / m.run_dir;  // relative, no "..": checked by decode_launch
     c.train.resume_if_present = m.resume;
+    // A rank whose attempt was superseded (its worker was declared lost while it was stopped,
+    // and the job placed again) finds a newer number in the fence and writes nothing more.
+    c.train.fence.attempt = m.attempt;
+    c.train.fence.check = [file = c.train.run_dir / proto::kAttemptFenceFile, job = m.job,
+                           attempt = m.attempt]() -> Status {
+      std::ifstream in(file);
+      int64_t current = 0;
+      if (!(in >> current) || current == attempt) return {};  // no fence file: nothing to defer to
+      return Error{ErrorCode::kFailedPrecondition,
+                   "attempt " + std::to_string(attempt) + " of job " + std::to_string(job) +
+                       " was superseded by attempt " + std::to_string(current) +
+                       "; this rank stops without writing into the run",
+                   ""};
+    };
     c.train.progress = false;
     c.train.stop_request = &task->stop_request;
     RankTask* t = task.get();

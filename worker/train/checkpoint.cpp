@@ -65,7 +65,7 @@ void sweep_unpublished(const fs::path& dir) {
 // The files, besides the tensors, that make a checkpoint folder complete (rank 0 writes them).
 Status write_metadata_files(const fs::path& dir, const JobSpec& spec, const TrainerState& state,
                             int64_t optimizer_steps, int world,
-                            const std::vector<fs::path>& extra_files) {
+                            const std::vector<fs::path>& extra_files, int attempt) {
   if (Status s = write_text(dir / "job.json", job_spec_to_json(spec).dump(2) + "\n"); !s.ok())
     return s;
   for (const fs::path& extra : extra_files) {
@@ -73,20 +73,26 @@ Status write_metadata_files(const fs::path& dir, const JobSpec& spec, const Trai
     fs::copy_file(extra, dir / extra.filename(), fs::copy_options::overwrite_existing, ec);
     if (ec) return io_error("cannot copy " + extra.string() + " into the checkpoint", ec);
   }
-  const json trainer = {{"version", kTrainerStateVersion},
-                        {"step", state.step},
-                        {"data", {{"epoch", state.data.epoch}, {"index", state.data.index}}},
-                        {"seed", state.seed},
-                        {"optimizer_steps", optimizer_steps},
-                        {"world", world}};
+  json trainer = {{"version", kTrainerStateVersion},
+                  {"step", state.step},
+                  {"data", {{"epoch", state.data.epoch}, {"index", state.data.index}}},
+                  {"seed", state.seed},
+                  {"optimizer_steps", optimizer_steps},
+                  {"world", world}};
+  if (attempt > 0) trainer["attempt"] = attempt;  // the service attempt that wrote it
   // Written last: its presence marks the folder as complete (checkpoint_list).
   return write_text(dir / "trainer_state.json", trainer.dump(2) + "\n");
 }
 
 // Moves the finished temp folder into place and applies retention.
-Result<fs::path> publish(const fs::path& dir, const fs::path& tmp_dir, int64_t step, int keep) {
+Result<fs::path> publish(const fs::path& dir, const fs::path& tmp_dir, int64_t step, int keep,
+                         const RunFence& fence) {
   const fs::path final_dir = dir / checkpoint_folder_name(step);
   std::error_code ec;
+  if (Status s = fence.verify(); !s.ok()) {
+    fs::remove_all(tmp_dir, ec);
+    return s.error();
+  }
   // A checkpoint of the same step from an earlier attempt is moved aside, not deleted, until
   // the new one is in place.
   const fs::path old_dir = dir / (".old-" + checkpoint_folder_name(step));
@@ -133,8 +139,9 @@ int64_t model_bytes(const ParamStore& rank0_params, const ModelSpec& model) {
 
 Result<fs::path> write_single(const fs::path& dir, Transformer& model, AdamW& optimizer,
                               const JobSpec& spec, const TrainerState& state, int keep,
-                              const std::vector<fs::path>& extra_files) {
+                              const std::vector<fs::path>& extra_files, const RunFence& fence) {
   std::error_code ec;
+  if (Status s = fence.verify(); !s.ok()) return s.error();
   const fs::path tmp_dir =
       dir / (".tmp-" + checkpoint_folder_name(state.step) + "-" + std::to_string(::getpid()));
   sweep_unpublished(dir);  // this process is the run's only writer
@@ -155,11 +162,11 @@ Result<fs::path> write_single(const fs::path& dir, Transformer& model, AdamW& op
   optim_file.set_metadata("steps_taken", std::to_string(optimizer.steps_taken()));
   if (Status s = model_file.write(tmp_dir / "model.safetensors"); !s.ok()) return s.error();
   if (Status s = optim_file.write(tmp_dir / "optimizer.safetensors"); !s.ok()) return s.error();
-  if (Status s =
-          write_metadata_files(tmp_dir, spec, state, optimizer.steps_taken(), 1, extra_files);
+  if (Status s = write_metadata_files(tmp_dir, spec, state, optimizer.steps_taken(), 1, extra_files,
+                                      fence.attempt);
       !s.ok())
     return s.error();
-  return publish(dir, tmp_dir, state.step, keep);
+  return publish(dir, tmp_dir, state.step, keep, fence);
 }
 
 // Every rank writes its shard into the shared temp folder; rank 0 writes the indexes and the
@@ -167,13 +174,15 @@ Result<fs::path> write_single(const fs::path& dir, Transformer& model, AdamW& op
 Result<fs::path> write_sharded(const fs::path& dir, Transformer& model, AdamW& optimizer,
                                const JobSpec& spec, const TrainerState& state, int keep,
                                const std::vector<fs::path>& extra_files,
-                               const ParallelContext& parallel) {
+                               const ParallelContext& parallel, const RunFence& fence) {
   Communicator& comm = *parallel.comm;
   const int rank = parallel.rank(), R = parallel.world();
   const fs::path tmp_dir = dir / (".tmp-" + checkpoint_folder_name(state.step));
   std::error_code ec;
   std::string error;
-  if (rank == 0) {
+  if (Status s = fence.verify(); rank == 0 && !s.ok()) {
+    error = s.error().to_string();
+  } else if (rank == 0) {
     sweep_unpublished(dir);  // rank 0 alone creates and publishes checkpoint folders
     fs::create_directories(tmp_dir, ec);
     if (ec) error = "cannot create " + tmp_dir.string() + ": " + ec.message();
@@ -227,9 +236,10 @@ Result<fs::path> write_sharded(const fs::path& dir, Transformer& model, AdamW& o
           {{"optimizer", "adamw"}, {"steps_taken", std::to_string(optimizer.steps_taken())}});
     }
     if (s.ok())
-      s = write_metadata_files(tmp_dir, spec, state, optimizer.steps_taken(), R, extra_files);
+      s = write_metadata_files(tmp_dir, spec, state, optimizer.steps_taken(), R, extra_files,
+                               fence.attempt);
     if (s.ok()) {
-      published = publish(dir, tmp_dir, state.step, keep);
+      published = publish(dir, tmp_dir, state.step, keep, fence);
       if (!published.ok()) error = published.error().to_string();
     } else {
       error = s.error().to_string();
@@ -250,13 +260,13 @@ std::string checkpoint_folder_name(int64_t step) {
 Result<fs::path> checkpoint_write(const fs::path& dir, Transformer& model, AdamW& optimizer,
                                   const JobSpec& spec, const TrainerState& state, int keep,
                                   const std::vector<fs::path>& extra_files,
-                                  const ParallelContext& parallel) {
+                                  const ParallelContext& parallel, const RunFence& fence) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return io_error("cannot create " + dir.string(), ec);
   if (parallel.distributed())
-    return write_sharded(dir, model, optimizer, spec, state, keep, extra_files, parallel);
-  return write_single(dir, model, optimizer, spec, state, keep, extra_files);
+    return write_sharded(dir, model, optimizer, spec, state, keep, extra_files, parallel, fence);
+  return write_single(dir, model, optimizer, spec, state, keep, extra_files, fence);
 }
 
 std::vector<fs::path> checkpoint_list(const fs::path& dir) {

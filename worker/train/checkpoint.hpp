@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 #include "api/job_spec.hpp"
@@ -29,17 +30,29 @@ struct TrainerState {
   uint64_t seed = 0;   // train.seed of the run
 };
 
+/// The writer of a run under the service: its attempt number (recorded in
+/// trainer_state.json; 0 outside the service) and its fence, which fails once a newer attempt
+/// owns the run folder (a worker declared lost and replaced while it was stopped). Every write
+/// into the run checks it first; a failed check abandons the write.
+struct RunFence {
+  int attempt = 0;
+  std::function<Status()> check;  // null: no fence (one process, the CLI)
+  Status verify() const { return check ? check() : Status(); }
+};
+
 /// "step-00000500".
 std::string checkpoint_folder_name(int64_t step);
 
 /// Writes the checkpoint of `state.step` under `checkpoints_dir` atomically, then deletes the
 /// oldest complete checkpoints beyond `keep`. `extra_files` (e.g. the tokenizer) are copied
 /// into the folder. With a distributed `parallel`, every rank calls it (collectively) and
-/// writes its shard. Returns the folder written.
+/// writes its shard. `fence` is verified before the folder is swept and created and again
+/// before it is published (and retention applied). Returns the folder written.
 Result<std::filesystem::path> checkpoint_write(
     const std::filesystem::path& checkpoints_dir, Transformer& model, AdamW& optimizer,
     const JobSpec& spec, const TrainerState& state, int keep,
-    const std::vector<std::filesystem::path>& extra_files, const ParallelContext& parallel = {});
+    const std::vector<std::filesystem::path>& extra_files, const ParallelContext& parallel = {},
+    const RunFence& fence = {});
 
 /// Complete checkpoints under `checkpoints_dir`, oldest first (leftover temp folders are
 /// ignored).

@@ -327,6 +327,10 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                    "train.lr"};
     }
     optimizer.step(lr, norm);
+    if (Status s = options_.fence.verify(); !s.ok()) {
+      progress.newline();
+      return s.error();
+    }
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
     recent_step_s = step == state.step ? step_s : 0.9 * recent_step_s + 0.1 * step_s;
 
@@ -392,8 +396,9 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     }
     r.stopped = stop && !last;
     if ((spec_.checkpoint.every > 0 && r.step % spec_.checkpoint.every == 0) || last || stop) {
-      Result<fs::path> written = checkpoint_write(ckpt_dir, *model_, optimizer, spec_, state,
-                                                  spec_.checkpoint.keep, extra_files, parallel_);
+      Result<fs::path> written =
+          checkpoint_write(ckpt_dir, *model_, optimizer, spec_, state, spec_.checkpoint.keep,
+                           extra_files, parallel_, options_.fence);
       if (!written.ok()) {
         progress.newline();
         return written.error();

@@ -23,6 +23,7 @@
 #include "worker/dist/parallel.hpp"
 #include "worker/model/transformer.hpp"
 #include "worker/train/batches.hpp"
+#include "worker/train/checkpoint.hpp"
 
 namespace mohge {
 
@@ -41,6 +42,9 @@ struct TrainOptions {
   std::function<void(const nlohmann::json&)> on_record;
   /// Every checkpoint this rank took part in, once it is complete on disk (all ranks).
   std::function<void(int64_t step, const std::filesystem::path& folder)> on_checkpoint;
+  /// Verified after every step, before anything of it is written to the run folder (metrics,
+  /// checkpoints): a failure ends the run with that error (the service's attempt fence).
+  RunFence fence;
 };
 
 /// One training step's figures (also the record written to metrics.jsonl).
