@@ -232,7 +232,7 @@ Result<JobSpec> load_job_spec(const std::string& path) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers that overflow
     return Error{ErrorCode::kInvalidArgument,
                  "job spec " + path + " is not valid JSON: " + e.what(), ""};
   }

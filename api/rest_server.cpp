@@ -1,10 +1,11 @@
 #include "api/rest_server.hpp"
 
+#include "api/rest_request.hpp"
+
 #include <cpprest/http_listener.h>
 #include <cpprest/interopstream.h>
 #include <pplx/threadpool.h>
 
-#include <charconv>
 #include <fstream>
 #include <map>
 
@@ -60,53 +61,6 @@ void reply_json(const http::http_request& req, int status, const json& body) {
 
 void reply_error(const http::http_request& req, const Error& e) {
   reply_json(req, http_status(e.code), error_body(e));
-}
-
-/// A request's path split into decoded segments ("/api/v1/jobs/3" → api, v1, jobs, 3).
-std::vector<std::string> path_segments(const http::http_request& req) {
-  std::vector<std::string> out;
-  for (const std::string& s : web::uri::split_path(req.relative_uri().path()))
-    out.push_back(web::uri::decode(s));
-  return out;
-}
-
-/// An id from a path segment: digits only (no signs, spaces, dots or slashes), else not found.
-Result<int64_t> parse_id(const std::string& s, const char* what) {
-  int64_t v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || s.size() > 18 || ec != std::errc() || p != s.data() + s.size() || v <= 0) {
-    return Error{ErrorCode::kNotFound, std::string("no ") + what + " with id \"" + s + "\"", ""};
-  }
-  return v;
-}
-
-struct Query {
-  std::map<std::string, std::string> params;
-
-  Result<int64_t> integer(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
-    const auto it = params.find(name);
-    if (it == params.end() || it->second.empty()) return fallback;
-    int64_t v = 0;
-    const std::string& s = it->second;
-    const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc() || p != s.data() + s.size() || v < lo || v > hi) {
-      return invalid_argument(name, "must be an integer in [" + std::to_string(lo) + ", " +
-                                        std::to_string(hi) + "], got \"" + s + "\"");
-    }
-    return v;
-  }
-  std::optional<std::string> text(const std::string& name) const {
-    const auto it = params.find(name);
-    if (it == params.end() || it->second.empty()) return std::nullopt;
-    return it->second;
-  }
-};
-
-Query parse_query(const http::http_request& req) {
-  Query q;
-  for (const auto& [k, v] : web::uri::split_query(req.request_uri().query()))
-    q.params[web::uri::decode(k)] = web::uri::decode(v);
-  return q;
 }
 
 const char* content_type_of(const std::filesystem::path& p) {
@@ -207,14 +161,10 @@ struct RestServer::Impl {
   }
 
   void route(const http::http_request& req) {
-    const std::vector<std::string> seg = path_segments(req);
+    Result<std::vector<std::string>> segments = rest_path_segments(req.relative_uri().path());
+    if (!segments.ok()) return reply_error(req, segments.error());
+    const std::vector<std::string>& seg = segments.value();
     const std::string& method = req.method();
-    for (const std::string& s : seg) {
-      if (s == ".." || s == "." || s.find('/') != std::string::npos ||
-          s.find('\\') != std::string::npos || s.find('\0') != std::string::npos) {
-        return reply_error(req, Error{ErrorCode::kNotFound, "no such resource", ""});
-      }
-    }
     if (seg.size() < 2 || seg[0] != "api" || seg[1] != "v1") return static_file(req, seg);
     const std::vector<std::string> p(seg.begin() + 2, seg.end());
     const size_t n = p.size();
@@ -234,7 +184,9 @@ struct RestServer::Impl {
     Result<Caller> caller = authenticate(req);
     if (!caller.ok()) return reply_error(req, caller.error());
     const Caller& c = caller.value();
-    const Query q = parse_query(req);
+    Result<RestQuery> query = rest_parse_query(req.request_uri().query());
+    if (!query.ok()) return reply_error(req, query.error());
+    const RestQuery& q = query.value();
 
     if (is({"jobs"})) {
       if (method == http::methods::POST) {
@@ -265,7 +217,7 @@ struct RestServer::Impl {
       return reply(req, service.list_jobs(c, lq));
     }
     if (n >= 2 && p[0] == "jobs") {
-      Result<int64_t> id = parse_id(p[1], "job");
+      Result<int64_t> id = rest_parse_id(p[1], "job");
       if (!id.ok()) return reply_error(req, id.error());
       const int64_t job = id.value();
       if (n == 2) {
@@ -319,7 +271,7 @@ struct RestServer::Impl {
     }
     if (n == 3 && p[0] == "checkpoints") {
       if (method != http::methods::GET) return method_not_allowed(req);
-      Result<int64_t> id = parse_id(p[1], "checkpoint");
+      Result<int64_t> id = rest_parse_id(p[1], "checkpoint");
       if (!id.ok()) return reply_error(req, id.error());
       if (p[2] == "files") return reply(req, service.checkpoint_files(c, id.value()));
       if (p[2] == "download") {
@@ -353,7 +305,7 @@ struct RestServer::Impl {
     }
     if (n == 3 && p[0] == "users" && p[2] == "tokens") {
       if (method != http::methods::POST) return method_not_allowed(req);
-      Result<int64_t> id = parse_id(p[1], "user");
+      Result<int64_t> id = rest_parse_id(p[1], "user");
       if (!id.ok()) return reply_error(req, id.error());
       Result<json> body = body_json(req);
       if (!body.ok()) return reply_error(req, body.error());
@@ -361,7 +313,7 @@ struct RestServer::Impl {
     }
     if (n == 2 && p[0] == "tokens") {
       if (method != http::methods::DEL) return method_not_allowed(req);
-      Result<int64_t> id = parse_id(p[1], "token");
+      Result<int64_t> id = rest_parse_id(p[1], "token");
       if (!id.ok()) return reply_error(req, id.error());
       return reply(req, service.revoke_token(c, id.value()));
     }

@@ -19,6 +19,7 @@
 #include "api/rest_server.hpp"
 #include "coordinator/checkpoint_registry.hpp"
 #include "coordinator/job_views.hpp"
+#include "coordinator/metric_rows.hpp"
 #include "coordinator/metrics_sink.hpp"
 #include "coordinator/scheduler.hpp"
 #include "coordinator/store.hpp"
@@ -288,7 +289,7 @@ struct Coordinator::Impl : ApiService {
         for (const std::string& k : known)
           if (k.starts_with(prefix)) names.push_back(k);
       }
-      json metrics = json::object();
+      json series_by_name = json::object();
       int64_t last = q.since;
       for (const std::string& name : names) {
         Result<std::vector<db::MetricPoint>> series =
@@ -300,9 +301,9 @@ struct Coordinator::Impl : ApiService {
           values.push_back(p.value);
           last = std::max(last, p.step);
         }
-        metrics[name] = {{"steps", steps}, {"values", values}};
+        series_by_name[name] = {{"steps", steps}, {"values", values}};
       }
-      return json{{"job", id}, {"since", q.since}, {"last_step", last}, {"metrics", metrics}};
+      return json{{"job", id}, {"since", q.since}, {"last_step", last}, {"metrics", series_by_name}};
     });
   }
 
@@ -679,8 +680,8 @@ void Coordinator::stop() {
   m.registry->stop();
   m.metrics->post([&m] { m.metrics->flush(); });
   // Let the queued writes reach SQLite before the threads stop.
-  m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
-  m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
+  (void)m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
+  (void)m.store->ask<bool>([]() -> Result<bool> { return true; }, std::chrono::seconds(5));
   m.work.reset();
   m.io.stop();
   for (std::thread& t : m.threads) t.join();

@@ -22,15 +22,6 @@ namespace mohge::coord {
 /// The metric rows of one record: every numeric field (loss, aux_group, val_loss, …), and from
 /// its per-layer routing: imbalance and imbalance_group_per_rank (mean over layers),
 /// group_share.<g> (mean over layers) and flops.<rank> (sum over layers).
-/// The metric rows of one record (DESIGN §7): its top-level numbers, and the averages over
-/// its layers. Values of an unexpected shape are skipped, never thrown on.
-std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const nlohmann::json& record);
-
-/// obj[key] when obj is an object and that is a number; 0 otherwise.
-double number_at(const nlohmann::json& obj, const char* key);
-/// v when it is a number; 0 otherwise.
-double number_or_zero(const nlohmann::json& v);
-
 class MetricsSink : public Actor {
  public:
   MetricsSink(boost::asio::io_context& io, Hub& hub);

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config git
+  clang libclang-rt-14-dev  # the test command's libFuzzer targets (tests/fuzz)
   libdnnl-dev               # oneDNN: CPU GEMM
   ocl-icd-opencl-dev        # Debian's oneDNN is built with its OpenCL runtime: its CMake config
                             # requires OpenCL, which libdnnl-dev only recommends

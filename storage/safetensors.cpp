@@ -192,7 +192,7 @@ Result<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   json header;
   try {
     header = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers that overflow
     return corrupt(path, std::string("header is not JSON: ") + e.what());
   }
   if (!header.is_object()) return corrupt(path, "header is not a JSON object");

@@ -2,11 +2,15 @@
 // encode (source rank, destination, row) so routing is checked exactly; all-reduce values are
 // checked against the formula and for bit-identical results on every rank; dead and silent
 // peers are named within the deadline.
+#include <utility>  // before Asio: its awaitable.hpp uses std::exchange
+
 #include <gtest/gtest.h>
+#include <boost/asio.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
@@ -35,14 +39,14 @@ struct RankEnv {
   RankEnv(int rank, int world, int port, double timeout_s = 20.0) {
     const std::string addr = "127.0.0.1:" + std::to_string(port);
     if (rank == 0) {
-      auto s = RendezvousServer::start(addr, world, "test");
+      auto s = RendezvousServer::start(addr, world, "test", "test-secret");
       if (!s.ok()) {
         error = s.error().to_string();
         return;
       }
       server = std::move(s).value();
     }
-    auto r = rendezvous_connect(addr, rank, world, "test", 20.0);
+    auto r = rendezvous_connect(addr, rank, world, "test", "test-secret", 20.0);
     if (!r.ok()) {
       error = r.error().to_string();
       return;
@@ -265,20 +269,67 @@ TEST(CommFailure, SilentPeerIsNamedWithinTheDeadline) {
 TEST(Rendezvous, RefusesAWrongJobAndAnOutOfRangeRank) {
   const int port = free_local_port();
   const std::string addr = "127.0.0.1:" + std::to_string(port);
-  auto server = RendezvousServer::start(addr, 2, "job-a");
+  auto server = RendezvousServer::start(addr, 2, "job-a", "secret-a");
   ASSERT_TRUE(server.ok()) << server.error().to_string();
-  auto wrong_job = rendezvous_connect(addr, 0, 2, "job-b", 5.0);
+  auto wrong_job = rendezvous_connect(addr, 0, 2, "job-b", "secret-a", 5.0);
   ASSERT_FALSE(wrong_job.ok());
   EXPECT_NE(wrong_job.error().message.find("job-a"), std::string::npos)
       << wrong_job.error().message;
-  auto bad_rank = rendezvous_connect(addr, 2, 2, "job-a", 5.0);
+  auto bad_rank = rendezvous_connect(addr, 2, 2, "job-a", "secret-a", 5.0);
   ASSERT_FALSE(bad_rank.ok());
   EXPECT_EQ(bad_rank.error().field, "--rank");
   EXPECT_EQ(parse_host_port("nohost", "--rendezvous").error().field, "--rendezvous");
-  auto unreachable =
-      rendezvous_connect("127.0.0.1:" + std::to_string(free_local_port()), 0, 1, "job", 0.3);
+  auto unreachable = rendezvous_connect("127.0.0.1:" + std::to_string(free_local_port()), 0, 1,
+                                        "job", "secret", 0.3);
   ASSERT_FALSE(unreachable.ok());
   EXPECT_NE(unreachable.error().message.find("could not reach"), std::string::npos);
+  EXPECT_FALSE(RendezvousServer::start("127.0.0.1:0", 2, "job-a", "").ok());  // no secret
+}
+
+// A stranger on the network cannot join a job's rendezvous: without the job's secret it is
+// refused and closed, a frame announcing 64 MiB before joining costs nothing, and the job's
+// real ranks still meet.
+TEST(Rendezvous, StrangersWithoutTheSecretAreRefusedAndTheJobStillForms) {
+  const int port = free_local_port();
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  auto server = RendezvousServer::start(addr, 2, "job", "the-secret");
+  ASSERT_TRUE(server.ok()) << server.error().to_string();
+  for (const std::string& guess : {std::string("wrong"), std::string(), std::string("the-secre")}) {
+    auto r = rendezvous_connect(addr, 0, 2, "job", guess, 5.0);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("secret"), std::string::npos) << r.error().message;
+  }
+  {
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::socket s(io);
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+    const unsigned char claim[4] = {0, 0, 0, 4};  // 64 MiB, little-endian
+    boost::asio::write(s, boost::asio::buffer(claim, 4));
+    char byte;
+    boost::system::error_code ec;
+    s.read_some(boost::asio::buffer(&byte, 1), ec);  // closed by the service
+    EXPECT_TRUE(ec) << "the connection stayed open";
+  }
+  std::vector<std::unique_ptr<Rendezvous>> ranks(2);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      auto c = rendezvous_connect(addr, r, 2, "job", "the-secret", 10.0);
+      if (c.ok()) ranks[static_cast<size_t>(r)] = std::move(c).value();
+    });
+  for (auto& t : threads) t.join();
+  ASSERT_TRUE(ranks[0] && ranks[1]);
+  std::vector<std::thread> ex;
+  std::vector<std::vector<std::string>> got(2);
+  for (int r = 0; r < 2; ++r)
+    ex.emplace_back([&, r] {
+      auto all = ranks[static_cast<size_t>(r)]->exchange("blob-" + std::to_string(r), 10.0);
+      if (all.ok()) got[static_cast<size_t>(r)] = all.value();
+    });
+  for (auto& t : ex) t.join();
+  EXPECT_EQ(got[0], (std::vector<std::string>{"blob-0", "blob-1"}));
+  EXPECT_EQ(got[1], got[0]);
+  for (auto& r : ranks) r->leave();
 }
 
 // On a GPU host: a one-rank NCCL communicator comes up and runs a collective (barrier, an
@@ -287,9 +338,9 @@ TEST(Nccl, OneRankCommunicatorRunsACollective) {
   std::string why;
   if (!nccl_available(&why)) GTEST_SKIP() << "NCCL communicator not testable here: " << why;
   const std::string addr = "127.0.0.1:" + std::to_string(free_local_port());
-  auto server = RendezvousServer::start(addr, 1, "nccl");
+  auto server = RendezvousServer::start(addr, 1, "nccl", "nccl-secret");
   ASSERT_TRUE(server.ok());
-  auto rv = rendezvous_connect(addr, 0, 1, "nccl", 10.0);
+  auto rv = rendezvous_connect(addr, 0, 1, "nccl", "nccl-secret", 10.0);
   ASSERT_TRUE(rv.ok());
   auto comm = make_nccl_communicator(*rv.value(), {.timeout_s = 30.0}, 0);
   ASSERT_TRUE(comm.ok()) << comm.error().to_string();

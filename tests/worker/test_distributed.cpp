@@ -18,10 +18,13 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/token_file.hpp"
+#include "tests/worker/tiny_spec.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
 #include "worker/dist/local_ranks.hpp"
+#include "worker/dist/placement.hpp"
 #include "worker/dist/rank_runner.hpp"
+#include "worker/dist/token_exchange.hpp"
 #include "worker/model/rng.hpp"
 #include "worker/train/checkpoint.hpp"
 
@@ -108,6 +111,7 @@ class Distributed : public ::testing::Test {
         c.rank = rank;
         c.world = world;
         c.rendezvous = "127.0.0.1:" + std::to_string(port);
+        c.rendezvous_secret = "test-" + std::to_string(port);
         c.threads = 1;
         c.comm_timeout_s = 20.0;
         c.train = opt;
@@ -230,8 +234,8 @@ TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
       ParallelContext parallel;
       if (world > 1) {
         const std::string addr = "127.0.0.1:" + std::to_string(port);
-        if (rank == 0) server = RendezvousServer::start(addr, world, "eval").value();
-        rv = rendezvous_connect(addr, rank, world, "eval", 20.0).value();
+        if (rank == 0) server = RendezvousServer::start(addr, world, "eval", "s3cret").value();
+        rv = rendezvous_connect(addr, rank, world, "eval", "s3cret", 20.0).value();
         comm = make_ucx_communicator(*rv, {.timeout_s = 20.0}).value();
         placement = placement_plan(spec.model, "all-size", world).value();
         parallel = ParallelContext{comm.get(), &placement};
@@ -261,6 +265,61 @@ TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
   longer.train.steps = 8;
   expect_success(train(longer, 2, "two", /*resume=*/true));
   EXPECT_EQ(read_metric("two", "loss").size(), 8u);
+}
+
+}  // namespace
+}  // namespace mohge
+
+namespace mohge {
+namespace {
+
+// A peer whose row counts are hostile: whatever all_to_all_v receives is `count`.
+class HostileCounts final : public Communicator {
+ public:
+  explicit HostileCounts(int64_t count) : count_(count) {}
+  int rank() const override { return 0; }
+  int world() const override { return 2; }
+  std::string name() const override { return "hostile"; }
+  Status all_to_all_v(const void*, const int64_t*, void* recv, const int64_t* recv_bytes) override {
+    auto* out = static_cast<int64_t*>(recv);
+    const int64_t n = (recv_bytes[0] + recv_bytes[1]) / int64_t{sizeof(int64_t)};
+    for (int64_t i = 0; i < n; ++i) out[i] = i == n - 1 ? count_ : 0;
+    return {};
+  }
+  Status send_recv(int, const void*, int64_t, void*, int64_t) override { return {}; }
+  Status all_reduce(float*, int64_t, ReduceOp) override { return {}; }
+  Status all_reduce(double*, int64_t, ReduceOp) override { return {}; }
+  Status broadcast(void*, int64_t, int) override { return {}; }
+  Status barrier() override { return {}; }
+  void abort(const std::string&) override {}
+  Status finalize() override { return {}; }
+  int64_t bytes_sent() const override { return 0; }
+
+ private:
+  int64_t count_;
+};
+
+// Row counts from a peer are checked before they size a buffer or a copy: a negative count or
+// more rows than a micro-batch can route is refused, naming the rank.
+TEST(TokenExchange, APeersImpossibleRowCountsAreRefusedBeforeAnyCopy) {
+  const JobSpec spec = testing::tiny_spec("mohge");
+  Result<ExpertPlacement> placement = placement_plan(spec.model, "all-size", 2);
+  ASSERT_TRUE(placement.ok()) << placement.error().to_string();
+  DispatchPlan local;
+  local.num_tokens = 4;
+  local.top_k = spec.model.ffn.top_experts;
+  local.num_experts = spec.model.ffn.num_experts();
+  local.expert_offsets.assign(static_cast<size_t>(local.num_experts) + 1, 0);
+  for (int64_t count : {int64_t{-1}, int64_t{1} << 40, local.num_tokens * local.top_k + 1}) {
+    HostileCounts comm(count);
+    TokenExchange ex(comm, placement.value(), spec.model.d_model);
+    const Status s = ex.plan(local);
+    ASSERT_FALSE(s.ok()) << count;
+    EXPECT_NE(s.error().message.find("rank 1 announced"), std::string::npos) << s.error().message;
+  }
+  HostileCounts fair(local.num_tokens * local.top_k);
+  TokenExchange ok(fair, placement.value(), spec.model.d_model);
+  EXPECT_TRUE(ok.plan(local).ok());
 }
 
 }  // namespace

@@ -53,11 +53,12 @@ int comm_bench_rank(int rank, int world, int port, const std::vector<int64_t>& s
   const std::string addr = "127.0.0.1:" + std::to_string(port);
   std::unique_ptr<RendezvousServer> server;
   if (rank == 0) {
-    auto s = RendezvousServer::start(addr, world, "bench-comm");
+    auto s = RendezvousServer::start(addr, world, "bench-comm", "bench-" + std::to_string(port));
     if (!s.ok()) return 1;
     server = std::move(s).value();
   }
-  auto rv = rendezvous_connect(addr, rank, world, "bench-comm", 30.0);
+  auto rv =
+      rendezvous_connect(addr, rank, world, "bench-comm", "bench-" + std::to_string(port), 30.0);
   if (!rv.ok()) return 1;
   auto comm = make_ucx_communicator(*rv.value(), {.timeout_s = 60.0});
   if (!comm.ok()) return 1;
@@ -196,6 +197,7 @@ Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::strin
         c.rank = rank;
         c.world = workers;
         c.rendezvous = "127.0.0.1:" + std::to_string(port);
+        c.rendezvous_secret = "bench-" + std::to_string(::getpid()) + "-" + std::to_string(port);
         c.threads = threads_per_worker;
         c.train.storage_root = storage_root;
         c.train.run_dir = dir / "workers";

@@ -1,3 +1,5 @@
+#include <random>
+
 #include "worker/cli/launcher.hpp"
 
 #include <fcntl.h>
@@ -74,6 +76,17 @@ int launch_local_workers(const LaunchOptions& o) {
   spdlog::info("starting {} workers ({} threads each), rendezvous {}, logs of ranks 1..{} in {}",
                o.workers, o.threads_per_worker, rendezvous, o.workers - 1, logs.string());
 
+  // The job's rendezvous secret: random per run, handed to the ranks in their environment.
+  {
+    std::random_device rd;
+    std::string secret;
+    for (int i = 0; i < 4; ++i) {
+      char buf[9];
+      std::snprintf(buf, sizeof(buf), "%08x", static_cast<unsigned>(rd()));
+      secret += buf;
+    }
+    ::setenv("MOHGE_RENDEZVOUS_SECRET", secret.c_str(), 1);
+  }
   std::vector<pid_t> pids;
   for (int r = 0; r < o.workers; ++r) {
     std::vector<std::string> args = {worker,

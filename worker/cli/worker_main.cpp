@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 
 #include "worker/cli/commands.hpp"
@@ -99,6 +100,15 @@ int main(int argc, char** argv) {
   c.rank = rank;
   c.world = world;
   c.rendezvous = rendezvous;
+  // The job's rendezvous secret comes from the environment, never the command line (other
+  // users can read a process's arguments); `mohge train --workers` sets it for its ranks.
+  if (const char* secret = std::getenv("MOHGE_RENDEZVOUS_SECRET"); secret != nullptr)
+    c.rendezvous_secret = secret;
+  if (c.rendezvous_secret.empty()) {
+    return mohge::cli::report(mohge::invalid_argument(
+        "MOHGE_RENDEZVOUS_SECRET",
+        "set it to the same secret on every rank of the job (a random string of 32+ characters)"));
+  }
   c.threads = threads;
   c.comm_timeout_s = timeout;
   c.train.storage_root = storage;

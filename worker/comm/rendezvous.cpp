@@ -2,7 +2,7 @@
 //
 // Wire format: frames of [u32 little-endian length of what follows][u8 type][payload];
 // strings are [u32 length][bytes].
-//   HELLO   client→server  u32 version, u32 rank, u32 world, str job
+//   HELLO   client→server  u32 version, u32 rank, u32 world, str job, str secret
 //   WELCOME server→client  (empty)
 //   PUBLISH client→server  u32 round, str blob
 //   ALL     server→client  u32 round, u32 count, count × str
@@ -17,6 +17,7 @@
 
 #include <boost/asio.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -31,8 +32,10 @@ using asio::ip::tcp;
 
 namespace {
 
-constexpr uint32_t kProtocolVersion = 1;
-constexpr uint32_t kMaxFrame = 64u << 20;
+constexpr uint32_t kProtocolVersion = 2;       // 2: HELLO carries the job's secret
+constexpr uint32_t kMaxFrame = 1u << 20;       // blobs are UCX addresses and NCCL ids
+constexpr uint32_t kMaxHelloFrame = 4u << 10;  // before a connection has joined
+constexpr size_t kMaxPending = 64;             // connections that have not joined yet
 
 enum FrameType : uint8_t { kHello = 1, kWelcome, kPublish, kAll, kAbort, kLeave, kFail };
 
@@ -124,6 +127,7 @@ struct RendezvousServer::Impl {
     int rank = -1;
     bool left = false;
     bool closed = false;
+    bool refused = false;  // closed after its ABORT is written
     char header[4];
     std::vector<char> body;
     std::deque<std::shared_ptr<std::string>> out;
@@ -134,6 +138,7 @@ struct RendezvousServer::Impl {
   std::thread thread;
   int world = 0;
   std::string job;
+  std::string secret;
   std::vector<std::shared_ptr<Conn>> conns;
   std::map<uint32_t, std::map<int, std::string>> rounds;  // round → rank → blob
   bool aborting = false;
@@ -169,9 +174,16 @@ struct RendezvousServer::Impl {
     acceptor.async_accept([this](const boost::system::error_code& ec, tcp::socket sock) {
       if (ec) return;  // acceptor closed
       sock.set_option(tcp::no_delay(true));
-      auto c = std::make_shared<Conn>(std::move(sock));
-      conns.push_back(c);
-      read_header(c);
+      size_t pending = 0;
+      for (const auto& other : conns) pending += other->rank < 0 && !other->closed ? 1 : 0;
+      if (pending >= kMaxPending) {
+        boost::system::error_code ignored;
+        sock.close(ignored);
+      } else {
+        auto c = std::make_shared<Conn>(std::move(sock));
+        conns.push_back(c);
+        read_header(c);
+      }
       accept();
     });
   }
@@ -181,7 +193,8 @@ struct RendezvousServer::Impl {
                      [this, c](const boost::system::error_code& ec, size_t) {
                        if (ec) return lost(c);
                        const uint32_t n = frame_length(c->header);
-                       if (n == 0 || n > kMaxFrame) return lost(c);
+                       if (n == 0 || n > (c->rank >= 0 ? kMaxFrame : kMaxHelloFrame))
+                         return lost(c);
                        c->body.resize(n);
                        asio::async_read(c->sock, asio::buffer(c->body),
                                         [this, c](const boost::system::error_code& ec2, size_t) {
@@ -203,27 +216,37 @@ struct RendezvousServer::Impl {
                       [this, c](const boost::system::error_code& ec, size_t) {
                         if (ec) return lost(c);
                         c->out.pop_front();
-                        if (!c->out.empty()) write_next(c);
+                        if (!c->out.empty()) return write_next(c);
+                        if (c->refused) lost(c);
                       });
   }
 
+  // Refused connections are told why and closed once that is written; never members.
   void refuse(const std::shared_ptr<Conn>& c, const std::string& why) {
+    c->rank = -1;
+    c->refused = true;
     send(c, Writer(kAbort).str(why).frame());
-    c->rank = -1;  // never counted as a member
   }
 
   void handle(const std::shared_ptr<Conn>& c) {
     Reader r(c->body);
     const uint8_t type = r.type();
     if (type == kHello) {
+      if (c->rank >= 0 || c->refused) return;  // one HELLO per connection
       const uint32_t version = r.u32(), rank = r.u32(), w = r.u32();
       const std::string j = r.str();
+      const std::string presented = r.str();
       if (!r.ok()) return refuse(c, "malformed HELLO");
       if (aborting) return refuse(c, "the job is already stopping after a failure");
       if (version != kProtocolVersion) {
         return refuse(c, "rendezvous protocol version " + std::to_string(version) +
                              " does not match the service's " + std::to_string(kProtocolVersion));
       }
+      // Compared in constant time: the secret is what keeps strangers out of the job.
+      unsigned char diff = presented.size() == secret.size() ? 0 : 1;
+      for (size_t i = 0; i < presented.size() && i < secret.size(); ++i)
+        diff |= static_cast<unsigned char>(presented[i] ^ secret[i]);
+      if (diff != 0) return refuse(c, "wrong or missing rendezvous secret for this job");
       if (static_cast<int>(w) != world || j != job) {
         return refuse(c, "this rendezvous serves job \"" + job + "\" of " + std::to_string(world) +
                              " ranks, not \"" + j + "\" of " + std::to_string(w));
@@ -242,7 +265,7 @@ struct RendezvousServer::Impl {
     } else if (type == kPublish && c->rank >= 0) {
       const uint32_t round = r.u32();
       std::string blob = r.str();
-      if (!r.ok()) return;
+      if (!r.ok() || round > 1000) return;
       auto& got = rounds[round];
       got[c->rank] = std::move(blob);
       if (static_cast<int>(got.size()) == world) {
@@ -269,6 +292,11 @@ struct RendezvousServer::Impl {
     c->closed = true;
     boost::system::error_code ignored;
     c->sock.close(ignored);
+    // A connection that never joined leaves no trace (members stay: they count for done).
+    if (c->rank < 0) {
+      conns.erase(std::remove(conns.begin(), conns.end(), c), conns.end());
+      return;
+    }
     if (c->rank >= 0 && !c->left) {
       abort_all(c, "rank " + std::to_string(c->rank) +
                        " exited or lost its connection to the rendezvous service");
@@ -284,13 +312,18 @@ RendezvousServer::~RendezvousServer() {
 }
 
 Result<std::unique_ptr<RendezvousServer>> RendezvousServer::start(const std::string& host_port,
-                                                                  int world,
-                                                                  const std::string& job) {
+                                                                  int world, const std::string& job,
+                                                                  const std::string& secret) {
   Result<std::pair<std::string, int>> hp = parse_host_port(host_port, "--rendezvous");
   if (!hp.ok()) return hp.error();
+  if (secret.empty()) {
+    return invalid_argument("MOHGE_RENDEZVOUS_SECRET",
+                            "the rendezvous needs the job's secret (every rank gives the same)");
+  }
   auto impl = std::make_unique<Impl>();
   impl->world = world;
   impl->job = job;
+  impl->secret = secret;
   boost::system::error_code ec;
   const auto addr =
       asio::ip::make_address(hp.value().first == "localhost" ? "127.0.0.1" : hp.value().first, ec);
@@ -351,7 +384,8 @@ class TcpRendezvous final : public Rendezvous {
     if (thread_.joinable()) thread_.join();
   }
 
-  Status connect(const std::string& host, int port, const std::string& job, double timeout_s) {
+  Status connect(const std::string& host, int port, const std::string& job,
+                 const std::string& secret, double timeout_s) {
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     boost::system::error_code ec;
@@ -384,6 +418,7 @@ class TcpRendezvous final : public Rendezvous {
                            .u32(static_cast<uint32_t>(rank_))
                            .u32(static_cast<uint32_t>(world_))
                            .str(job)
+                           .str(secret)
                            .frame();
     asio::write(sock_, asio::buffer(*hello), ec);
     std::vector<char> body;
@@ -534,6 +569,7 @@ class TcpRendezvous final : public Rendezvous {
 
 Result<std::unique_ptr<Rendezvous>> rendezvous_connect(const std::string& host_port, int rank,
                                                        int world, const std::string& job,
+                                                       const std::string& secret,
                                                        double timeout_s) {
   Result<std::pair<std::string, int>> hp = parse_host_port(host_port, "--rendezvous");
   if (!hp.ok()) return hp.error();
@@ -541,7 +577,7 @@ Result<std::unique_ptr<Rendezvous>> rendezvous_connect(const std::string& host_p
     return invalid_argument("--rank", "must be in [0, " + std::to_string(world) + ")");
   }
   auto r = std::make_unique<TcpRendezvous>(rank, world);
-  if (Status s = r->connect(hp.value().first, hp.value().second, job, timeout_s); !s.ok())
+  if (Status s = r->connect(hp.value().first, hp.value().second, job, secret, timeout_s); !s.ok())
     return s.error();
   return std::unique_ptr<Rendezvous>(std::move(r));
 }

@@ -40,8 +40,11 @@ class Rendezvous {
 class RendezvousServer {
  public:
   /// host:port to listen on (port 0 picks a free port; see port()). Errors name the address.
+  /// Only connections presenting `secret` (the job's, shared by its ranks; not empty) join;
+  /// others are refused and closed, and cost at most one small frame each.
   static Result<std::unique_ptr<RendezvousServer>> start(const std::string& host_port, int world,
-                                                         const std::string& job);
+                                                         const std::string& job,
+                                                         const std::string& secret);
   ~RendezvousServer();
   int port() const;
   /// Waits until every rank has left, failed or disconnected (so rank 0 does not take the
@@ -56,9 +59,10 @@ class RendezvousServer {
 };
 
 /// Connects rank `rank` of `world` to the service at host:port, retrying until `timeout_s`
-/// (ranks may start before rank 0 listens). `job` must match the server's.
+/// (ranks may start before rank 0 listens). `job` and `secret` must match the server's.
 Result<std::unique_ptr<Rendezvous>> rendezvous_connect(const std::string& host_port, int rank,
                                                        int world, const std::string& job,
+                                                       const std::string& secret,
                                                        double timeout_s);
 
 /// Splits "host:port"; the error names `field`.

@@ -13,12 +13,12 @@ Status rank_run(const RankConfig& c, const std::function<void(const StepReport&)
   std::unique_ptr<RendezvousServer> server;
   if (c.rank == 0 && c.host_rendezvous) {
     Result<std::unique_ptr<RendezvousServer>> s =
-        RendezvousServer::start(c.rendezvous, c.world, job);
+        RendezvousServer::start(c.rendezvous, c.world, job, c.rendezvous_secret);
     if (!s.ok()) return s.error();
     server = std::move(s).value();
   }
   Result<std::unique_ptr<Rendezvous>> rv =
-      rendezvous_connect(c.rendezvous, c.rank, c.world, job, c.comm_timeout_s);
+      rendezvous_connect(c.rendezvous, c.rank, c.world, job, c.rendezvous_secret, c.comm_timeout_s);
   if (!rv.ok()) return rv.error();
 
   Status s = rank_run(c, *rv.value(), on_step);

@@ -46,6 +46,24 @@ Status TokenExchange::plan(const DispatchPlan& local) {
   comm_ms_ +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (!s.ok()) return s;
+  // A peer's counts size everything below (buffers, copies): check them first. Every rank
+  // routes a micro-batch of the same shape, so no peer sends more than num_tokens · top_k rows.
+  const int64_t max_rows = local.num_tokens * local.top_k;
+  for (size_t src = 0; src < R; ++src) {
+    int64_t rows = 0;
+    for (size_t j = 0; j < n_mine; ++j) {
+      const int64_t c = recv_counts_[src * n_mine + j];
+      if (c < 0 || c > max_rows - rows) {
+        return Error{ErrorCode::kDataLoss,
+                     "rank " + std::to_string(src) + " announced " + std::to_string(c) +
+                         " rows for expert slot " + std::to_string(j) +
+                         ", more than its micro-batch can route (" + std::to_string(max_rows) +
+                         " rows in all); its exchange is refused",
+                     ""};
+      }
+      rows += c;
+    }
+  }
   recv_rows_.assign(R, 0);
   local_offsets_.assign(n_mine + 1, 0);
   for (size_t src = 0; src < R; ++src) {

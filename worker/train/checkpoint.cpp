@@ -294,7 +294,7 @@ Result<JobSpec> checkpoint_read_spec(const fs::path& checkpoint) {
   }
   try {
     return parse_job_spec(json::parse(it->second));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse errors, and numbers that overflow
     return Error{ErrorCode::kDataLoss, "mohge_spec metadata is not JSON: " + std::string(e.what()),
                  ""};
   }
