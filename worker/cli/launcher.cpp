@@ -1,4 +1,3 @@
-#include <random>
 
 #include "worker/cli/launcher.hpp"
 
@@ -17,6 +16,8 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+
+#include "api/random_id.hpp"
 
 namespace mohge::cli {
 
@@ -77,16 +78,7 @@ int launch_local_workers(const LaunchOptions& o) {
                o.workers, o.threads_per_worker, rendezvous, o.workers - 1, logs.string());
 
   // The job's rendezvous secret: random per run, handed to the ranks in their environment.
-  {
-    std::random_device rd;
-    std::string secret;
-    for (int i = 0; i < 4; ++i) {
-      char buf[9];
-      std::snprintf(buf, sizeof(buf), "%08x", static_cast<unsigned>(rd()));
-      secret += buf;
-    }
-    ::setenv("MOHGE_RENDEZVOUS_SECRET", secret.c_str(), 1);
-  }
+  ::setenv("MOHGE_RENDEZVOUS_SECRET", random_hex(8).c_str(), 1);
   std::vector<pid_t> pids;
   for (int r = 0; r < o.workers; ++r) {
     std::vector<std::string> args = {worker,

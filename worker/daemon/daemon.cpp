@@ -7,12 +7,12 @@
 #include <condition_variable>
 #include <fstream>
 #include <map>
-#include <random>
 #include <set>
 #include <thread>
 
 #include "api/job_spec.hpp"
 #include "api/messages.hpp"
+#include "api/random_id.hpp"
 #include "api/protocol.hpp"
 #include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
@@ -137,19 +137,6 @@ json host_load() {
   return load;
 }
 
-// A random id for this daemon process: the coordinator lets a reconnect of the same process
-// replace its stale connection, and refuses a second daemon using the same name.
-std::string new_instance_id() {
-  std::random_device rd;
-  std::string out;
-  for (int i = 0; i < 4; ++i) {
-    char buf[9];
-    std::snprintf(buf, sizeof(buf), "%08x", static_cast<unsigned>(rd()));
-    out += buf;
-  }
-  return out;
-}
-
 std::string host_name() {
   char buf[256] = {};
   gethostname(buf, sizeof(buf) - 1);
@@ -175,7 +162,9 @@ Result<std::string> join_secret_load(const fs::path& file) {
 
 struct WorkerDaemon::Impl {
   DaemonOptions options;
-  std::string instance = new_instance_id();
+  // A random id of this daemon process: the coordinator lets a reconnect of the same process
+  // replace its stale connection, and refuses a second daemon using the same name.
+  std::string instance = random_hex();
   asio::io_context io;
   asio::steady_timer heartbeat{io};
   asio::steady_timer reconnect{io};
