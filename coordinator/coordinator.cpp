@@ -303,7 +303,8 @@ struct Coordinator::Impl : ApiService {
         }
         series_by_name[name] = {{"steps", steps}, {"values", values}};
       }
-      return json{{"job", id}, {"since", q.since}, {"last_step", last}, {"metrics", series_by_name}};
+      return json{
+          {"job", id}, {"since", q.since}, {"last_step", last}, {"metrics", series_by_name}};
     });
   }
 

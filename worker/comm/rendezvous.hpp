@@ -62,8 +62,7 @@ class RendezvousServer {
 /// (ranks may start before rank 0 listens). `job` and `secret` must match the server's.
 Result<std::unique_ptr<Rendezvous>> rendezvous_connect(const std::string& host_port, int rank,
                                                        int world, const std::string& job,
-                                                       const std::string& secret,
-                                                       double timeout_s);
+                                                       const std::string& secret, double timeout_s);
 
 /// Splits "host:port"; the error names `field`.
 Result<std::pair<std::string, int>> parse_host_port(const std::string& host_port,

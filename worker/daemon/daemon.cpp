@@ -12,8 +12,8 @@
 
 #include "api/job_spec.hpp"
 #include "api/messages.hpp"
-#include "api/random_id.hpp"
 #include "api/protocol.hpp"
+#include "api/random_id.hpp"
 #include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
 #include "worker/comm/rendezvous.hpp"

@@ -17,13 +17,13 @@ struct RankConfig {
   JobSpec spec;
   int rank = 0;
   int world = 1;
-  std::string rendezvous;        // HOST:PORT of the rendezvous service
+  std::string rendezvous;         // HOST:PORT of the rendezvous service
   std::string rendezvous_secret;  // the job's secret, the same on every rank (not empty)
-  bool host_rendezvous = true;   // rank 0 runs the service itself
-  std::string job_id;            // ranks of different jobs never meet; default: spec.name
-  int threads = 0;               // compute threads (0: all cores)
-  double comm_timeout_s = 60.0;  // deadline of every data-plane wait
-  TrainOptions train;            // storage root, run folder, resume, progress, stop_after
+  bool host_rendezvous = true;    // rank 0 runs the service itself
+  std::string job_id;             // ranks of different jobs never meet; default: spec.name
+  int threads = 0;                // compute threads (0: all cores)
+  double comm_timeout_s = 60.0;   // deadline of every data-plane wait
+  TrainOptions train;             // storage root, run folder, resume, progress, stop_after
 };
 
 class Rendezvous;
