@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,6 +104,9 @@ class LocalCluster : public ::testing::Test {
   pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
     const pid_t pid = ::fork();
     if (pid == 0) {
+      // Dies with the test process, even when that one is killed or aborts (a sanitizer
+      // report) before TearDown could stop it.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
