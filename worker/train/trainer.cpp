@@ -294,6 +294,15 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                                                 : std::vector<int64_t>{};
   std::vector<int32_t> inputs, targets;
 
+  // A record goes out whole and at once, right after the fence says this attempt still owns
+  // the run (an evaluation can take long enough for the attempt to be superseded meanwhile).
+  auto write_record = [&](const json& rec) -> Status {
+    if (Status s = options_.fence.verify(); !s.ok()) return s;
+    metrics << rec.dump() + "\n";
+    metrics.flush();
+    if (options_.on_record) options_.on_record(rec);
+    return {};
+  };
   for (int64_t step = state.step; step < ts.steps; ++step) {
     const auto t0 = Clock::now();
     const double lr = lr_at(ts, step);
@@ -357,8 +366,10 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                   {"activated_expert_params", r.activated_expert_params},
                   {"workers", R}};
       if (!layers.empty()) rec["layers"] = layers;
-      metrics << rec.dump() << "\n";
-      if (options_.on_record) options_.on_record(rec);
+      if (Status s = write_record(rec); !s.ok()) {
+        progress.newline();
+        return s.error();
+      }
     }
 
     const bool last = r.step == ts.steps;
@@ -378,12 +389,13 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                       {"val_perplexity", std::exp(e.loss)},
                       {"val_tokens", e.tokens}};
           if (mohge) rec["difficulty"] = difficulty.to_json();
-          metrics << rec.dump() << "\n";
-          if (options_.on_record) options_.on_record(rec);
+          if (Status s = write_record(rec); !s.ok()) {
+            progress.newline();
+            return s.error();
+          }
         }
       }
     }
-    if (lead) metrics.flush();
     state.step = r.step;
     state.data = batches.position();
     bool stop = options_.stop_after > 0 && r.step >= options_.stop_after;
