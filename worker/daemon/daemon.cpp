@@ -434,19 +434,23 @@ struct WorkerDaemon::Impl {
         others.insert(shard_file_name("model", r, t->world));
         others.insert(shard_file_name("optimizer", r, t->world));
       }
+      // Files may vanish while they are listed (a newer attempt's retention, if this rank's
+      // attempt was superseded meanwhile): every filesystem call here takes an error code, and
+      // a file that is gone is left out (the coordinator then refuses the checkpoint).
       std::error_code ec;
-      for (const auto& entry : fs::directory_iterator(folder, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (!entry.is_regular_file()) continue;
+      for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        std::error_code file_ec;
+        if (!it->is_regular_file(file_ec)) continue;
         const bool mine = t->world == 1 || name.find("-of-") == std::string::npos
                               ? t->rank == 0
                               : others.count(name) == 0;
         if (!mine) continue;
-        Result<std::string> sha = file_sha256(entry.path());
-        if (!sha.ok()) continue;
-        files.push_back({{"name", name},
-                         {"bytes", static_cast<int64_t>(entry.file_size())},
-                         {"sha256", sha.value()}});
+        const auto bytes = it->file_size(file_ec);
+        Result<std::string> sha = file_sha256(it->path());
+        if (file_ec || !sha.ok()) continue;
+        files.push_back(
+            {{"name", name}, {"bytes", static_cast<int64_t>(bytes)}, {"sha256", sha.value()}});
       }
       send({{"type", proto::kCheckpointWritten},
             {"job", t->job},
