@@ -48,6 +48,21 @@ std::vector<RunningRank> read_running(const FieldReader& r, std::vector<Error>& 
   return out;
 }
 
+// An optional "seq" (a report's number for the acknowledgement).
+std::optional<int64_t> read_seq(const FieldReader& r) {
+  if (!r.has("seq")) return std::nullopt;
+  int64_t seq = 0;
+  r.integer("seq", seq, true, 0, kMaxId);
+  return seq;
+}
+
+// An optional human-readable "reason", cut to kMaxReasonBytes.
+std::string read_reason(const FieldReader& r) {
+  std::string reason;
+  r.string("reason", reason, false);
+  return utf8_prefix(reason, kMaxReasonBytes);
+}
+
 // The job rank a report or an order is about.
 void read_job(const FieldReader& r, int64_t& job, int& attempt) {
   r.integer("job", job, true, 1, kMaxId);
@@ -174,11 +189,7 @@ Result<Report> decode_report(const json& m) {
   if (!errors.empty()) return errors.front();
   if (!is_report_type(rep.type)) return invalid_argument("type", "is not a report type");
   FieldReader r(m, rep.type, errors);
-  if (r.has("seq")) {
-    int64_t seq = 0;
-    r.integer("seq", seq, true, 0, kMaxId);
-    rep.seq = seq;
-  }
+  rep.seq = read_seq(r);
   read_job(r, rep.job, rep.attempt);
   r.integer("rank", rep.rank, true, 0, kMaxWorld - 1);
   if (rep.type == kRvPublish) {
@@ -270,9 +281,7 @@ Result<Refused> decode_refused(const json& m) {
   std::vector<Error> errors;
   FieldReader r(m, "refused", errors);
   Refused out;
-  std::string reason;
-  r.string("reason", reason, false);
-  out.reason = utf8_prefix(reason, kMaxReasonBytes);
+  out.reason = read_reason(r);
   r.boolean("retry", out.retry);
   return first_error_or(errors, std::move(out));
 }
@@ -281,14 +290,8 @@ Result<ErrorFrame> decode_error(const json& m) {
   std::vector<Error> errors;
   FieldReader r(m, "error", errors);
   ErrorFrame out;
-  std::string reason;
-  r.string("reason", reason, false);
-  out.reason = utf8_prefix(reason, kMaxReasonBytes);
-  if (r.has("seq")) {
-    int64_t seq = 0;
-    r.integer("seq", seq, true, 0, kMaxId);
-    out.seq = seq;
-  }
+  out.reason = read_reason(r);
+  out.seq = read_seq(r);
   return first_error_or(errors, std::move(out));
 }
 
@@ -348,9 +351,7 @@ Result<Stop> decode_stop(const json& m) {
   FieldReader r(m, "stop", errors);
   Stop out;
   read_job(r, out.job, out.attempt);
-  std::string reason;
-  r.string("reason", reason, false);
-  out.reason = utf8_prefix(reason, kMaxReasonBytes);
+  out.reason = read_reason(r);
   return first_error_or(errors, std::move(out));
 }
 

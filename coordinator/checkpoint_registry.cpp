@@ -34,13 +34,7 @@ void CheckpointRegistry::on_report(const std::string& worker, std::optional<int6
                                    proto::CheckpointWritten report) {
   post([this, worker, seq, job, rank, run_dir = std::move(run_dir),
         report = std::move(report)]() mutable {
-    if (!inside_checkpoints(hub_.options.storage, run_dir, report.path)) {
-      spdlog::warn(
-          "job {}: checkpoint report of rank {} with a path outside {}/checkpoints "
-          "(\"{}\") ignored",
-          job, rank, run_dir, report.path);
-      return;
-    }
+    // The Scheduler checked that the folder is inside run_dir/checkpoints.
     // Forget what never completed (a rank died between its report and the others').
     const double now = hub_.now();
     for (auto it = pending_.begin(); it != pending_.end();) {

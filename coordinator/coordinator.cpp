@@ -316,13 +316,7 @@ struct Coordinator::Impl : ApiService {
       if (!got.value()) return json{{"job", id}, {"step", nullptr}, {"layers", json::array()}};
       const int64_t step = got.value()->first;
       const json& rec = got.value()->second;
-      const json layers = rec.is_object() && rec.contains("layers") && rec["layers"].is_array()
-                              ? rec["layers"]
-                              : json::array();
-      auto array_of = [](const json& obj, const char* key) {
-        return obj.is_object() && obj.contains(key) && obj[key].is_array() ? obj[key]
-                                                                           : json::array();
-      };
+      const json& layers = array_at(rec, "layers");
       // Averages over layers: the rank × group token matrix (as shares of all assignments),
       // per-rank expert FLOPs (sum), imbalance, the group-per-rank counterfactual, group shares.
       std::vector<std::vector<double>> tokens;
@@ -331,16 +325,16 @@ struct Coordinator::Impl : ApiService {
       for (const json& l : layers) {
         imbalance += number_at(l, "imbalance");
         counterfactual += number_at(l, "imbalance_group_per_rank");
-        const json ranks = array_of(l, "ranks");
+        const json& ranks = array_at(l, "ranks");
         if (tokens.size() < ranks.size()) tokens.resize(ranks.size());
         if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
         for (size_t k = 0; k < ranks.size(); ++k) {
-          const json t = array_of(ranks[k], "tokens");
+          const json& t = array_at(ranks[k], "tokens");
           if (tokens[k].size() < t.size()) tokens[k].resize(t.size(), 0.0);
           for (size_t g = 0; g < t.size(); ++g) tokens[k][g] += number_or_zero(t[g]);
           flops[k] += number_at(ranks[k], "flops");
         }
-        const json gs = array_of(l, "group_share");
+        const json& gs = array_at(l, "group_share");
         if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
         for (size_t g = 0; g < gs.size(); ++g) share[g] += number_or_zero(gs[g]) / layers.size();
       }

@@ -14,16 +14,12 @@ double number_at(const json& obj, const char* key) {
   return it == obj.end() ? 0.0 : number_or_zero(*it);
 }
 
-namespace {
-
 const json& array_at(const json& obj, const char* key) {
   static const json empty = json::array();
   if (!obj.is_object()) return empty;
   const auto it = obj.find(key);
   return it != obj.end() && it->is_array() ? *it : empty;
 }
-
-}  // namespace
 
 std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& record) {
   std::vector<db::MetricRow> rows;

@@ -18,6 +18,8 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const nlohmann::
 
 /// obj[key] when obj is an object and that is a number; 0 otherwise.
 double number_at(const nlohmann::json& obj, const char* key);
+/// obj[key] when obj is an object and that is an array; an empty array otherwise.
+const nlohmann::json& array_at(const nlohmann::json& obj, const char* key);
 /// v when it is a number; 0 otherwise.
 double number_or_zero(const nlohmann::json& v);
 

@@ -336,10 +336,6 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                    "train.lr"};
     }
     optimizer.step(lr, norm);
-    if (Status s = options_.fence.verify(); !s.ok()) {
-      progress.newline();
-      return s.error();
-    }
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
     recent_step_s = step == state.step ? step_s : 0.9 * recent_step_s + 0.1 * step_s;
 

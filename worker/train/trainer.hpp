@@ -42,8 +42,8 @@ struct TrainOptions {
   std::function<void(const nlohmann::json&)> on_record;
   /// Every checkpoint this rank took part in, once it is complete on disk (all ranks).
   std::function<void(int64_t step, const std::filesystem::path& folder)> on_checkpoint;
-  /// Verified after every step, before anything of it is written to the run folder (metrics,
-  /// checkpoints): a failure ends the run with that error (the service's attempt fence).
+  /// Verified right before every write into the run folder (each metrics record, each
+  /// checkpoint): a failure ends the run with that error (the service's attempt fence).
   RunFence fence;
 };
 
