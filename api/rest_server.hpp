@@ -1,7 +1,10 @@
-// The REST edge (DESIGN.md §8; every route is in api/openapi.yaml): cpprestsdk's listener on a
-// bounded thread pool. Handlers parse and validate the request, authenticate, call ApiService,
-// and map its Error to an HTTP status in one table (http_status()); they hold no state.
-// Static dashboard files are served from `web_root` at "/".
+// The REST edge (DESIGN.md §8; every route is in api/openapi.yaml): an HTTP/1.1 server on
+// Boost.Beast with its own thread pool. (Not cpprestsdk's listener, as DESIGN.md §12 first had
+// it: that buffers every request body whole before a handler sees it, so a chunked body of any
+// size reached memory; Beast's parser stops at the limit. See api/README.md.) Handlers parse and
+// validate the request, authenticate, call ApiService, and map its Error to an HTTP status in one
+// table (http_status()); they hold no state. Static dashboard files are served from `web_root` at
+// "/".
 #pragma once
 
 #include <filesystem>
@@ -19,6 +22,8 @@ int http_status(ErrorCode code);
 struct RestOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT
   size_t max_body_bytes = 1 << 20;        // larger request bodies get 413
+  size_t threads = 2;                     // threads serving requests
+  size_t max_connections = 512;           // connections past this are closed at once
   std::filesystem::path web_root;         // static files ("/" → index.html); empty: none
 };
 
@@ -37,9 +42,5 @@ class RestServer {
   explicit RestServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-/// Sets the size of cpprestsdk's shared thread pool; call once, before any server or client
-/// exists (the library's default is 40 threads, far too many for a 2-core host).
-void rest_init_thread_pool(size_t threads);
 
 }  // namespace mohge

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <algorithm>
 #include <fstream>
 #include <mutex>
 #include <shared_mutex>
@@ -651,6 +652,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
   RestOptions ro;
   ro.listen = options.http;
   ro.web_root = options.web_root;
+  ro.threads = options.http_threads > 0
+                   ? options.http_threads
+                   : std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 16);
   Result<std::unique_ptr<RestServer>> rest = RestServer::start(ro, m);
   if (!rest.ok()) {
     auto c = std::unique_ptr<Coordinator>(new Coordinator(std::move(impl)));

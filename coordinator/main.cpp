@@ -55,9 +55,6 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  if (o.http_threads == 0)
-    o.http_threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 16);
-  mohge::rest_init_thread_pool(o.http_threads);
 
   auto c = mohge::coord::Coordinator::start(o);
   if (!c.ok()) {

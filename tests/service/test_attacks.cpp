@@ -6,10 +6,13 @@
 
 #include <boost/asio.hpp>
 
+#include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <atomic>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "api/messages.hpp"
 #include "api/protocol.hpp"
@@ -132,13 +135,15 @@ class ControlPlaneAttack : public LocalCluster {
     EXPECT_GT(coordinator_, 0);
     EXPECT_EQ(::waitpid(coordinator_, nullptr, WNOHANG), 0) << "the coordinator exited";
   }
-  int64_t coordinator_rss_kib() {
+  /// A field of the coordinator's /proc status in KiB ("VmRSS:", "VmHWM:" — the peak).
+  int64_t coordinator_status_kib(const std::string& field) {
     std::ifstream in("/proc/" + std::to_string(coordinator_) + "/status");
     std::string line;
     while (std::getline(in, line))
-      if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+      if (line.rfind(field, 0) == 0) return std::stoll(line.substr(field.size()));
     return -1;
   }
+  int64_t coordinator_rss_kib() { return coordinator_status_kib("VmRSS:"); }
 };
 
 TEST_F(ControlPlaneAttack, AWrongTypedHelloIsRefusedAndTheCoordinatorLives) {
@@ -483,6 +488,189 @@ TEST_F(ControlPlaneAttack, ConnectionsThatDoNotAuthenticateCostNothingAndAreClos
   expect_healthy();
   // The real worker was never disturbed.
   EXPECT_EQ(get("/api/v1/cluster").body["workers"]["online"], 1);
+}
+
+// A client speaking raw HTTP/1.1 to the coordinator's REST port.
+class RawHttp {
+ public:
+  explicit RawHttp(int port) : socket_(io_) {
+    socket_.connect({asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+    timeval tv{0, 100 * 1000};
+    ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  bool send(const std::string& bytes) {
+    boost::system::error_code ec;
+    asio::write(socket_, asio::buffer(bytes), ec);
+    return !ec;
+  }
+  /// What arrived until `marker` (inclusive) was seen, the peer closed, or `timeout_s` passed.
+  std::string read_until(const std::string& marker, double timeout_s = 10.0) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (buffer_.find(marker) == std::string::npos && !closed_ &&
+           std::chrono::steady_clock::now() < end)
+      fill();
+    const size_t at = buffer_.find(marker);
+    const size_t take = at == std::string::npos ? buffer_.size() : at + marker.size();
+    std::string out = buffer_.substr(0, take);
+    buffer_.erase(0, take);
+    return out;
+  }
+  /// One whole response's head (its body, of Content-Length bytes, is read and dropped).
+  std::string read_response(double timeout_s = 10.0) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    const std::string head = read_until("\r\n\r\n", timeout_s);
+    std::string lower = head;
+    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const size_t at = lower.find("content-length:");
+    size_t left = at == std::string::npos ? 0 : std::stoul(head.substr(at + 15));
+    while (buffer_.size() < left && !closed_ && std::chrono::steady_clock::now() < end) fill();
+    buffer_.erase(0, std::min(left, buffer_.size()));
+    return head;
+  }
+  /// True once the coordinator has closed the connection within `timeout_s`.
+  bool closed_within(double timeout_s) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (!closed_ && std::chrono::steady_clock::now() < end) fill();
+    return closed_;
+  }
+
+ private:
+  // Reads what arrives within 100 ms.
+  void fill() {
+    char chunk[4096];
+    const ssize_t n = ::recv(socket_.native_handle(), chunk, sizeof chunk, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) closed_ = true;
+    if (n > 0) buffer_.append(chunk, static_cast<size_t>(n));
+  }
+
+  asio::io_context io_;
+  tcp::socket socket_;
+  std::string buffer_;
+  bool closed_ = false;
+};
+
+// The HTTP edge answers what it cannot serve and bounds what a peer can make it hold: malformed
+// requests get 400 and oversized headers 431, `Expect: 100-continue` is honoured, pipelined
+// requests are answered in order, and a peer holding 600 silent connections (past the limit of
+// 512) locks nobody out and cannot exhaust the coordinator's descriptors: its oldest
+// connections are closed to make room.
+TEST_F(ControlPlaneAttack, TheHttpEdgeBoundsWhatAPeerCanHold) {
+  start_coordinator();
+  {
+    RawHttp c(http_port_);
+    c.send("NOT HTTP AT ALL\r\n\r\n");
+    const std::string a = c.read_until("\r\n\r\n");
+    EXPECT_EQ(a.rfind("HTTP/1.1 400", 0), 0u) << a;
+    EXPECT_TRUE(c.closed_within(5.0));
+  }
+  {
+    RawHttp c(http_port_);
+    c.send("GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(32 * 1024, 'a') +
+           "\r\n\r\n");
+    const std::string a = c.read_until("\r\n\r\n");
+    EXPECT_EQ(a.rfind("HTTP/1.1 431", 0), 0u) << a.substr(0, 200);
+  }
+  {
+    RawHttp c(http_port_);
+    const std::string body = R"({"name": "alice"})";
+    c.send("POST /api/v1/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token_ +
+           "\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n");
+    const std::string cont = c.read_until("\r\n\r\n");
+    EXPECT_EQ(cont.rfind("HTTP/1.1 100", 0), 0u) << cont;
+    c.send(body);
+    const std::string a = c.read_until("\r\n\r\n");
+    EXPECT_EQ(a.rfind("HTTP/1.1 201", 0), 0u) << a;
+  }
+  {
+    RawHttp c(http_port_);
+    const std::string get = "GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    const std::string missing =
+        "GET /api/v1/jobs/77 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token_ + "\r\n\r\n";
+    c.send(get + missing + get);
+    EXPECT_EQ(c.read_response().rfind("HTTP/1.1 200", 0), 0u);
+    EXPECT_EQ(c.read_response().rfind("HTTP/1.1 404", 0), 0u);
+    EXPECT_EQ(c.read_response().rfind("HTTP/1.1 200", 0), 0u);
+  }
+  // 600 connections that start a request and go silent.
+  std::vector<std::unique_ptr<RawHttp>> silent;
+  for (int i = 0; i < 600; ++i) {
+    silent.push_back(std::make_unique<RawHttp>(http_port_));
+    silent.back()->send("GET /api/v1/healthz HTTP/1.1\r\n");
+  }
+  expect_healthy();
+  int closed = 0;
+  for (int i = 0; i < 100; ++i) closed += silent[i]->closed_within(0.2) ? 1 : 0;
+  EXPECT_GE(closed, 88) << "the oldest silent connections were not closed";
+  size_t fds = 0;
+  for ([[maybe_unused]] const auto& e :
+       fs::directory_iterator("/proc/" + std::to_string(coordinator_) + "/fd"))
+    ++fds;
+  EXPECT_LT(fds, 600u) << "the coordinator holds " << fds << " descriptors";
+  EXPECT_EQ(get("/api/v1/jobs").status, 200);
+}
+
+// A 100 MiB body sent in chunks, without Content-Length: the coordinator answers 413 once the
+// limit (1 MiB) is passed and never holds more than that (before, the whole body was buffered:
+// the coordinator's peak memory grew by the body's size). /healthz stays quick meanwhile, and
+// the next request on a fresh connection is served.
+TEST_F(ControlPlaneAttack, AChunkedHundredMiBBodyIsCutOffAtTheLimit) {
+  start_coordinator();
+  const int64_t peak_before = coordinator_status_kib("VmHWM:");
+  asio::io_context io;
+  tcp::socket s(io);
+  s.connect({asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(http_port_)});
+  const int fd = s.native_handle();
+  const std::string head =
+      "POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + token_ +
+      "\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+  const size_t mib = size_t{1} << 20;
+  std::ostringstream size_hex;
+  size_hex << std::hex << mib;
+  const std::string chunk = size_hex.str() + "\r\n" + std::string(mib, ' ') + "\r\n";
+  std::atomic<int> sent_mib{0};
+  std::atomic<bool> send_failed{false};
+  std::thread sender([&] {
+    auto send_all = [&](const std::string& bytes) {
+      size_t off = 0;
+      while (off < bytes.size()) {
+        const ssize_t n = ::send(fd, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return false;
+        off += static_cast<size_t>(n);
+      }
+      return true;
+    };
+    if (!send_all(head)) return send_failed.store(true);
+    for (int i = 0; i < 100; ++i) {
+      if (!send_all(chunk)) return send_failed.store(true);
+      ++sent_mib;
+    }
+    send_all("0\r\n\r\n");
+  });
+  // The answer, read while the body is still going out.
+  std::string answer;
+  timeval tv{20, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  while (answer.find("\r\n\r\n") == std::string::npos) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  expect_healthy();
+  sender.join();
+  EXPECT_EQ(answer.rfind("HTTP/1.1 413", 0), 0u) << answer.substr(0, 200);
+  // The connection was closed well before the body's end (the server stopped reading).
+  EXPECT_TRUE(send_failed.load()) << "all " << sent_mib.load() << " MiB were accepted";
+  const int64_t peak_after = coordinator_status_kib("VmHWM:");
+  EXPECT_LT(peak_after - peak_before, 32 * 1024)
+      << peak_before << " KiB → " << peak_after << " KiB";
+  // A body over the limit with a Content-Length: refused from the header alone.
+  const HttpResult big = request("POST", "/api/v1/jobs", std::string(2 * mib, ' '),
+                                 {{"Content-Type", "application/json"}});
+  EXPECT_EQ(big.status, 413) << big.text;
+  EXPECT_EQ(big.body["error"]["code"], "payload_too_large") << big.text;
+  expect_healthy();
 }
 
 // Two first downloads of a checkpoint at once: the consolidation runs once, off the REST

@@ -61,7 +61,7 @@ class HttpConn {
       if (n <= 0) return -1;
       sent += static_cast<size_t>(n);
     }
-    // Headers, then Content-Length bytes (cpprestsdk answers with a length).
+    // Headers, then Content-Length bytes (the server answers with a length).
     size_t header_end;
     while ((header_end = buf_.find("\r\n\r\n")) == std::string::npos)
       if (!fill()) return -1;
@@ -147,7 +147,6 @@ Result<ApiBenchResult> bench_api(const ApiBenchOptions& o) {
   co.control = "127.0.0.1:" + std::to_string(free_local_port());
   co.storage = root;
   co.http_threads = static_cast<size_t>(o.server_threads);
-  rest_init_thread_pool(co.http_threads);
   std::fflush(stdout);
   Result<std::unique_ptr<coord::Coordinator>> c = coord::Coordinator::start(co);
   if (!c.ok()) return c.error();
