@@ -12,6 +12,7 @@
 #include <boost/beast/http.hpp>
 
 #include <atomic>
+#include <charconv>
 #include <condition_variable>
 #include <functional>
 #include <map>
@@ -214,7 +215,11 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec == http::error::body_limit) {
       keep_alive_ = false;
       draining_ = true;
-      const uint64_t announced = parser_->content_length().value_or(0);
+      // (A Content-Length over the limit stops the parser inside the header, before it would
+      // answer content_length(); the field is read from the header text instead.)
+      uint64_t announced = 0;
+      const std::string length = header(parser_->get(), http::field::content_length);
+      std::from_chars(length.data(), length.data() + length.size(), announced);
       return send_error(
           version, 413,
           Error{ErrorCode::kPayloadTooLarge,

@@ -6,12 +6,9 @@
 
 #include <CLI/CLI.hpp>
 
-#include <algorithm>
 #include <csignal>
 #include <filesystem>
-#include <thread>
 
-#include "api/rest_server.hpp"
 #include "coordinator/coordinator.hpp"
 
 int main(int argc, char** argv) {
@@ -48,6 +45,10 @@ int main(int argc, char** argv) {
     if (!ec && std::filesystem::exists(guess / "index.html")) web = guess.string();
   }
   o.web_root = web;
+
+  // The logger is made here, before any thread: spdlog builds its registry on first use, behind
+  // a static guard in its (uninstrumented) library that ThreadSanitizer cannot see.
+  spdlog::set_level(spdlog::level::info);
 
   // Block the stop signals in every thread; the main thread waits for them.
   sigset_t set;

@@ -14,6 +14,9 @@ using nlohmann::json;
 
 namespace {
 
+// A 128-bit integer for exact products of two int64 values (a GCC/Clang extension).
+__extension__ typedef __int128 Int128;
+
 // ---- schema ----------------------------------------------------------------------------------
 // kMigrations[i] takes the schema from version i to i + 1 (PRAGMA user_version counts how many
 // have been applied). Each runs in its own transaction. Append only: a released script is
@@ -705,7 +708,7 @@ Result<std::vector<MetricPoint>> Repository::metric_series(int64_t job_id, const
   int64_t prev_step = lo;
   for (const MetricPoint& p : points) {
     // (step - lo) * P may overflow int64 only past 9e12 steps; use 128-bit to be exact.
-    const auto b = static_cast<int64_t>(static_cast<__int128>(p.step - lo) * P / width);
+    const auto b = static_cast<int64_t>(static_cast<Int128>(p.step - lo) * P / width);
     if (b != bucket) {
       flush(prev_step);
       bucket = b;
