@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: set up, build, and run the whole test suite with CTest, in three
+# The README's test command: set up, build, and run the whole test suite with CTest, in four
 # builds:
 #   build/       the release build: every test (unit, distributed, service, CLI, browser)
 #   build-asan/  the same code with AddressSanitizer and UBSan (every report fatal): the tests
@@ -7,8 +7,11 @@
 #                decoding, formats, SQLite, scheduling, communicators, distributed training,
 #                the service end to end) again; the numeric kernels' tests are left to the
 #                release build (under ASan they alone take ~8 min on 2 cores)
+#   build-tsan/  ThreadSanitizer (every report fatal): the scheduler's tests and the service
+#                tests, whose coordinator and workers are TSan builds too (tests/tsan.supp says
+#                what is suppressed and why)
 #   build-fuzz/  clang with libFuzzer: every fuzz target of tests/fuzz for 20 s from its seeds
-# It ends with one line, "all: N passed, M failed", summing the three.
+# It ends with one line, "all: N passed, M failed", summing the four.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${MOHGE_BUILD_JOBS:-2}"
@@ -56,6 +59,20 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none \
   run_ctest build-asan/ctest.log --test-dir build-asan --output-on-failure -j "$test_jobs" \
     -L "^($(IFS='|'; echo "${asan_tests[*]}"))\$"
+
+echo "[test] ThreadSanitizer build: the scheduler's tests and the service tests"
+tsan_tests=(test_scheduler test_service)
+if [[ ! -f build-tsan/build.ninja ]]; then
+  cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" -DMOHGE_SANITIZE=thread \
+        -DMOHGE_WITH_CUDA=OFF
+fi
+cmake --build build-tsan -j "$jobs" --target "${tsan_tests[@]}" mohge-coordinator mohge-worker mohge
+# Every report is fatal, in the test process and in the coordinator and workers it spawns.
+TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+  UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none \
+  run_ctest build-tsan/ctest.log --test-dir build-tsan --output-on-failure -j "$test_jobs" \
+    -L "^($(IFS='|'; echo "${tsan_tests[*]}"))\$"
 
 echo "[test] fuzzing: every libFuzzer target for 20 s"
 if [[ ! -f build-fuzz/build.ninja ]]; then
