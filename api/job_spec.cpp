@@ -170,6 +170,7 @@ Result<JobSpec> parse_job_spec(const json& j) {
     r.integer("seed", ts.seed, false, 0, int64_t{1} << 62);
     r.integer("eval_every", ts.eval_every, false, 0, int64_t{1} << 40);
     r.integer("eval_batches", ts.eval_batches, false, 0, 1 << 20);
+    r.choice("precision", ts.precision, {"fp32", "bf16"}, false);
     if (ts.lr_min > ts.lr) r.fail("lr_min", "must not exceed train.lr");
     if (ts.warmup_steps > ts.steps && ts.steps > 0)
       r.fail("warmup_steps", "must not exceed train.steps (" + std::to_string(ts.steps) + ")");
@@ -294,7 +295,8 @@ json job_spec_to_json(const JobSpec& s) {
                 {"adam_eps", t.adam_eps},
                 {"seed", t.seed},
                 {"eval_every", t.eval_every},
-                {"eval_batches", t.eval_batches}}},
+                {"eval_batches", t.eval_batches},
+                {"precision", t.precision}}},
               {"resources", {{"workers", s.resources.workers}, {"device", s.resources.device}}},
               {"placement", s.placement},
               {"checkpoint", {{"every", s.checkpoint.every}, {"keep", s.checkpoint.keep}}},

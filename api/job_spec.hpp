@@ -77,6 +77,7 @@ struct TrainSpec {
   uint64_t seed = 1;
   int64_t eval_every = 100;
   int eval_batches = 20;
+  std::string precision = "fp32";  // "fp32" | "bf16": the GEMMs' inputs (kernels/ops.hpp)
 };
 
 struct ResourcesSpec {

@@ -22,6 +22,8 @@ class Backend {
   virtual std::string name() const = 0;
   /// Compute threads the backend uses (CPU) or 1 (GPU).
   virtual int num_threads() const = 0;
+  /// The arithmetic of its GEMMs.
+  virtual Precision precision() const = 0;
 
   // ---- memory --------------------------------------------------------------------------
   /// Returns zero-filled memory of `bytes` bytes (64-byte aligned); throws on failure.
@@ -80,8 +82,12 @@ class Backend {
   virtual void adamw_update(const AdamWParams& p) = 0;
 };
 
-/// The CPU backend (oneDNN GEMM, OpenMP). num_threads <= 0 means all cores.
-std::unique_ptr<Backend> make_cpu_backend(int num_threads);
+/// The CPU backend (oneDNN GEMM, OpenMP). num_threads <= 0 means all cores. kBf16 needs
+/// cpu_bf16_available().
+std::unique_ptr<Backend> make_cpu_backend(int num_threads, Precision precision = Precision::kFp32);
+
+/// True when this CPU runs oneDNN's bf16 matmul natively (avx512_bf16 or AMX).
+bool cpu_bf16_available(std::string* why_not);
 
 /// True when this build has the CUDA backend and a GPU is visible.
 bool cuda_backend_available(std::string* why_not);

@@ -15,6 +15,13 @@
 
 namespace mohge {
 
+/// The arithmetic of a backend's GEMMs (`train.precision`). Everything else — weights,
+/// gradients, optimizer state, activations between ops, reductions — is fp32 in both.
+enum class Precision : int32_t {
+  kFp32 = 0,  // fp32 inputs, fp32 accumulation
+  kBf16 = 1,  // inputs rounded to bf16 (nearest even), fp32 accumulation and output
+};
+
 /// C(m,n) = alpha · op(A) · op(B) + beta · C, row-major. op(X) = X or Xᵀ.
 struct GemmParams {
   bool trans_a = false;

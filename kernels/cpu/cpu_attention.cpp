@@ -71,6 +71,7 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
   MOHGE_CHECK(hd % 2 == 0, "head_dim " << hd << " must be even for RoPE");
   const RopeTable tab = rope_table(T, hd, p.rope_base);
   rope_apply(p.qkv, ld, p, tab, 1.0f, num_threads_);
+  const Precision precision = precision_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
@@ -92,7 +93,8 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
                      .ldb = ld,
                      .beta = 0.0f,
                      .c = P,
-                     .ldc = T});
+                     .ldc = T},
+                    precision);
     for (int64_t i = 0; i < T; ++i) {
       float* row = P + i * T;
       float mx = row[0];
@@ -119,13 +121,15 @@ void CpuBackend::attention_forward(const AttentionParams& p) {
                      .ldb = ld,
                      .beta = 0.0f,
                      .c = p.out + b * T * D + h * hd,
-                     .ldc = D});
+                     .ldc = D},
+                    precision);
   }
 }
 
 void CpuBackend::attention_backward(const AttentionParams& p) {
   const int64_t T = p.seq, H = p.heads, hd = p.head_dim, D = H * hd, ld = 3 * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const Precision precision = precision_;
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads_)
   for (int64_t bh = 0; bh < p.batch * H; ++bh) {
@@ -152,7 +156,8 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
                      .ldb = ld,
                      .beta = 0.0f,
                      .c = dS,
-                     .ldc = T});
+                     .ldc = T},
+                    precision);
     cpu_gemm_serial({.trans_a = true,
                      .trans_b = false,
                      .m = T,
@@ -165,7 +170,8 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
                      .ldb = D,
                      .beta = 0.0f,
                      .c = dv,
-                     .ldc = ld});
+                     .ldc = ld},
+                    precision);
     // dS = P ⊙ (dP - rowsum(dP ⊙ P))
     for (int64_t i = 0; i < T; ++i) {
       float* row = dS + i * T;
@@ -188,7 +194,8 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
                      .ldb = ld,
                      .beta = 0.0f,
                      .c = dq,
-                     .ldc = ld});
+                     .ldc = ld},
+                    precision);
     cpu_gemm_serial({.trans_a = true,
                      .trans_b = false,
                      .m = T,
@@ -201,7 +208,8 @@ void CpuBackend::attention_backward(const AttentionParams& p) {
                      .ldb = ld,
                      .beta = 0.0f,
                      .c = dk,
-                     .ldc = ld});
+                     .ldc = ld},
+                    precision);
   }
   // Gradients w.r.t. the rotated q,k → w.r.t. the projections: rotate back by -θ.
   const RopeTable tab = rope_table(T, hd, p.rope_base);

@@ -15,7 +15,7 @@
 
 namespace mohge {
 
-CpuBackend::CpuBackend(int num_threads) {
+CpuBackend::CpuBackend(int num_threads, Precision precision) : precision_(precision) {
   num_threads_ = num_threads > 0 ? num_threads : omp_get_num_procs();
   // oneDNN's OpenMP runtime reads the OpenMP thread count for its own parallel GEMMs.
   omp_set_num_threads(num_threads_);
@@ -28,8 +28,10 @@ CpuBackend::CpuBackend(int num_threads) {
   _mm_setcsr(_mm_getcsr() | 0x8040);
 }
 
-std::unique_ptr<Backend> make_cpu_backend(int num_threads) {
-  return std::make_unique<CpuBackend>(num_threads);
+std::unique_ptr<Backend> make_cpu_backend(int num_threads, Precision precision) {
+  std::string why;
+  MOHGE_CHECK(precision != Precision::kBf16 || cpu_bf16_available(&why), why);
+  return std::make_unique<CpuBackend>(num_threads, precision);
 }
 
 void* CpuBackend::allocate(size_t bytes) {
@@ -89,11 +91,13 @@ void CpuBackend::gemm(const GemmParams& p) {
   // oneDNN sizes its parallel GEMM from the calling thread's OpenMP thread count, which
   // another backend in the same process may have changed.
   omp_set_num_threads(num_threads_);
+  if (precision_ == Precision::kBf16) return cpu_gemm_bf16(p, num_threads_);
   run_sgemm(p);
 }
 
-void cpu_gemm_serial(const GemmParams& p) {
+void cpu_gemm_serial(const GemmParams& p, Precision precision) {
   // oneDNN runs a GEMM on one thread when called from inside an OpenMP parallel region.
+  if (precision == Precision::kBf16) return cpu_gemm_bf16(p, 1);
   run_sgemm(p);
 }
 

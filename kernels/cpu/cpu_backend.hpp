@@ -9,10 +9,11 @@ namespace mohge {
 class CpuBackend final : public Backend {
  public:
   /// num_threads <= 0: all cores.
-  explicit CpuBackend(int num_threads);
+  CpuBackend(int num_threads, Precision precision);
 
   std::string name() const override { return "cpu"; }
   int num_threads() const override { return num_threads_; }
+  Precision precision() const override { return precision_; }
 
   void* allocate(size_t bytes) override;
   void deallocate(void* ptr) override;
@@ -55,9 +56,15 @@ class CpuBackend final : public Backend {
 
  private:
   int num_threads_;
+  Precision precision_;
 };
 
-/// Single-threaded oneDNN sgemm, for use inside an OpenMP region (row-major).
-void cpu_gemm_serial(const GemmParams& p);
+/// A single-threaded GEMM for use inside an OpenMP region (row-major): oneDNN's sgemm, or its
+/// bf16 matmul.
+void cpu_gemm_serial(const GemmParams& p, Precision precision);
+
+/// C = alpha·op(A)·op(B) + beta·C with A and B rounded to bf16 and fp32 accumulation (oneDNN
+/// matmul), on `num_threads` threads (1: the calling thread only, as inside an OpenMP region).
+void cpu_gemm_bf16(const GemmParams& p, int num_threads);
 
 }  // namespace mohge

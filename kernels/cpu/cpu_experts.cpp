@@ -126,7 +126,8 @@ void add_chunks(std::vector<Task>& tasks, TaskKind kind, int64_t slice, int64_t 
   }
 }
 
-void run_tasks(std::vector<Task>& tasks, const GroupedSwigluParams& p, int num_threads);
+void run_tasks(std::vector<Task>& tasks, const GroupedSwigluParams& p, int num_threads,
+               Precision precision);
 
 void swiglu_rows(const float* act, float* hidden, int64_t rows, int64_t W) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -152,7 +153,7 @@ void swiglu_rows_backward(const float* act, const float* d_hidden, float* d_act,
   }
 }
 
-void run_task(const Task& t, const GroupedSwigluParams& p) {
+void run_task(const Task& t, const GroupedSwigluParams& p, Precision precision) {
   const ExpertSlice& s = p.slices[t.slice];
   const int64_t D = p.dim, W = s.width, rows = t.end - t.begin;
   switch (t.kind) {
@@ -171,7 +172,8 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = D,
                        .beta = 0.0f,
                        .c = act,
-                       .ldc = 2 * W});
+                       .ldc = 2 * W},
+                      precision);
       swiglu_rows(act, hid, rows, W);
       cpu_gemm_serial({.trans_a = false,
                        .trans_b = true,
@@ -184,7 +186,8 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = W,
                        .beta = 0.0f,
                        .c = s.y + r0 * D,
-                       .ldc = D});
+                       .ldc = D},
+                      precision);
       break;
     }
     case TaskKind::kBackwardData: {
@@ -202,7 +205,8 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = W,
                        .beta = 0.0f,
                        .c = dh,
-                       .ldc = W});
+                       .ldc = W},
+                      precision);
       swiglu_rows_backward(s.act + r0 * 2 * W, dh, da, rows, W);
       cpu_gemm_serial({.trans_a = false,
                        .trans_b = false,
@@ -215,7 +219,8 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = D,
                        .beta = 0.0f,
                        .c = s.d_x + r0 * D,
-                       .ldc = D});
+                       .ldc = D},
+                      precision);
       break;
     }
     case TaskKind::kGradDown:  // dDown[c0:c1, :] += dY[:, c0:c1]ᵀ · H
@@ -230,7 +235,8 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = W,
                        .beta = 1.0f,
                        .c = s.d_w_down + t.begin * W,
-                       .ldc = W});
+                       .ldc = W},
+                      precision);
       break;
     case TaskKind::kGradGateUp:  // dGU[r0:r1, :] += dA[:, r0:r1]ᵀ · X
       cpu_gemm_serial({.trans_a = true,
@@ -244,18 +250,20 @@ void run_task(const Task& t, const GroupedSwigluParams& p) {
                        .ldb = D,
                        .beta = 1.0f,
                        .c = s.d_w_gate_up + t.begin * D,
-                       .ldc = D});
+                       .ldc = D},
+                      precision);
       break;
   }
 }
 
-void run_tasks(std::vector<Task>& tasks, const GroupedSwigluParams& p, int num_threads) {
+void run_tasks(std::vector<Task>& tasks, const GroupedSwigluParams& p, int num_threads,
+               Precision precision) {
   // Largest first, then by position: a deterministic order that balances the dynamic loop.
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const Task& a, const Task& b) { return a.cost > b.cost; });
   const int64_t num_tasks = static_cast<int64_t>(tasks.size());
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-  for (int64_t i = 0; i < num_tasks; ++i) run_task(tasks[static_cast<size_t>(i)], p);
+  for (int64_t i = 0; i < num_tasks; ++i) run_task(tasks[static_cast<size_t>(i)], p, precision);
 }
 
 // Tasks per thread the chunking aims for: enough to balance slices of very different sizes.
@@ -273,7 +281,7 @@ void CpuBackend::grouped_swiglu_forward(const GroupedSwigluParams& p) {
   for (int64_t i = 0; i < p.num_slices; ++i)
     add_chunks(tasks, TaskKind::kForward, i, p.slices[i].rows,
                6.0 * D * static_cast<double>(p.slices[i].width), target, 32);
-  run_tasks(tasks, p, num_threads_);
+  run_tasks(tasks, p, num_threads_, precision_);
 }
 
 void CpuBackend::grouped_swiglu_backward(const GroupedSwigluParams& p) {
@@ -293,7 +301,7 @@ void CpuBackend::grouped_swiglu_backward(const GroupedSwigluParams& p) {
     add_chunks(tasks, TaskKind::kGradDown, i, p.dim, 2.0 * static_cast<double>(s.rows * s.width),
                target, 16);
   }
-  run_tasks(tasks, p, num_threads_);
+  run_tasks(tasks, p, num_threads_, precision_);
   tasks.clear();
   for (int64_t i = 0; i < p.num_slices; ++i) {
     const ExpertSlice& s = p.slices[i];
@@ -301,7 +309,7 @@ void CpuBackend::grouped_swiglu_backward(const GroupedSwigluParams& p) {
     add_chunks(tasks, TaskKind::kGradGateUp, i, 2 * s.width, 2.0 * D * static_cast<double>(s.rows),
                target, 16);
   }
-  run_tasks(tasks, p, num_threads_);
+  run_tasks(tasks, p, num_threads_, precision_);
 }
 
 }  // namespace mohge

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/backend.hpp"
 #include "kernels/check.hpp"
@@ -343,6 +344,70 @@ TEST_F(OpsTest, AdamWMatchesPyTorchFormula) {
   EXPECT_TRUE(all_close(p, ep, 1e-6, 1e-5));
   EXPECT_TRUE(all_close(m, em, 1e-7, 1e-6));
   EXPECT_TRUE(all_close(v, ev, 1e-7, 1e-6));
+}
+
+// train.precision "bf16" on the CPU: A and B are rounded to bf16 (nearest even) and the
+// products accumulate in fp32. So the result equals a double-precision GEMM of the *rounded*
+// inputs to fp32 accumulation error, and differs from the GEMM of the raw inputs by the
+// rounding (which the test checks is really there).
+TEST_F(OpsTest, Bf16GemmRoundsItsInputsAndAccumulatesInFp32) {
+  std::string why;
+  if (!cpu_bf16_available(&why)) GTEST_SKIP() << why;
+  auto bf16 = make_cpu_backend(2, Precision::kBf16);
+  EXPECT_EQ(bf16->precision(), Precision::kBf16);
+  auto round_bf16 = [](float f) {  // the reference rounding, written separately
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    const uint32_t lsb = (u >> 16) & 1u;
+    u = (u + 0x7fffu + lsb) & 0xffff0000u;
+    float r;
+    std::memcpy(&r, &u, 4);
+    return r;
+  };
+  EXPECT_EQ(round_bf16(1.0f + 1.0f / 256), 1.0f);               // a tie rounds to even
+  EXPECT_EQ(round_bf16(1.0f + 3.0f / 256), 1.0f + 4.0f / 256);  // and away from odd
+  for (const bool ta : {false, true}) {
+    for (const bool tb : {false, true}) {
+      const int64_t m = 33, n = 21, k = 130, lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 3,
+                    ldc = n + 1;
+      const auto a = random_vector((ta ? k : m) * lda, 41),
+                 b = random_vector((tb ? n : k) * ldb, 42);
+      const auto c0 = random_vector(m * ldc, 43);
+      auto at = [&](const std::vector<float>& x, int64_t ld, bool t, int64_t i, int64_t j) {
+        return t ? x[j * ld + i] : x[i * ld + j];
+      };
+      std::vector<float> want_rounded(c0), want_raw(c0);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double sr = 0.0, sx = 0.0;
+          for (int64_t l = 0; l < k; ++l) {
+            const float x = at(a, lda, ta, i, l), y = at(b, ldb, tb, l, j);
+            sr += double{round_bf16(x)} * round_bf16(y);
+            sx += double{x} * y;
+          }
+          want_rounded[i * ldc + j] = static_cast<float>(0.5 * sr + 0.25 * c0[i * ldc + j]);
+          want_raw[i * ldc + j] = static_cast<float>(0.5 * sx + 0.25 * c0[i * ldc + j]);
+        }
+      }
+      std::vector<float> c(c0);
+      bf16->gemm({.trans_a = ta,
+                  .trans_b = tb,
+                  .m = m,
+                  .n = n,
+                  .k = k,
+                  .alpha = 0.5f,
+                  .a = a.data(),
+                  .lda = lda,
+                  .b = b.data(),
+                  .ldb = ldb,
+                  .beta = 0.25f,
+                  .c = c.data(),
+                  .ldc = ldc});
+      EXPECT_TRUE(all_close(c, want_rounded, 1e-4, 1e-5)) << ta << tb;
+      EXPECT_FALSE(all_close(c, want_raw, 1e-4, 1e-5)) << "no bf16 rounding happened";
+      EXPECT_TRUE(all_close(c, want_raw, 0.15, 2e-2)) << ta << tb;
+    }
+  }
 }
 
 TEST_F(OpsTest, SumSquaresIsIndependentOfThreadCount) {

@@ -13,6 +13,7 @@
 #include "worker/model/transformer.hpp"
 #include "worker/train/batches.hpp"
 #include "worker/train/optimizer.hpp"
+#include "worker/train/trainer.hpp"
 
 namespace mohge {
 
@@ -54,8 +55,8 @@ std::vector<float> random_floats(int64_t n, uint64_t seed) {
 
 }  // namespace
 
-double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads) {
-  CpuBackend be(threads);
+double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads, Precision precision) {
+  CpuBackend be(threads, precision);
   double best = 0.0;
   for (const GemmShape& s : shapes) {
     const double flop = 2.0 * static_cast<double>(s.m * s.n * s.k);
@@ -103,7 +104,8 @@ double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads) {
                                .b = b[i].data(),
                                .ldb = s.k,
                                .c = c[i].data(),
-                               .ldc = s.n});
+                               .ldc = s.n},
+                              precision);
             }
           },
           10, 0.3);
@@ -116,8 +118,9 @@ double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads) {
 Result<LayerBenchResult> bench_layer(const JobSpec& spec, int64_t tokens, int threads) {
   const ModelSpec& m = spec.model;
   const FfnSpec& f = m.ffn;
-  auto backend = make_cpu_backend(threads);
-  Backend& be = *backend;
+  Result<std::unique_ptr<Backend>> backend = make_job_backend(spec, threads);
+  if (!backend.ok()) return backend.error();
+  Backend& be = *backend.value();
   ParamStore params;
   std::unique_ptr<FeedForward> ffn = ffn_create(m, 0, be, params);
   params.allocate(be);
@@ -156,10 +159,11 @@ Result<LayerBenchResult> bench_layer(const JobSpec& spec, int64_t tokens, int th
   res.ms_per_fwd_bwd = t * 1e3;
   res.gflop = 3.0 * fwd / 1e9;
   res.gflops = res.gflop / t;
-  res.ceiling_gflops = gemm_ceiling_gflops(shapes, be.num_threads());
+  res.ceiling_gflops = gemm_ceiling_gflops(shapes, be.num_threads(), be.precision());
   res.fraction_of_ceiling = res.gflops / res.ceiling_gflops;
   res.tokens = tokens;
   res.threads = be.num_threads();
+  res.precision = spec.train.precision;
   return res;
 }
 
@@ -168,8 +172,9 @@ Result<TrainBenchResult> bench_train(const JobSpec& spec, const std::string& sto
   namespace fs = std::filesystem;
   const ModelSpec& m = spec.model;
   const int64_t B = spec.train.batch_size, T = m.seq_len, N = B * T;
-  auto backend = make_cpu_backend(threads);
-  Backend& be = *backend;
+  Result<std::unique_ptr<Backend>> backend = make_job_backend(spec, threads);
+  if (!backend.ok()) return backend.error();
+  Backend& be = *backend.value();
   Transformer model(m, be);
   model.initialize(spec.train.seed);
   AdamW opt(spec.train, model.params(), be);
@@ -228,7 +233,7 @@ Result<TrainBenchResult> bench_train(const JobSpec& spec, const std::string& sto
   if (f.kind == "mohge") width = (f.widths.front() + f.widths.back()) / 2;
   r.ceiling_gflops = gemm_ceiling_gflops(
       {{N, 3 * m.d_model, m.d_model}, {N, m.vocab_size, m.d_model}, {N, 2 * width, m.d_model}},
-      be.num_threads());
+      be.num_threads(), be.precision());
   r.mfu = r.achieved_gflops / r.ceiling_gflops;
   return r;
 }

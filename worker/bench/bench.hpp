@@ -7,6 +7,7 @@
 
 #include "api/job_spec.hpp"
 #include "api/result.hpp"
+#include "kernels/ops.hpp"
 
 namespace mohge {
 
@@ -14,10 +15,11 @@ struct GemmShape {
   int64_t m, n, k;
 };
 
-/// The best fp32 GEMM throughput (GFLOP/s) oneDNN reaches on `threads` threads at these
-/// shapes, as one multi-threaded call or as one single-threaded call per thread running
+/// The best GEMM throughput (GFLOP/s) oneDNN reaches on `threads` threads at these shapes in
+/// `precision`, as one multi-threaded call or as one single-threaded call per thread running
 /// concurrently (how the grouped expert pass uses it), whichever is higher.
-double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads);
+double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads,
+                           Precision precision = Precision::kFp32);
 
 struct LayerBenchResult {
   double ms_per_fwd_bwd = 0;  // median
@@ -27,6 +29,7 @@ struct LayerBenchResult {
   double fraction_of_ceiling = 0;
   int64_t tokens = 0;
   int threads = 0;
+  std::string precision;  // train.precision of the spec; the ceiling is measured in it too
 };
 
 /// Forward+backward of the spec's FFN layer on `tokens` random tokens.

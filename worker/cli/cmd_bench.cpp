@@ -27,10 +27,18 @@ struct BenchArgs {
   std::string run;
   std::string from;
   int64_t skip = 100;
+  std::string precision;  // overrides the spec's train.precision when set
 };
 
-int run_bench_layer(const BenchArgs& a) {
+/// The spec of --config, with --precision applied.
+Result<JobSpec> bench_spec(const BenchArgs& a) {
   Result<JobSpec> spec = load_job_spec(a.config);
+  if (spec.ok() && !a.precision.empty()) spec.value().train.precision = a.precision;
+  return spec;
+}
+
+int run_bench_layer(const BenchArgs& a) {
+  Result<JobSpec> spec = bench_spec(a);
   if (!spec.ok()) return report(spec.error());
   Result<LayerBenchResult> r = bench_layer(spec.value(), a.tokens, a.threads);
   if (!r.ok()) return report(r.error());
@@ -39,6 +47,7 @@ int run_bench_layer(const BenchArgs& a) {
                               {"ffn", spec.value().model.ffn.kind},
                               {"tokens", b.tokens},
                               {"threads", b.threads},
+                              {"precision", b.precision},
                               {"ms_per_fwd_bwd", b.ms_per_fwd_bwd},
                               {"gflop", b.gflop},
                               {"gflops", b.gflops},
@@ -82,7 +91,7 @@ int run_bench_balance(const BenchArgs& a) {
 }
 
 int run_bench_train(const BenchArgs& a) {
-  Result<JobSpec> spec = load_job_spec(a.config);
+  Result<JobSpec> spec = bench_spec(a);
   if (!spec.ok()) return report(spec.error());
   if (a.workers > 1) {
     const int cores = static_cast<int>(std::thread::hardware_concurrency());
@@ -136,6 +145,8 @@ void add_bench(CLI::App& app, int& exit_code) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   layer->add_option("--threads", args->threads, "Compute threads (default: all cores)");
+  layer->add_option("--precision", args->precision, "GEMM precision (default: the spec's)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   layer->callback([args, &exit_code] { exit_code = run_bench_layer(*args); });
   CLI::App* train = bench->add_subcommand("train", "Training tokens/s and model-FLOPs utilisation");
   train->add_option("--config", args->config, "Job spec JSON")->required();
@@ -146,6 +157,8 @@ void add_bench(CLI::App& app, int& exit_code) {
       ->capture_default_str();
   train->add_option("--threads", args->threads,
                     "Compute threads (per worker with --workers; default: all cores shared)");
+  train->add_option("--precision", args->precision, "GEMM precision (default: the spec's)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   train
       ->add_option("--workers", args->workers,
                    "Also train on this many local worker processes and compare with one process")

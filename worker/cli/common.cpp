@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "worker/cli/commands.hpp"
+#include "worker/train/trainer.hpp"
 
 namespace mohge::cli {
 
@@ -15,14 +16,7 @@ int report(const Error& error) {
 }
 
 Result<std::unique_ptr<Backend>> make_backend(const JobSpec& spec, int threads) {
-  if (spec.resources.device == "cuda") {
-    std::string why;
-    if (!cuda_backend_available(&why)) {
-      return invalid_argument("resources.device",
-                              "\"cuda\" is not available here: " + why + "; use \"cpu\"");
-    }
-  }
-  return make_cpu_backend(threads);
+  return make_job_backend(spec, threads);
 }
 
 }  // namespace mohge::cli

@@ -41,12 +41,16 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
   Result<std::unique_ptr<Communicator>> comm =
       make_ucx_communicator(rv, {.timeout_s = c.comm_timeout_s});
   if (!comm.ok()) return finish(comm.error());
-  auto backend = make_cpu_backend(c.threads);
+  Result<std::unique_ptr<Backend>> backend = make_job_backend(c.spec, c.threads);
+  if (!backend.ok()) {
+    comm.value()->abort(backend.error().message);
+    return finish(backend.error());
+  }
 
   TrainOptions opt = c.train;
   opt.comm = comm.value().get();
   opt.progress = opt.progress && c.rank == 0;
-  Result<std::unique_ptr<Trainer>> trainer = Trainer::create(c.spec, opt, *backend);
+  Result<std::unique_ptr<Trainer>> trainer = Trainer::create(c.spec, opt, *backend.value());
   Status s = trainer.ok() ? trainer.value()->run(on_step) : Status(trainer.error());
   if (s.ok()) {
     s = comm.value()->finalize();

@@ -21,6 +21,18 @@
 namespace mohge {
 
 namespace fs = std::filesystem;
+
+Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads) {
+  std::string why;
+  if (spec.resources.device == "cuda" && !cuda_backend_available(&why)) {
+    return invalid_argument("resources.device",
+                            "\"cuda\" is not available here: " + why + "; use \"cpu\"");
+  }
+  const Precision precision = spec.train.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
+  if (precision == Precision::kBf16 && !cpu_bf16_available(&why))
+    return invalid_argument("train.precision", "\"bf16\" is not available here: " + why);
+  return make_cpu_backend(threads, precision);
+}
 using nlohmann::json;
 
 DifficultyRouting DifficultyRouting::from_counts(const std::vector<int64_t>& counts, int groups) {

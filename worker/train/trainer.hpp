@@ -27,6 +27,10 @@
 
 namespace mohge {
 
+/// The backend a spec asks for: resources.device and train.precision; errors name the field
+/// when this host cannot provide it.
+Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads);
+
 struct TrainOptions {
   std::filesystem::path storage_root = ".";  // data paths of the spec are relative to it
   std::filesystem::path run_dir;             // default: storage_root/runs/<spec name>
