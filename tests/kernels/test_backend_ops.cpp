@@ -25,33 +25,19 @@
 #include <vector>
 
 #include "kernels/backend.hpp"
+#include "tests/backend_variants.hpp"
 #include "tests/test_util.hpp"
 
 namespace mohge {
 namespace {
 
+using testing::BackendVariant;
 using testing::random_vector;
-
-struct Variant {
-  std::string name;
-  std::function<std::unique_ptr<Backend>()> make;
-};
-
-std::vector<Variant> present_variants() {
-  std::vector<Variant> v;
-  if (cpu_bf16_available(nullptr))
-    v.push_back({"cpu_bf16", [] { return make_cpu_backend(2, Precision::kBf16); }});
-  return v;
-}
-
-std::string variant_name(const ::testing::TestParamInfo<Variant>& info) {
-  return info.param.name;
-}
 
 // Named outputs of one op run, as floats (integer outputs converted exactly).
 using Outputs = std::vector<std::pair<std::string, std::vector<float>>>;
 
-class BackendOps : public ::testing::TestWithParam<Variant> {
+class BackendOps : public ::testing::TestWithParam<BackendVariant> {
  protected:
   void SetUp() override { be_ = GetParam().make(); }
 
@@ -482,8 +468,9 @@ TEST_P(BackendOps, AdamW) {
       1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(Present, BackendOps, ::testing::ValuesIn(present_variants()),
-                         variant_name);
+INSTANTIATE_TEST_SUITE_P(Present, BackendOps,
+                         ::testing::ValuesIn(testing::present_backend_variants()),
+                         testing::backend_variant_name);
 // Where no variant is present (no bf16 CPU, no GPU) the suite has nothing to compare.
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(BackendOps);
 
