@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/ops.hpp"
 
@@ -135,6 +136,21 @@ class Buffer {
   Backend* backend_ = nullptr;
   T* data_ = nullptr;
   int64_t count_ = 0;
+};
+
+/// Where every token-expert assignment lands in the expert-sorted buffer. The offsets are on
+/// the host, where they size the expert GEMMs and the token exchange (a backend whose memory
+/// is elsewhere copies them back: one E+1 transfer per layer); the per-row maps stay in the
+/// backend's memory, where dispatch and combine read them.
+struct DispatchPlan {
+  int64_t num_tokens = 0;               // N
+  int32_t top_k = 0;                    // K
+  int32_t num_experts = 0;              // E
+  std::vector<int64_t> expert_offsets;  // host (E+1): rows of expert e are [off[e], off[e+1])
+  Buffer<int64_t> position;             // backend (N, K): sorted row of assignment (t, k)
+  Buffer<int32_t> sorted_token;         // backend (M): source token of each sorted row
+
+  int64_t rows() const { return num_tokens * top_k; }  // M
 };
 
 }  // namespace mohge

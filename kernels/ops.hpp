@@ -153,15 +153,9 @@ struct RouterAuxValues {
   double expert = 0.0;  // L_E (MoHGE) or the switch loss (MoE)
 };
 
-/// Where every token-expert assignment lands in the expert-sorted buffer.
-struct DispatchPlan {
-  int64_t num_tokens = 0;               // N
-  int32_t top_k = 0;                    // K
-  int32_t num_experts = 0;              // E
-  std::vector<int64_t> expert_offsets;  // (E+1) rows of expert e are [off[e], off[e+1])
-  std::vector<int64_t> position;        // (N, K) sorted row of assignment (t, k)
-  std::vector<int32_t> sorted_token;    // (M) source token of each sorted row
-};
+/// Where every token-expert assignment lands in the expert-sorted buffer (kernels/backend.hpp:
+/// it owns backend memory).
+struct DispatchPlan;
 
 struct DispatchParams {
   int64_t dim = 0;  // D

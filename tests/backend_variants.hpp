@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,11 @@ inline std::vector<BackendVariant> present_backend_variants() {
   if (cpu_bf16_available(nullptr))
     v.push_back({"cpu_bf16", [] { return make_cpu_backend(2, Precision::kBf16); }});
   return v;
+}
+
+/// How GoogleTest prints a variant (its name, not its bytes).
+inline void PrintTo(const BackendVariant& v, std::ostream* os) {
+  *os << v.name;
 }
 
 inline std::string backend_variant_name(const ::testing::TestParamInfo<BackendVariant>& info) {

@@ -26,8 +26,8 @@ void CpuBackend::dispatch_plan(const int32_t* topk_index, int64_t num_tokens, in
   plan->top_k = top_k;
   plan->num_experts = num_experts;
   plan->expert_offsets.assign(static_cast<size_t>(num_experts) + 1, 0);
-  plan->position.resize(static_cast<size_t>(M));
-  plan->sorted_token.resize(static_cast<size_t>(M));
+  plan->position.resize(*this, M);
+  plan->sorted_token.resize(*this, M);
   for (int64_t a = 0; a < M; ++a) {
     const int32_t e = topk_index[a];
     MOHGE_CHECK(e >= 0 && e < num_experts,
@@ -37,19 +37,21 @@ void CpuBackend::dispatch_plan(const int32_t* topk_index, int64_t num_tokens, in
   std::partial_sum(plan->expert_offsets.begin(), plan->expert_offsets.end(),
                    plan->expert_offsets.begin());
   std::vector<int64_t> cursor(plan->expert_offsets.begin(), plan->expert_offsets.end() - 1);
+  int64_t* position = plan->position.data();
+  int32_t* sorted_token = plan->sorted_token.data();
   for (int64_t a = 0; a < M; ++a) {  // (t, k) order: stable by token within each expert
     const int64_t row = cursor[static_cast<size_t>(topk_index[a])]++;
-    plan->position[static_cast<size_t>(a)] = row;
-    plan->sorted_token[static_cast<size_t>(row)] = static_cast<int32_t>(a / top_k);
+    position[a] = row;
+    sorted_token[row] = static_cast<int32_t>(a / top_k);
   }
 }
 
 void CpuBackend::dispatch_forward(const DispatchParams& p) {
-  const int64_t D = p.dim, M = static_cast<int64_t>(p.plan->sorted_token.size());
+  const int64_t D = p.dim, M = p.plan->rows();
+  const int32_t* sorted_token = p.plan->sorted_token.data();
 #pragma omp parallel for schedule(static) num_threads(num_threads_)
   for (int64_t r = 0; r < M; ++r)
-    std::copy_n(p.x + static_cast<int64_t>(p.plan->sorted_token[static_cast<size_t>(r)]) * D, D,
-                p.x_sorted + r * D);
+    std::copy_n(p.x + static_cast<int64_t>(sorted_token[r]) * D, D, p.x_sorted + r * D);
 }
 
 void CpuBackend::dispatch_backward(const DispatchParams& p) {
@@ -58,7 +60,7 @@ void CpuBackend::dispatch_backward(const DispatchParams& p) {
   for (int64_t t = 0; t < p.plan->num_tokens; ++t) {
     float* dx = p.d_x + t * D;
     for (int64_t k = 0; k < K; ++k) {
-      const float* src = p.d_x_sorted + p.plan->position[static_cast<size_t>(t * K + k)] * D;
+      const float* src = p.d_x_sorted + p.plan->position.data()[t * K + k] * D;
       for (int64_t c = 0; c < D; ++c) dx[c] += src[c];
     }
   }
@@ -71,7 +73,7 @@ void CpuBackend::combine_forward(const CombineParams& p) {
     float* y = p.y + t * D;
     for (int64_t k = 0; k < K; ++k) {
       const float w = p.weight[t * K + k];
-      const float* src = p.y_sorted + p.plan->position[static_cast<size_t>(t * K + k)] * D;
+      const float* src = p.y_sorted + p.plan->position.data()[t * K + k] * D;
       for (int64_t c = 0; c < D; ++c) y[c] += w * src[c];
     }
   }
@@ -83,7 +85,7 @@ void CpuBackend::combine_backward(const CombineParams& p) {
   for (int64_t t = 0; t < p.plan->num_tokens; ++t) {
     const float* dy = p.d_y + t * D;
     for (int64_t k = 0; k < K; ++k) {
-      const int64_t row = p.plan->position[static_cast<size_t>(t * K + k)];
+      const int64_t row = p.plan->position.data()[t * K + k];
       const float w = p.weight[t * K + k];
       const float* ys = p.y_sorted + row * D;
       float* dys = p.d_y_sorted + row * D;

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "api/result.hpp"
-#include "kernels/ops.hpp"
+#include "kernels/backend.hpp"
 #include "worker/comm/communicator.hpp"
 #include "worker/dist/placement.hpp"
 
