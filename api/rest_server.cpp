@@ -79,6 +79,12 @@ json error_body(const Error& e) {
   return json{{"error", err}};
 }
 
+// JSON text of an answer. Messages may echo decoded request bytes that are not UTF-8 (a "%FF"
+// in a path): those are replaced, never a reason to fail the answer.
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 const char* content_type_of(const std::filesystem::path& p) {
   const std::string ext = p.extension().string();
   if (ext == ".html") return "text/html; charset=utf-8";
@@ -136,7 +142,8 @@ class Session : public std::enable_shared_from_this<Session> {
   /// stopping, or needs the place); one being answered closes after its answer.
   void close_if_reading() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
-      if (self->reading_.load()) self->close();
+      if (self->reading_.load()) return self->close();
+      self->evicted_ = false;  // busy answering after all: it may be chosen again later
     });
   }
   /// True once for a connection waiting for (or reading) a request: it is the one to close
@@ -162,7 +169,7 @@ class Session : public std::enable_shared_from_this<Session> {
     http::response<http::string_body> res{static_cast<http::status>(status), version};
     res.set(http::field::content_type, "application/json");
     res.set(http::field::cache_control, "no-store");
-    res.body() = error_body(e).dump();
+    res.body() = dump(error_body(e));
     send(std::move(res));
   }
 
@@ -183,7 +190,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec) return on_read_error(ec);
     const Request& req = parser_->get();
     keep_alive_ = req.keep_alive();
-    if (beast::iequals(header(req, http::field::expect), "100-continue")) {
+    if (req.version() >= 11 && beast::iequals(header(req, http::field::expect), "100-continue")) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_,
                                                                      req.version());
       stream_.expires_after(kWriteStall);
@@ -276,7 +283,9 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   beast::tcp_stream stream_;
-  beast::flat_buffer buffer_;
+  // Bounded: the header limit covers the header only, and a chunk-size line or trailer without
+  // its end would otherwise grow the buffer for as long as the peer sends (400 past it).
+  beast::flat_buffer buffer_{kHeaderLimit + 64 * 1024};
   std::optional<http::request_parser<http::string_body>> parser_;
   size_t max_body_;
   Connections& connections_;
@@ -298,7 +307,7 @@ class Exchange {
       : state_(std::make_shared<State>(std::move(session), version)) {}
 
   void json_body(int status, const json& body) const {
-    text(status, body.dump(), "application/json");
+    text(status, dump(body), "application/json");
   }
   void text(int status, std::string body, const char* content_type) const {
     http::response<http::string_body> res{static_cast<http::status>(status), state_->version};
@@ -384,13 +393,16 @@ struct RestServer::Impl {
   void open_session(tcp::socket socket) {
     std::shared_ptr<Session> session;
     std::shared_ptr<Session> evicted;
+    // Sessions locked while looking are released only after the lock: the last reference to
+    // one may be ours, and its destructor takes the same lock.
+    std::vector<std::shared_ptr<Session>> looked_at;
     {
       std::lock_guard<std::mutex> lock(connections.mu);
       if (connections.open.size() >= options.max_connections) {
         for (const auto& [id, weak] : connections.open) {
-          auto s = weak.lock();
-          if (s && s->claim_for_eviction()) {
-            evicted = std::move(s);
+          looked_at.push_back(weak.lock());
+          if (looked_at.back() && looked_at.back()->claim_for_eviction()) {
+            evicted = looked_at.back();
             break;
           }
         }
@@ -417,6 +429,8 @@ struct RestServer::Impl {
       route(ex, req);
     } catch (const std::exception& e) {
       ex.error(Error{ErrorCode::kInternal, std::string("internal error: ") + e.what(), ""});
+    } catch (...) {
+      ex.error(Error{ErrorCode::kInternal, "internal error", ""});
     }
   }
 
@@ -703,6 +717,10 @@ void RestServer::stop() {
   m.io.stop();
   for (std::thread& t : m.threads) t.join();
   m.threads.clear();
+  // The close posted above may not have run before the threads stopped; none runs now.
+  beast::error_code ec;
+  m.acceptor.close(ec);
+  m.accept_pause.cancel();
 }
 
 }  // namespace mohge

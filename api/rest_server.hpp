@@ -29,7 +29,9 @@ struct RestOptions {
 
 class RestServer {
  public:
-  /// Starts listening; errors name the address. The service must outlive the server.
+  /// Starts listening; errors name the address. The service must outlive the server, and
+  /// answer callbacks it holds (checkpoint downloads) must have run or been destroyed before
+  /// the server is: they hold the connection, whose I/O belongs to the server.
   static Result<std::unique_ptr<RestServer>> start(const RestOptions& options, ApiService& service);
   ~RestServer();
   /// The URL it listens on ("http://127.0.0.1:8080").

@@ -45,7 +45,9 @@ void pack_bf16(const float* src, int64_t rows, int64_t cols, int64_t ld, uint16_
   }
 }
 
-using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, float, float>;
+// (trans_a, trans_b, m, n, k, ldc, alpha, beta, threads): a primitive is tuned for the thread
+// count it was made with (the full team, or one thread inside a parallel region).
+using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, float, float, int>;
 
 struct Matmul {
   memory::desc a, b, c;
@@ -66,8 +68,8 @@ ThreadState& thread_state() {
 
 constexpr size_t kMaxPrimitives = 512;  // per thread; the map is cleared when full
 
-const Matmul& primitive(ThreadState& st, const GemmParams& p) {
-  const Key key{p.trans_a, p.trans_b, p.m, p.n, p.k, p.ldc, p.alpha, p.beta};
+const Matmul& primitive(ThreadState& st, const GemmParams& p, int num_threads) {
+  const Key key{p.trans_a, p.trans_b, p.m, p.n, p.k, p.ldc, p.alpha, p.beta, num_threads};
   if (const auto it = st.primitives.find(key); it != st.primitives.end()) return it->second;
   if (st.primitives.size() >= kMaxPrimitives) st.primitives.clear();
   // The packed A is (m,k) or, transposed, (k,m) row-major; likewise B.
@@ -103,9 +105,10 @@ bool cpu_bf16_available(std::string* why_not) {
 
 void cpu_gemm_bf16(const GemmParams& p, int num_threads) {
   if (p.m == 0 || p.n == 0) return;
-  if (p.k == 0) {  // C = beta·C
+  if (p.k == 0) {  // C = beta·C (beta 0 overwrites, as BLAS does)
     for (int64_t i = 0; i < p.m; ++i)
-      for (int64_t j = 0; j < p.n; ++j) p.c[i * p.ldc + j] *= p.beta;
+      for (int64_t j = 0; j < p.n; ++j)
+        p.c[i * p.ldc + j] = p.beta == 0.0f ? 0.0f : p.beta * p.c[i * p.ldc + j];
     return;
   }
   ThreadState& st = thread_state();
@@ -115,7 +118,7 @@ void cpu_gemm_bf16(const GemmParams& p, int num_threads) {
   st.b.resize(static_cast<size_t>(b_rows * b_cols));
   pack_bf16(p.a, a_rows, a_cols, p.lda, st.a.data(), num_threads);
   pack_bf16(p.b, b_rows, b_cols, p.ldb, st.b.data(), num_threads);
-  const Matmul& mm = primitive(st, p);
+  const Matmul& mm = primitive(st, p, num_threads);
   memory a(mm.a, st.engine, st.a.data());
   memory b(mm.b, st.engine, st.b.data());
   memory c(mm.c, st.engine, p.c);

@@ -550,9 +550,10 @@ class RawHttp {
 };
 
 // The HTTP edge answers what it cannot serve and bounds what a peer can make it hold: malformed
-// requests get 400 and oversized headers 431, `Expect: 100-continue` is honoured, pipelined
-// requests are answered in order, and a peer holding 600 silent connections (past the limit of
-// 512) locks nobody out and cannot exhaust the coordinator's descriptors: its oldest
+// requests (an endless chunk-size line included) get 400 and oversized headers 431, a path
+// that decodes to bytes that are not UTF-8 gets its 404, `Expect: 100-continue` is honoured,
+// pipelined requests are answered in order, and a peer holding 600 silent connections (past the
+// limit of 512) locks nobody out and cannot exhaust the coordinator's descriptors: its oldest
 // connections are closed to make room.
 TEST_F(ControlPlaneAttack, TheHttpEdgeBoundsWhatAPeerCanHold) {
   start_coordinator();
@@ -591,6 +592,23 @@ TEST_F(ControlPlaneAttack, TheHttpEdgeBoundsWhatAPeerCanHold) {
     EXPECT_EQ(c.read_response().rfind("HTTP/1.1 200", 0), 0u);
     EXPECT_EQ(c.read_response().rfind("HTTP/1.1 404", 0), 0u);
     EXPECT_EQ(c.read_response().rfind("HTTP/1.1 200", 0), 0u);
+  }
+  {
+    // A chunk-size line that never ends: the read buffer is bounded, so 400, not growth.
+    RawHttp c(http_port_);
+    c.send("POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" +
+           std::string(200 * 1024, 'a'));
+    const std::string a = c.read_until("\r\n\r\n");
+    EXPECT_EQ(a.rfind("HTTP/1.1 400", 0), 0u) << a.substr(0, 200);
+    EXPECT_TRUE(c.closed_within(5.0));
+  }
+  {
+    // Bytes that are not UTF-8 in a path are echoed safely: 404, not 500.
+    RawHttp c(http_port_);
+    c.send("GET /api/v1/jobs/%FF%FE HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token_ +
+           "\r\n\r\n");
+    const std::string a = c.read_response();
+    EXPECT_EQ(a.rfind("HTTP/1.1 404", 0), 0u) << a;
   }
   // 600 connections that start a request and go silent.
   std::vector<std::unique_ptr<RawHttp>> silent;

@@ -126,15 +126,18 @@ Result<LayerBenchResult> bench_layer(const JobSpec& spec, int64_t tokens, int th
   params.allocate(be);
   params.initialize(spec.train.seed);
   const int64_t D = m.d_model;
-  const auto x = random_floats(tokens * D, 11);
-  const auto dy = random_floats(tokens * D, 12);
-  std::vector<float> y(static_cast<size_t>(tokens * D)), dx(static_cast<size_t>(tokens * D));
+  // Inputs and outputs in the backend's memory, so the same bench runs on any backend.
+  Buffer<float> x(be, tokens * D), dy(be, tokens * D), y(be, tokens * D), dx(be, tokens * D);
+  const size_t bytes = sizeof(float) * static_cast<size_t>(tokens * D);
+  be.copy_from_host(x.data(), random_floats(tokens * D, 11).data(), bytes);
+  be.copy_from_host(dy.data(), random_floats(tokens * D, 12).data(), bytes);
   FfnWorkspace ws;
   auto fwd_bwd = [&] {
-    std::fill(y.begin(), y.end(), 0.0f);
-    std::fill(dx.begin(), dx.end(), 0.0f);
+    be.fill_zero(y.data(), tokens * D);
+    be.fill_zero(dx.data(), tokens * D);
     ffn->forward(x.data(), y.data(), tokens, {});
     ffn->backward(x.data(), dy.data(), dx.data(), tokens, ws);
+    be.synchronize();
   };
   const double t = time_median(fwd_bwd, 10, 3.0);
 

@@ -257,4 +257,10 @@ double Transformer::flops_per_token(int64_t seq) const {
   return 3.0 * 2.0 * forward_macs;
 }
 
+std::vector<float> Transformer::token_losses() const {
+  std::vector<float> out(static_cast<size_t>(losses_.size()));
+  if (!out.empty()) be_.copy_to_host(out.data(), losses_.data(), sizeof(float) * out.size());
+  return out;
+}
+
 }  // namespace mohge

@@ -51,8 +51,8 @@ class Transformer {
 
   /// (N, V) logits of the last forward; invalid after backward().
   const float* logits() const { return logits_.data(); }
-  /// (N) per-token losses of the last forward with targets.
-  const float* token_losses() const { return losses_.data(); }
+  /// (N) per-token losses of the last forward with targets, copied to the host.
+  std::vector<float> token_losses() const;
   /// Routing of each MoE/MoHGE layer in the last forward (nullptr for dense layers).
   std::vector<const LayerRouting*> routing() const;
   /// Layer `layer`'s FFN (routing_decisions() and the like).

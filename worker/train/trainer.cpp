@@ -97,7 +97,7 @@ EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batche
     if (difficulty != nullptr && difficulty->groups > 0 && count > 0) {
       // Every routed layer's kept experts (N, K) → their groups, counted per token bucket.
       const int64_t N = count * T;
-      const float* losses = model.token_losses();
+      const std::vector<float> losses = model.token_losses();
       const int G = difficulty->groups;
       const int64_t per_group = std::max<int64_t>(1, model.spec().ffn.num_experts() / G);
       std::vector<int32_t> index;
@@ -108,7 +108,7 @@ EvalResult evaluate(Transformer& model, const TokenWindows& data, int64_t batche
         for (int64_t i = 0; i < N; ++i) {
           const int fb =
               difficulty->frequency_bucket[static_cast<size_t>(inputs[static_cast<size_t>(i)])];
-          const int lb = DifficultyRouting::loss_bucket(losses[i]);
+          const int lb = DifficultyRouting::loss_bucket(losses[static_cast<size_t>(i)]);
           for (int64_t k = 0; k < K; ++k) {
             const int64_t g = index[static_cast<size_t>(i * K + k)] / per_group;
             if (g < 0 || g >= G) continue;
