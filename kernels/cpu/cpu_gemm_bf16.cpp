@@ -3,10 +3,8 @@
 // multiplied by oneDNN's matmul primitive with fp32 accumulation and an fp32 C:
 // C = alpha·op(A)·op(B) + beta·C (alpha as the output scale, beta as a sum post-op).
 //
-// Primitives are kept per thread, keyed by shape: a primitive object is then never executed
-// by two threads at once, and the attention's and layers' fixed shapes are built once. Expert
-// GEMMs change their row counts every step; their misses cost one primitive creation each
-// (oneDNN's own primitive cache makes a repeated shape cheap to build again).
+// Primitives are kept per thread (a primitive object is then never executed by two threads at
+// once), one per transpose/alpha/beta/thread-count combination, with runtime dimensions.
 #include <omp.h>
 
 #include <cstring>
@@ -45,19 +43,17 @@ void pack_bf16(const float* src, int64_t rows, int64_t cols, int64_t ld, uint16_
   }
 }
 
-// (trans_a, trans_b, m, n, k, ldc, alpha, beta, threads): a primitive is tuned for the thread
-// count it was made with (the full team, or one thread inside a parallel region).
-using Key = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, float, float, int>;
-
-struct Matmul {
-  memory::desc a, b, c;
-  dnnl::matmul primitive;
-};
+// (trans_a, trans_b, alpha, beta, threads). Dimensions and strides are runtime values of the
+// primitive: expert GEMMs change their row counts every step, and a primitive per shape
+// rebuilt oneDNN's JIT kernels all the time (whole-model bf16 training ran 0.83x fp32). With
+// runtime dimensions oneDNN picks its JIT GEMM, which measured within a few % of the
+// shape-specialised kernel here (e.g. 911 vs 921 GFLOP/s at 1368x576x256 on 2 threads).
+using Key = std::tuple<bool, bool, float, float, int>;
 
 struct ThreadState {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  std::map<Key, Matmul> primitives;
+  std::map<Key, dnnl::matmul> primitives;
   std::vector<uint16_t> a, b;
 };
 
@@ -66,18 +62,21 @@ ThreadState& thread_state() {
   return state;
 }
 
-constexpr size_t kMaxPrimitives = 512;  // per thread; the map is cleared when full
+// The packed A is (m,k) or, transposed, (k,m) row-major; likewise B (k,n) or (n,k).
+memory::dims a_strides(bool trans, memory::dim m, memory::dim k) {
+  return trans ? memory::dims{1, m} : memory::dims{k, 1};
+}
+memory::dims b_strides(bool trans, memory::dim k, memory::dim n) {
+  return trans ? memory::dims{1, k} : memory::dims{n, 1};
+}
 
-const Matmul& primitive(ThreadState& st, const GemmParams& p, int num_threads) {
-  const Key key{p.trans_a, p.trans_b, p.m, p.n, p.k, p.ldc, p.alpha, p.beta, num_threads};
+const dnnl::matmul& primitive(ThreadState& st, const GemmParams& p, int num_threads) {
+  const Key key{p.trans_a, p.trans_b, p.alpha, p.beta, num_threads};
   if (const auto it = st.primitives.find(key); it != st.primitives.end()) return it->second;
-  if (st.primitives.size() >= kMaxPrimitives) st.primitives.clear();
-  // The packed A is (m,k) or, transposed, (k,m) row-major; likewise B.
-  const memory::desc a_md({p.m, p.k}, memory::data_type::bf16,
-                          p.trans_a ? memory::dims{1, p.m} : memory::dims{p.k, 1});
-  const memory::desc b_md({p.k, p.n}, memory::data_type::bf16,
-                          p.trans_b ? memory::dims{1, p.k} : memory::dims{p.n, 1});
-  const memory::desc c_md({p.m, p.n}, memory::data_type::f32, memory::dims{p.ldc, 1});
+  constexpr memory::dim R = DNNL_RUNTIME_DIM_VAL;
+  const memory::desc a_md({R, R}, memory::data_type::bf16, a_strides(p.trans_a, R, R));
+  const memory::desc b_md({R, R}, memory::data_type::bf16, b_strides(p.trans_b, R, R));
+  const memory::desc c_md({R, R}, memory::data_type::f32, memory::dims{R, 1});
   dnnl::primitive_attr attr;
   if (p.alpha != 1.0f) attr.set_output_scales(0, {p.alpha});
   if (p.beta != 0.0f) {
@@ -86,7 +85,7 @@ const Matmul& primitive(ThreadState& st, const GemmParams& p, int num_threads) {
     attr.set_post_ops(ops);
   }
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, st.engine);
-  return st.primitives.emplace(key, Matmul{a_md, b_md, c_md, dnnl::matmul(pd)}).first->second;
+  return st.primitives.emplace(key, dnnl::matmul(pd)).first->second;
 }
 
 }  // namespace
@@ -118,11 +117,13 @@ void cpu_gemm_bf16(const GemmParams& p, int num_threads) {
   st.b.resize(static_cast<size_t>(b_rows * b_cols));
   pack_bf16(p.a, a_rows, a_cols, p.lda, st.a.data(), num_threads);
   pack_bf16(p.b, b_rows, b_cols, p.ldb, st.b.data(), num_threads);
-  const Matmul& mm = primitive(st, p, num_threads);
-  memory a(mm.a, st.engine, st.a.data());
-  memory b(mm.b, st.engine, st.b.data());
-  memory c(mm.c, st.engine, p.c);
-  mm.primitive.execute(st.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  const dnnl::matmul& mm = primitive(st, p, num_threads);
+  memory a({{p.m, p.k}, memory::data_type::bf16, a_strides(p.trans_a, p.m, p.k)}, st.engine,
+           st.a.data());
+  memory b({{p.k, p.n}, memory::data_type::bf16, b_strides(p.trans_b, p.k, p.n)}, st.engine,
+           st.b.data());
+  memory c({{p.m, p.n}, memory::data_type::f32, {p.ldc, 1}}, st.engine, p.c);
+  mm.execute(st.stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
   st.stream.wait();
 }
 
