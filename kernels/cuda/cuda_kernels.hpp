@@ -1,0 +1,46 @@
+// Launches of the CUDA backend's kernels (kernels/cuda/*.cu), callable from host C++ that
+// does not include CUDA headers: streams are passed as void* (a cudaStream_t). Every pointer
+// is device memory unless its comment says host. Kernels only queue work; results that the
+// host needs (a failure flag, counts, sums) are copied back by the caller, at a documented
+// synchronisation point.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/ops.hpp"
+
+namespace mohge::cuda {
+
+// ---- routers (cuda_router.cu) ------------------------------------------------------------
+/// Scratch one router call needs for `tokens` tokens (floats, flag bytes).
+int64_t router_scratch_floats(const RouterParams& p, int64_t tokens);
+int64_t router_scratch_flags(const RouterParams& p, int64_t tokens);
+
+/// topk_index, topk_weight and group_selected of every token; sets *failed to 1 when the
+/// shape asks for more candidates than exist.
+void launch_router_forward(const RouterParams& p, float* scratch, uint8_t* flags, int* failed,
+                           void* stream);
+/// Adds each token's kept groups (G) and experts (E) to the counts.
+void launch_router_count(const RouterParams& p, unsigned long long* group_count,
+                         unsigned long long* expert_count, void* stream);
+/// Chunks of the aux-term partial sums for `tokens` tokens.
+int64_t router_aux_chunks(int64_t tokens);
+/// Σ over tokens of the aux p-terms into psum (G then E, double), through partial
+/// (router_aux_chunks × (G + E) doubles) and scratch for one token per chunk.
+void launch_router_aux_terms(const RouterParams& p, const RouterAuxParams& aux, float* scratch,
+                             uint8_t* flags, double* partial, double* psum, void* stream);
+/// d_logits of every token; ag (G) and be (E) are the aux constants (device copies).
+void launch_router_backward(const RouterParams& p, const RouterAuxParams& aux, const float* ag,
+                            const float* be, float* scratch, uint8_t* flags, void* stream);
+
+// ---- dispatch plan (cuda_router.cu) ------------------------------------------------------
+/// Chunks of the counting sort for `assignments` (N·K) assignments.
+int64_t dispatch_chunks(int64_t assignments);
+/// The plan's expert_offsets (E+1), position (N·K) and sorted_token (M), through counts and
+/// base (dispatch_chunks × E each); *failed set to 1 (and nothing placed) when an id is
+/// outside [0, E).
+void launch_dispatch_plan(const int32_t* topk_index, int64_t assignments, int32_t top_k,
+                          int32_t experts, int64_t* counts, int64_t* base, int64_t* expert_offsets,
+                          int64_t* position, int32_t* sorted_token, int* failed, void* stream);
+
+}  // namespace mohge::cuda
