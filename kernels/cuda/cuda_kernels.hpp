@@ -43,4 +43,29 @@ void launch_dispatch_plan(const int32_t* topk_index, int64_t assignments, int32_
                           int32_t experts, int64_t* counts, int64_t* base, int64_t* expert_offsets,
                           int64_t* position, int32_t* sorted_token, int* failed, void* stream);
 
+// ---- vector ops, optimizer, transformer ops (cuda_elementwise.cu) -------------------------
+void launch_axpy(int64_t n, float alpha, const float* x, float* y, void* stream);
+void launch_scale(int64_t n, float alpha, float* x, void* stream);
+/// Σ x² per chunk of 2¹⁴ elements into partial (sum_squares_chunks doubles); the caller adds
+/// them in order on the host (one copy back: the gradient norm's synchronisation point).
+int64_t sum_squares_chunks(int64_t n);
+void launch_sum_squares(int64_t n, const float* x, double* partial, void* stream);
+void launch_adamw(const AdamWParams& p, void* stream);
+/// *failed set to 1 for a token outside the vocabulary (its row is left as it was).
+void launch_embedding_forward(const EmbeddingParams& p, int* failed, void* stream);
+void launch_embedding_backward(const EmbeddingParams& p, void* stream);
+void launch_rmsnorm_forward(const RmsNormParams& p, void* stream);
+/// Floats of the weight-gradient partial sums for `rows` × `dim`.
+int64_t rmsnorm_partial_floats(int64_t rows, int64_t dim);
+void launch_rmsnorm_backward(const RmsNormParams& p, float* partial, void* stream);
+void launch_swiglu_forward(const SwigluParams& p, void* stream);
+void launch_swiglu_backward(const SwigluParams& p, void* stream);
+/// lse and losses per row (one block per row over the whole vocabulary, no V×N host copy);
+/// *failed set to 1 for a target ≥ V. The sum of losses is the caller's (host) reduction.
+void launch_cross_entropy_forward(const CrossEntropyParams& p, int* failed, void* stream);
+void launch_cross_entropy_backward(const CrossEntropyParams& p, void* stream);
+/// rows × cols of a strided fp32 matrix into dense bf16 (nearest even) at dst.
+void launch_pack_bf16(const float* src, int64_t rows, int64_t cols, int64_t ld, void* dst,
+                      void* stream);
+
 }  // namespace mohge::cuda
