@@ -93,6 +93,10 @@ bool cpu_bf16_available(std::string* why_not);
 /// True when this build has the CUDA backend and a GPU is visible.
 bool cuda_backend_available(std::string* why_not);
 
+/// The CUDA backend on GPU `device` (one stream); needs cuda_backend_available(). Throws when
+/// the build has no CUDA.
+std::unique_ptr<Backend> make_cuda_backend(int device, Precision precision = Precision::kFp32);
+
 /// A typed buffer owned by a backend (RAII). Zero-filled on creation.
 template <class T>
 class Buffer {

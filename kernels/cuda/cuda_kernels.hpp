@@ -68,4 +68,23 @@ void launch_cross_entropy_backward(const CrossEntropyParams& p, void* stream);
 void launch_pack_bf16(const float* src, int64_t rows, int64_t cols, int64_t ld, void* dst,
                       void* stream);
 
+// ---- attention and token permutation (cuda_attention_moe.cu) ------------------------------
+/// RoPE on the first 2·heads head-vectors (q then k) of every row: +θ (direction 1) or -θ.
+void launch_rope(float* rows, int64_t ld, int64_t n_rows, int64_t seq, int64_t heads,
+                 int64_t head_dim, float base, float direction, void* stream);
+/// Causal softmax in place over `rows` rows (B·H·T) of T scores each.
+void launch_causal_softmax(float* probs, int64_t rows, int64_t seq, void* stream);
+/// d (dP in, dS out) = P ⊙ (dP − rowsum(dP ⊙ P)), causal.
+void launch_causal_softmax_backward(const float* probs, float* d, int64_t rows, int64_t seq,
+                                    void* stream);
+void launch_dispatch_forward(int64_t rows, int64_t dim, const int32_t* sorted_token,
+                             const float* x, float* x_sorted, void* stream);
+void launch_dispatch_backward(int64_t tokens, int32_t top_k, int64_t dim, const int64_t* position,
+                              const float* d_x_sorted, float* d_x, void* stream);
+void launch_combine_forward(int64_t tokens, int32_t top_k, int64_t dim, const int64_t* position,
+                            const float* weight, const float* y_sorted, float* y, void* stream);
+void launch_combine_backward(int64_t tokens, int32_t top_k, int64_t dim, const int64_t* position,
+                             const float* weight, const float* y_sorted, const float* d_y,
+                             float* d_y_sorted, float* d_weight, void* stream);
+
 }  // namespace mohge::cuda

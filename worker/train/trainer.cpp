@@ -29,6 +29,8 @@ Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threa
                             "\"cuda\" is not available here: " + why + "; use \"cpu\"");
   }
   const Precision precision = spec.train.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
+  // One GPU per process: the first visible one (a launcher picks it with CUDA_VISIBLE_DEVICES).
+  if (spec.resources.device == "cuda") return make_cuda_backend(0, precision);
   if (precision == Precision::kBf16 && !cpu_bf16_available(&why))
     return invalid_argument("train.precision", "\"bf16\" is not available here: " + why);
   return make_cpu_backend(threads, precision);
