@@ -7,7 +7,7 @@
 
 #include "api/job_spec.hpp"
 #include "api/result.hpp"
-#include "kernels/ops.hpp"
+#include "kernels/backend.hpp"
 
 namespace mohge {
 
@@ -20,6 +20,10 @@ struct GemmShape {
 /// concurrently (how the grouped expert pass uses it), whichever is higher.
 double gemm_ceiling_gflops(const std::vector<GemmShape>& shapes, int threads,
                            Precision precision = Precision::kFp32);
+
+/// The best GEMM throughput (GFLOP/s) of `be` itself at these shapes (one call at a time,
+/// synchronised): the ceiling of a device backend, cuBLAS on a GPU.
+double backend_gemm_ceiling_gflops(Backend& be, const std::vector<GemmShape>& shapes);
 
 struct LayerBenchResult {
   double ms_per_fwd_bwd = 0;  // median

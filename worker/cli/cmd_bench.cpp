@@ -28,12 +28,17 @@ struct BenchArgs {
   std::string from;
   int64_t skip = 100;
   std::string precision;  // overrides the spec's train.precision when set
+  std::string device;     // overrides the spec's resources.device when set
 };
 
 /// The spec of --config, with --precision applied.
 Result<JobSpec> bench_spec(const BenchArgs& a) {
   Result<JobSpec> spec = load_job_spec(a.config);
   if (spec.ok() && !a.precision.empty()) spec.value().train.precision = a.precision;
+  if (spec.ok() && !a.device.empty()) {
+    spec.value().resources.device = a.device;
+    spec.value().resources.workers = 1;  // the bench runs one process
+  }
   return spec;
 }
 
@@ -48,6 +53,7 @@ int run_bench_layer(const BenchArgs& a) {
                               {"tokens", b.tokens},
                               {"threads", b.threads},
                               {"precision", b.precision},
+                              {"device", spec.value().resources.device},
                               {"ms_per_fwd_bwd", b.ms_per_fwd_bwd},
                               {"gflop", b.gflop},
                               {"gflops", b.gflops},
@@ -147,6 +153,8 @@ void add_bench(CLI::App& app, int& exit_code) {
   layer->add_option("--threads", args->threads, "Compute threads (default: all cores)");
   layer->add_option("--precision", args->precision, "GEMM precision (default: the spec's)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  layer->add_option("--device", args->device, "cpu or cuda (default: the spec's)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   layer->callback([args, &exit_code] { exit_code = run_bench_layer(*args); });
   CLI::App* train = bench->add_subcommand("train", "Training tokens/s and model-FLOPs utilisation");
   train->add_option("--config", args->config, "Job spec JSON")->required();
@@ -159,6 +167,8 @@ void add_bench(CLI::App& app, int& exit_code) {
                     "Compute threads (per worker with --workers; default: all cores shared)");
   train->add_option("--precision", args->precision, "GEMM precision (default: the spec's)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  train->add_option("--device", args->device, "cpu or cuda (default: the spec's)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   train
       ->add_option("--workers", args->workers,
                    "Also train on this many local worker processes and compare with one process")

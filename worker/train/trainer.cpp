@@ -29,8 +29,18 @@ Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threa
                             "\"cuda\" is not available here: " + why + "; use \"cpu\"");
   }
   const Precision precision = spec.train.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
-  // One GPU per process: the first visible one (a launcher picks it with CUDA_VISIBLE_DEVICES).
-  if (spec.resources.device == "cuda") return make_cuda_backend(0, precision);
+  if (spec.resources.device == "cuda") {
+    // The token exchange and the gradient all-reduce still run over UCX on host memory; the
+    // NCCL data plane that carries device memory between GPU ranks is not built yet.
+    if (spec.resources.workers > 1) {
+      return invalid_argument("resources.workers",
+                              "more than one worker on \"cuda\" needs the NCCL data plane, "
+                              "which this build does not have yet; use 1, or \"cpu\"");
+    }
+    // One GPU per process: the first visible one (a launcher picks it with
+    // CUDA_VISIBLE_DEVICES).
+    return make_cuda_backend(0, precision);
+  }
   if (precision == Precision::kBf16 && !cpu_bf16_available(&why))
     return invalid_argument("train.precision", "\"bf16\" is not available here: " + why);
   return make_cpu_backend(threads, precision);
