@@ -143,12 +143,17 @@ Result<Hello> decode_hello(const json& m) {
     for (size_t i = 0; i < devices->size(); ++i) {
       FieldReader d((*devices)[i], "hello.devices[" + std::to_string(i) + "]", errors);
       int index = 0, cores = 0;
-      std::string kind = "cpu";
+      int64_t memory_mb = 0;
+      std::string kind = "cpu", name;
       d.integer("index", index, true, 0, 1 << 16);
       d.choice("kind", kind, {"cpu", "cuda"}, true);
       d.integer("cores", cores, false, 0, 1 << 20);
+      d.string("name", name, false, kMaxDeviceNameBytes);  // the GPU's model
+      d.integer("memory_mb", memory_mb, false, 0, int64_t{1} << 30);
       json dev = {{"index", index}, {"kind", kind}};
       if (d.has("cores")) dev["cores"] = cores;
+      if (d.has("name")) dev["name"] = name;
+      if (d.has("memory_mb")) dev["memory_mb"] = memory_mb;
       h.devices.push_back(dev);
     }
   }

@@ -27,6 +27,7 @@ constexpr size_t kMaxLogLineBytes = 4096;     // longer log lines are cut (on a 
 constexpr size_t kMaxLogLines = 1000;         // per log message
 constexpr size_t kMaxRunning = 1024;          // ranks one worker may report running
 constexpr size_t kMaxDevices = 64;            // devices one worker may announce
+constexpr size_t kMaxDeviceNameBytes = 128;   // a device's model name
 constexpr size_t kMaxBlobBytes = 1 << 20;     // a rendezvous blob (base64 of a UCX address)
 constexpr size_t kMaxRecords = 1000;          // metric records per message
 constexpr size_t kMaxCheckpointFiles = 4096;  // files one rank reports for a checkpoint
@@ -57,7 +58,7 @@ struct Hello {
   std::string host;
   std::string backend = "cpu";  // cpu | cuda
   std::string version;
-  nlohmann::json devices = nlohmann::json::array();  // [{index, kind, cores?}], checked
+  nlohmann::json devices = nlohmann::json::array();  // [{index, kind, cores?, name?, memory_mb?}]
   int threads = 0;
   std::vector<RunningRank> running;
 };

@@ -90,6 +90,16 @@ std::unique_ptr<Backend> make_cpu_backend(int num_threads, Precision precision =
 /// True when this CPU runs oneDNN's bf16 matmul natively (avx512_bf16 or AMX).
 bool cpu_bf16_available(std::string* why_not);
 
+/// A visible GPU, as the CUDA runtime describes it.
+struct CudaDeviceInfo {
+  int index = 0;
+  std::string name;
+  int64_t memory_bytes = 0;
+};
+
+/// The GPUs this process sees (none without CUDA in the build or a driver).
+std::vector<CudaDeviceInfo> cuda_devices();
+
 /// True when this build has the CUDA backend and a GPU is visible.
 bool cuda_backend_available(std::string* why_not);
 

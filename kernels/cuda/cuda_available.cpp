@@ -20,6 +20,10 @@ bool cuda_backend_available(std::string* why_not) {
 }
 
 #ifndef MOHGE_HAVE_CUDA
+std::vector<CudaDeviceInfo> cuda_devices() {
+  return {};
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int, Precision) {
   throw std::runtime_error("this build has no CUDA backend (MOHGE_WITH_CUDA=OFF)");
 }

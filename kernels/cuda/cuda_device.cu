@@ -1,9 +1,11 @@
-// CUDA backend plumbing: device discovery. The CUDA kernels themselves (router, permute,
-// grouped experts, attention, loss, optimizer) come with the GPU-path issue; until then
-// cuda_backend_available() reports that the kernels are not built, even where a GPU exists.
+// CUDA backend plumbing: device discovery (count, and each device's name and memory for the
+// worker daemon's hello).
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
+
+#include "kernels/backend.hpp"
 
 namespace mohge {
 
@@ -11,6 +13,17 @@ int cuda_device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) return 0;
   return count;
+}
+
+std::vector<CudaDeviceInfo> cuda_devices() {
+  std::vector<CudaDeviceInfo> out;
+  const int count = cuda_device_count();
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    out.push_back({i, prop.name, static_cast<int64_t>(prop.totalGlobalMem)});
+  }
+  return out;
 }
 
 }  // namespace mohge

@@ -35,6 +35,27 @@ TEST(Messages, AGoodHelloDecodes) {
   EXPECT_EQ(h.value().devices[0]["kind"], "cuda");
 }
 
+// A GPU announces its model and memory; both are checked and kept, unknown device fields are
+// not passed on.
+TEST(Messages, AGpusNameAndMemoryAreKept) {
+  json m = good_hello();
+  m["devices"] = json::array(
+      {{{"index", 1}, {"kind", "cuda"}, {"name", "NVIDIA H200"}, {"memory_mb", 143771}, {"x", 1}}});
+  const Result<Hello> h = decode_hello(m);
+  ASSERT_TRUE(h.ok()) << h.error().to_string();
+  EXPECT_EQ(h.value().devices[0]["name"], "NVIDIA H200");
+  EXPECT_EQ(h.value().devices[0]["memory_mb"], 143771);
+  EXPECT_FALSE(h.value().devices[0].contains("x"));
+  for (const json& bad : {json{{"index", 0}, {"kind", "cuda"}, {"name", std::string(200, 'n')}},
+                          json{{"index", 0}, {"kind", "cuda"}, {"name", 5}},
+                          json{{"index", 0}, {"kind", "cuda"}, {"memory_mb", -1}}}) {
+    m["devices"] = json::array({bad});
+    const Result<Hello> r = decode_hello(m);
+    ASSERT_FALSE(r.ok()) << bad.dump();
+    EXPECT_EQ(r.error().field.rfind("hello.devices[0].", 0), 0u) << r.error().to_string();
+  }
+}
+
 TEST(Messages, EveryBadHelloFieldIsNamed) {
   const std::vector<std::pair<std::string, json>> cases = {
       {"protocol", "2"},

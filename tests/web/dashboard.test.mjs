@@ -185,15 +185,16 @@ async function main() {
     check(field === 'model.layers' && text.includes('model.layers'), `the form shows the field error: "${text.trim()}"`);
     await page.screenshot({ path: path.join(artifacts, 'submit-error.png'), fullPage: true });
 
-    // Hostile values: a worker that has the join secret registers with markup as its host, and
-    // a user queues a job whose name is markup. Both must render as text, and nothing runs.
+    // Hostile values: a worker that has the join secret registers with markup as its host and
+    // its GPU's model, and a user queues a job whose name is markup. Both must render as text, and nothing runs.
     const markup = (n) => `<img src=x onerror="window.__xss=${n}">`;
     const secret = fs.readFileSync(path.join(root, 'join.secret'), 'utf8').trim();
     const frame = (m) => { const b = Buffer.from(JSON.stringify(m)); const h = Buffer.alloc(4); h.writeUInt32BE(b.length); return Buffer.concat([h, b]); };
     const evil = net.connect(control, '127.0.0.1');
     evil.on('error', () => {});
     evil.write(frame({ type: 'hello', protocol: 2, name: 'evil-0', host: markup(1), backend: 'cpu', secret,
-                       instance: 'evil', version: markup(3), threads: 1, running: [] }));
+                       instance: 'evil', version: markup(3), threads: 1, running: [],
+                       devices: [{ index: 0, kind: 'cuda', name: markup(6), memory_mb: 81920 }] }));
     // Its heartbeats carry markup where numbers belong (the coordinator refuses them and closes
     // the connection; the worker's hello, with its hostile host, stays on record).
     const beat = setInterval(() => evil.write(frame({ type: 'heartbeat', load: { load1: 0.5, cores: markup(5) },
@@ -216,6 +217,8 @@ async function main() {
     }));
     check(shown.workers.includes(markup(1)) && shown.queue.includes(markup(2)),
           'hostile host and job name are shown as text');
+    check(shown.workers.includes(markup(6)) && shown.workers.includes('80 GiB'),
+          "a GPU's announced model (hostile here) and memory are shown, as text");
     check(shown.images === 0 && shown.xss === undefined, 'no hostile markup became an element or ran');
     const workersApi = await (await fetch(url + '/api/v1/workers', { headers: auth })).text();
     check(!workersApi.includes('__xss=4') && !workersApi.includes('__xss=5'), 'hostile heartbeat values never reach the API');

@@ -14,6 +14,7 @@
 #include "api/messages.hpp"
 #include "api/protocol.hpp"
 #include "api/random_id.hpp"
+#include "kernels/backend.hpp"
 #include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
 #include "worker/comm/rendezvous.hpp"
@@ -255,10 +256,16 @@ struct WorkerDaemon::Impl {
     const bool cuda = options.devices.rfind("cuda", 0) == 0;
     json devices = json::array();
     if (cuda) {
-      devices.push_back(
-          {{"index",
-            std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5))},
-           {"kind", "cuda"}});
+      const int index =
+          std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5));
+      json dev = {{"index", index}, {"kind", "cuda"}};
+      // The GPU's model and memory, as the CUDA runtime of this process sees it.
+      for (const CudaDeviceInfo& d : cuda_devices()) {
+        if (d.index != index) continue;
+        dev["name"] = d.name.substr(0, proto::kMaxDeviceNameBytes);
+        dev["memory_mb"] = d.memory_bytes >> 20;
+      }
+      devices.push_back(dev);
     } else {
       devices.push_back(
           {{"index", 0}, {"kind", "cpu"}, {"cores", std::thread::hardware_concurrency()}});
