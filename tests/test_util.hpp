@@ -21,6 +21,23 @@ inline std::vector<float> random_vector(int64_t n, uint64_t seed, float scale = 
   return v;
 }
 
+/// Router logits (N rows of [G group | G·n expert] logits, or G·n for uniform MoE) with exact
+/// ties: groups 1 and 2 share a logit, and on two tokens of three the first two experts of
+/// every group share one, so selections depend on the tie rule (lower id first).
+inline std::vector<float> tied_router_logits(int64_t N, int64_t G, int64_t n, bool mohge,
+                                             uint64_t seed) {
+  const int64_t L = mohge ? G + G * n : G * n;
+  std::vector<float> l = random_vector(N * L, seed, 2.0f);
+  for (int64_t t = 0; t < N; ++t) {
+    float* row = l.data() + t * L;
+    if (mohge && G > 2) row[2] = row[1];
+    float* e = row + (mohge ? G : 0);
+    for (int64_t g = 0; g < G; ++g)
+      if (n > 1 && t % 3 != 0) e[g * n + 1] = e[g * n];
+  }
+  return l;
+}
+
 /// Every element within atol + rtol·|expected|; reports the first few mismatches by index.
 inline ::testing::AssertionResult all_close(const std::vector<float>& actual,
                                             const std::vector<float>& expected, double atol,

@@ -40,7 +40,8 @@ __device__ float block_max(float v, float* shared) {
   shared[threadIdx.x] = v;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + stride]);
+    if (threadIdx.x < stride)
+      shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + stride]);
     __syncthreads();
   }
   const float total = shared[0];
@@ -171,8 +172,8 @@ void launch_causal_softmax_backward(const float* probs, float* d, int64_t rows, 
   }
 }
 
-void launch_dispatch_forward(int64_t rows, int64_t dim, const int32_t* sorted_token,
-                             const float* x, float* x_sorted, void* stream) {
+void launch_dispatch_forward(int64_t rows, int64_t dim, const int32_t* sorted_token, const float* x,
+                             float* x_sorted, void* stream) {
   const int64_t n = rows * dim;
   if (n > 0) {
     dispatch_forward_kernel<<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(

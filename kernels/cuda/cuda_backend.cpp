@@ -547,18 +547,17 @@ class CudaBackend final : public Backend {
       in_type = CUDA_R_16BF;
       int64_t total = 0;
       for (int i = 0; i < count; ++i) {
-        total +=
-            operand_elems(g.op_a[i], g.m[i], g.k[i]) + operand_elems(g.op_b[i], g.k[i], g.n[i]);
+        total += int64_t{g.m[i]} * g.k[i] + int64_t{g.k[i]} * g.n[i];
       }
       auto* packed = static_cast<uint16_t*>(scratch_b_.get(sizeof(uint16_t) * total));
       int64_t at = 0;
       for (int i = 0; i < count; ++i) {
         pack(g.a[i], g.op_a[i], g.m[i], g.k[i], g.lda[i], packed + at);
         g.a[i] = packed + at;
-        at += operand_elems(g.op_a[i], g.m[i], g.k[i]);
+        at += int64_t{g.m[i]} * g.k[i];
         pack(g.b[i], g.op_b[i], g.k[i], g.n[i], g.ldb[i], packed + at);
         g.b[i] = packed + at;
-        at += operand_elems(g.op_b[i], g.k[i], g.n[i]);
+        at += int64_t{g.k[i]} * g.n[i];
       }
     }
     auto** pointers = scratch_c_.as<void*>(3 * count);
@@ -576,11 +575,6 @@ class CudaBackend final : public Backend {
                "cublasGemmGroupedBatchedEx");
   }
 
-  // Column-major op(X) is rows×cols; X itself is stored with leading dimension ld.
-  static int64_t operand_elems(cublasOperation_t op, int rows, int cols) {
-    (void)op;
-    return int64_t{rows} * cols;
-  }
   // Packs column-major X (rows×cols of op(X)) to dense bf16 with the same orientation; the
   // caller's leading dimension becomes the dense one, written back through `ld`.
   void pack(const void* src, cublasOperation_t op, int rows, int cols, int& ld, uint16_t* dst) {

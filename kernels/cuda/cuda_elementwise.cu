@@ -181,9 +181,9 @@ __global__ void cross_entropy_forward_kernel(CrossEntropyParams p, int* failed) 
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
-      const device::MaxSum m = device::lse_merge({smax[threadIdx.x], ssum[threadIdx.x]},
-                                                 {smax[threadIdx.x + stride],
-                                                  ssum[threadIdx.x + stride]});
+      const device::MaxSum m =
+          device::lse_merge({smax[threadIdx.x], ssum[threadIdx.x]},
+                            {smax[threadIdx.x + stride], ssum[threadIdx.x + stride]});
       smax[threadIdx.x] = m.max;
       ssum[threadIdx.x] = m.sum;
     }
@@ -252,7 +252,8 @@ void launch_embedding_forward(const EmbeddingParams& p, int* failed, void* strea
 }
 
 void launch_embedding_backward(const EmbeddingParams& p, void* stream) {
-  if (p.dim > 0) embedding_backward_kernel<<<blocks_for(p.dim), kThreads, 0, as_stream(stream)>>>(p);
+  if (p.dim > 0)
+    embedding_backward_kernel<<<blocks_for(p.dim), kThreads, 0, as_stream(stream)>>>(p);
 }
 
 void launch_rmsnorm_forward(const RmsNormParams& p, void* stream) {

@@ -77,8 +77,8 @@ void launch_causal_softmax(float* probs, int64_t rows, int64_t seq, void* stream
 /// d (dP in, dS out) = P ⊙ (dP − rowsum(dP ⊙ P)), causal.
 void launch_causal_softmax_backward(const float* probs, float* d, int64_t rows, int64_t seq,
                                     void* stream);
-void launch_dispatch_forward(int64_t rows, int64_t dim, const int32_t* sorted_token,
-                             const float* x, float* x_sorted, void* stream);
+void launch_dispatch_forward(int64_t rows, int64_t dim, const int32_t* sorted_token, const float* x,
+                             float* x_sorted, void* stream);
 void launch_dispatch_backward(int64_t tokens, int32_t top_k, int64_t dim, const int64_t* position,
                               const float* d_x_sorted, float* d_x, void* stream);
 void launch_combine_forward(int64_t tokens, int32_t top_k, int64_t dim, const int64_t* position,

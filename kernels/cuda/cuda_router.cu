@@ -23,10 +23,9 @@ int blocks_for(int64_t n) {
   return static_cast<int>((n + kThreads - 1) / kThreads);
 }
 
-__global__ void router_forward_kernel(device::RouterShape s, int64_t tokens,
-                                      const float* logits, float* scratch, uint8_t* flags,
-                                      int32_t* topk_index, float* topk_weight,
-                                      uint8_t* group_selected, int* failed) {
+__global__ void router_forward_kernel(device::RouterShape s, int64_t tokens, const float* logits,
+                                      float* scratch, uint8_t* flags, int32_t* topk_index,
+                                      float* topk_weight, uint8_t* group_selected, int* failed) {
   const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (t >= tokens) return;
   const int64_t L = s.logits_width();
@@ -91,18 +90,16 @@ __global__ void router_backward_kernel(device::RouterShape s, GroupLossKind grou
                                        ExpertLossKind expert_loss, float eps, int64_t tokens,
                                        const float* logits, const uint8_t* group_selected,
                                        const int32_t* topk_index, const float* topk_weight,
-                                       const float* d_topk_weight, const float* ag,
-                                       const float* be, float* scratch, uint8_t* flags,
-                                       float* d_logits) {
+                                       const float* d_topk_weight, const float* ag, const float* be,
+                                       float* scratch, uint8_t* flags, float* d_logits) {
   const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (t >= tokens) return;
   const int64_t L = s.logits_width(), K = s.top_experts;
-  device::router_token_backward(
-      s, group_loss, expert_loss, eps, logits + t * L,
-      s.mohge() ? group_selected + t * s.groups : nullptr, topk_index + t * K,
-      topk_weight + t * K, d_topk_weight + t * K, ag, be,
-      scratch + t * device::router_scratch_floats(s), flags + t * device::router_scratch_flags(s),
-      d_logits + t * L);
+  device::router_token_backward(s, group_loss, expert_loss, eps, logits + t * L,
+                                s.mohge() ? group_selected + t * s.groups : nullptr,
+                                topk_index + t * K, topk_weight + t * K, d_topk_weight + t * K, ag,
+                                be, scratch + t * device::router_scratch_floats(s),
+                                flags + t * device::router_scratch_flags(s), d_logits + t * L);
 }
 
 __global__ void dispatch_count_kernel(const int32_t* topk_index, int64_t assignments,
@@ -123,17 +120,15 @@ __global__ void dispatch_scan_kernel(const int64_t* counts, int64_t chunks, int3
     device::dispatch_scan(counts, chunks, experts, base, expert_offsets);
 }
 
-__global__ void dispatch_place_kernel(const int32_t* topk_index, int64_t assignments,
-                                      int32_t top_k, int32_t experts, int64_t* base,
-                                      int64_t* position, int32_t* sorted_token,
-                                      const int* failed) {
+__global__ void dispatch_place_kernel(const int32_t* topk_index, int64_t assignments, int32_t top_k,
+                                      int32_t experts, int64_t* base, int64_t* position,
+                                      int32_t* sorted_token, const int* failed) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   const int64_t chunks = device::dispatch_chunks(assignments, device::kDispatchChunk);
   if (c >= chunks || *failed) return;  // an id out of range: nothing is placed
   const int64_t begin = c * device::kDispatchChunk;
   const int64_t end = min(assignments, begin + device::kDispatchChunk);
-  device::dispatch_place(topk_index, begin, end, top_k, base + c * experts, position,
-                         sorted_token);
+  device::dispatch_place(topk_index, begin, end, top_k, base + c * experts, position, sorted_token);
 }
 
 cudaStream_t as_stream(void* stream) {
@@ -154,8 +149,8 @@ void launch_router_forward(const RouterParams& p, float* scratch, uint8_t* flags
                            void* stream) {
   if (p.num_tokens == 0) return;
   router_forward_kernel<<<blocks_for(p.num_tokens), kThreads, 0, as_stream(stream)>>>(
-      device::router_shape(p), p.num_tokens, p.logits, scratch, flags, p.topk_index,
-      p.topk_weight, p.group_selected, failed);
+      device::router_shape(p), p.num_tokens, p.logits, scratch, flags, p.topk_index, p.topk_weight,
+      p.group_selected, failed);
 }
 
 void launch_router_count(const RouterParams& p, unsigned long long* group_count,
@@ -196,14 +191,13 @@ int64_t dispatch_chunks(int64_t assignments) {
 }
 
 void launch_dispatch_plan(const int32_t* topk_index, int64_t assignments, int32_t top_k,
-                          int32_t experts, int64_t* counts, int64_t* base,
-                          int64_t* expert_offsets, int64_t* position, int32_t* sorted_token,
-                          int* failed, void* stream) {
+                          int32_t experts, int64_t* counts, int64_t* base, int64_t* expert_offsets,
+                          int64_t* position, int32_t* sorted_token, int* failed, void* stream) {
   const int64_t chunks = dispatch_chunks(assignments);
   cudaStream_t st = as_stream(stream);
   if (chunks > 0) {
-    dispatch_count_kernel<<<blocks_for(chunks), kThreads, 0, st>>>(topk_index, assignments,
-                                                                    experts, counts, failed);
+    dispatch_count_kernel<<<blocks_for(chunks), kThreads, 0, st>>>(topk_index, assignments, experts,
+                                                                   counts, failed);
   }
   dispatch_scan_kernel<<<1, 1, 0, st>>>(counts, chunks, experts, base, expert_offsets);
   if (chunks > 0) {

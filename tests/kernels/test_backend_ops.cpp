@@ -269,21 +269,6 @@ TEST_P(BackendOps, CrossEntropyWithIgnoredRows) {
       1e-5);
 }
 
-// Router logits with exact ties: groups 1 and 2 share a logit, and inside every group the
-// first two experts share one, so selections depend on the tie rule (lower id first).
-std::vector<float> router_logits(int64_t N, int64_t G, int64_t n, bool mohge, uint64_t seed) {
-  const int64_t L = mohge ? G + G * n : G * n;
-  std::vector<float> l = random_vector(N * L, seed, 2.0f);
-  for (int64_t t = 0; t < N; ++t) {
-    float* row = l.data() + t * L;
-    if (mohge && G > 2) row[2] = row[1];
-    float* e = row + (mohge ? G : 0);
-    for (int64_t g = 0; g < G; ++g)
-      if (n > 1 && t % 3 != 0) e[g * n + 1] = e[g * n];
-  }
-  return l;
-}
-
 struct RouterCase {
   RouterKind kind;
   GroupLossKind group_loss;
@@ -301,7 +286,7 @@ TEST_P(BackendOps, RoutersCountsAuxLossesAndBackward) {
     const bool mohge = rc.kind != RouterKind::kMoeSoftmax;
     const int32_t G = mohge ? 4 : 1, n = mohge ? 3 : 7, Kg = mohge ? 2 : 1, K = mohge ? 3 : 2;
     const int64_t E = int64_t{G} * n, L = mohge ? G + E : E;
-    const auto logits = router_logits(N, G, n, mohge, 19);
+    const auto logits = testing::tied_router_logits(N, G, n, mohge, 19);
     const auto d_w = random_vector(N * K, 20);
     const std::vector<float> cost = {0.25f, 0.5f, 0.75f, 1.0f};
     compare(

@@ -17,21 +17,6 @@ namespace {
 
 using testing::random_vector;
 
-// Logits with exact ties (groups 1 and 2; the first two experts of each group on most tokens),
-// so the selections exercise the tie rule.
-std::vector<float> tied_logits(int64_t N, int32_t G, int32_t n, bool mohge, uint64_t seed) {
-  const int64_t L = mohge ? G + G * n : G * n;
-  std::vector<float> l = random_vector(N * L, seed, 2.0f);
-  for (int64_t t = 0; t < N; ++t) {
-    float* row = l.data() + t * L;
-    if (mohge && G > 2) row[2] = row[1];
-    float* e = row + (mohge ? G : 0);
-    for (int32_t g = 0; g < G; ++g)
-      if (n > 1 && t % 3 != 0) e[g * n + 1] = e[g * n];
-  }
-  return l;
-}
-
 struct Case {
   RouterKind kind;
   GroupLossKind group_loss;
@@ -47,7 +32,7 @@ TEST_P(RouterMath, PerTokenFunctionsEqualTheCpuBackend) {
   const bool mohge = c.kind != RouterKind::kMoeSoftmax;
   const int32_t G = c.G, n = c.n, K = c.K, E = G * n;
   const int64_t L = mohge ? G + E : E;
-  const auto logits = tied_logits(N, G, n, mohge, 7);
+  const auto logits = testing::tied_router_logits(N, G, n, mohge, 7);
   const auto d_w = random_vector(N * K, 8);
   std::vector<float> cost(static_cast<size_t>(G));
   for (int32_t g = 0; g < G; ++g) cost[g] = static_cast<float>(g + 1) / static_cast<float>(G);

@@ -61,6 +61,23 @@ class ModelOnBackends
     }
     return worst;
   }
+  /// Both models from the same seed, one forward and backward on the same batch: the losses
+  /// within `tol` relative; the gradients are left in the models for the caller.
+  static void expect_first_step_losses_close(const JobSpec& spec, Transformer& a, Transformer& b,
+                                             double tol) {
+    a.initialize(5);
+    b.initialize(5);
+    const int64_t B = 2, T = spec.model.seq_len;
+    const auto inputs = random_tokens(B * T, spec.model.vocab_size, 1);
+    const auto targets = random_tokens(B * T, spec.model.vocab_size, 2);
+    const double la = a.forward(inputs.data(), targets.data(), B, T).total_loss();
+    const double lb = b.forward(inputs.data(), targets.data(), B, T).total_loss();
+    EXPECT_NEAR(lb, la, tol * std::abs(la));
+    for (Transformer* m : {&a, &b}) {
+      m->params().zero_grad();
+      m->backward();
+    }
+  }
   /// Relative loss differences of 20 AdamW steps on fresh batches, `a` on `ra`, `b` on `rb`.
   static std::vector<double> twenty_steps(const JobSpec& spec, Transformer& a, Backend& ra,
                                           Transformer& b, Backend& rb) {
@@ -94,18 +111,7 @@ TEST_P(ModelOnBackends, OneStepAndTwentyStepsEqualTheCpuBackendInTheSamePrecisio
   const JobSpec spec = testing::tiny_spec(kind);
   auto ref = make_cpu_backend(2, be->precision());
   Transformer a(spec.model, *ref), b(spec.model, *be);
-  a.initialize(5);
-  b.initialize(5);
-  const int64_t B = 2, T = spec.model.seq_len;
-  const auto inputs = random_tokens(B * T, spec.model.vocab_size, 1);
-  const auto targets = random_tokens(B * T, spec.model.vocab_size, 2);
-  const double la = a.forward(inputs.data(), targets.data(), B, T).total_loss();
-  const double lb = b.forward(inputs.data(), targets.data(), B, T).total_loss();
-  EXPECT_NEAR(lb, la, 1e-4 * std::abs(la));
-  a.params().zero_grad();
-  b.params().zero_grad();
-  a.backward();
-  b.backward();
+  expect_first_step_losses_close(spec, a, b, 1e-4);
   worst_gradient_error(a.params(), grads(a, *ref), grads(b, *be), 1e-4);
   for (const double d : twenty_steps(spec, a, *ref, b, *be)) EXPECT_LE(d, 1e-4);
 }
@@ -118,18 +124,7 @@ TEST_P(ModelOnBackends, Bf16TrainingTracksFp32) {
   const JobSpec spec = testing::tiny_spec(kind);
   auto ref = make_cpu_backend(2, Precision::kFp32);
   Transformer a(spec.model, *ref), b(spec.model, *be);
-  a.initialize(5);
-  b.initialize(5);
-  const int64_t B = 2, T = spec.model.seq_len;
-  const auto inputs = random_tokens(B * T, spec.model.vocab_size, 1);
-  const auto targets = random_tokens(B * T, spec.model.vocab_size, 2);
-  const double la = a.forward(inputs.data(), targets.data(), B, T).total_loss();
-  const double lb = b.forward(inputs.data(), targets.data(), B, T).total_loss();
-  EXPECT_NEAR(lb, la, 1e-2 * std::abs(la));
-  a.params().zero_grad();
-  b.params().zero_grad();
-  a.backward();
-  b.backward();
+  expect_first_step_losses_close(spec, a, b, 1e-2);
   if (kind == "dense") {
     const double worst = worst_gradient_error(a.params(), grads(a, *ref), grads(b, *be), 6e-2);
     std::printf("[bf16 vs fp32] dense: worst gradient error %.2e\n", worst);
