@@ -46,6 +46,12 @@ Result<TensorSource> TensorSource::open(const fs::path& dir, const std::string& 
     } catch (const json::exception& e) {
       return Error{ErrorCode::kDataLoss, index.string() + " is unreadable: " + e.what(), ""};
     }
+    // A sharded checkpoint maps at least one tensor; the empty map is what a single file
+    // looks like to the rest of this class, so it is refused here.
+    if (src.weight_map_.empty()) {
+      return Error{ErrorCode::kDataLoss,
+                   index.string() + " maps no tensors (\"weight_map\" is empty)", ""};
+    }
     for (const auto& [name, file] : src.weight_map_) {
       if (file.find('/') != std::string::npos || !fs::exists(dir / file, ec)) {
         return Error{ErrorCode::kDataLoss,

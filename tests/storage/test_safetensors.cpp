@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/safetensors.hpp"
+#include "storage/sharded.hpp"
 
 namespace mohge {
 namespace {
@@ -124,6 +125,40 @@ TEST(Safetensors, RefusesDamagedFilesWithTheReason) {
   EXPECT_NE(open_error(bad_json).find("not JSON"), std::string::npos);
   EXPECT_NE(open_error(raw_file("[1,2]", 0)).find("not a JSON object"), std::string::npos);
   EXPECT_NE(open_error(good + "xxxx").find("cover 64 of the 68"), std::string::npos);
+}
+
+// An index whose weight_map is empty (found by fuzz_safetensors: it made the source look like
+// a single file that was never opened, and listing its names read past an empty map).
+TEST(Safetensors, ShardedIndexWithoutTensorsOrWithAMissingShardIsRefused) {
+  const fs::path dir = temp("sharded");
+  fs::create_directories(dir);
+  write_all(dir / "model.safetensors.index.json", R"({"metadata": {}, "weight_map": {}})");
+  Result<TensorSource> empty = TensorSource::open(dir, "model");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.error().code, ErrorCode::kDataLoss);
+  EXPECT_NE(empty.error().message.find("maps no tensors"), std::string::npos)
+      << empty.error().message;
+
+  write_all(dir / "model.safetensors.index.json",
+            R"({"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}})");
+  Result<TensorSource> missing = TensorSource::open(dir, "model");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.error().message.find("maps w to model-00001-of-00001.safetensors, which is "
+                                         "missing"),
+            std::string::npos)
+      << missing.error().message;
+
+  const std::vector<float> a(6, 2.0f);
+  SafetensorsWriter w;
+  w.add_f32("w", {2, 3}, a.data());
+  ASSERT_TRUE(w.write(dir / "model-00001-of-00001.safetensors").ok());
+  Result<TensorSource> good = TensorSource::open(dir, "model");
+  ASSERT_TRUE(good.ok()) << good.error().message;
+  EXPECT_EQ(good.value().names(), std::vector<std::string>{"w"});
+  std::vector<float> out(6);
+  ASSERT_TRUE(good.value().read_f32("w", {2, 3}, out.data()).ok());
+  EXPECT_EQ(out, a);
+  fs::remove_all(dir);
 }
 
 TEST(Safetensors, RefusesInconsistentHeadersNamingTheTensor) {
