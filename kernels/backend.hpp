@@ -37,6 +37,9 @@ class Backend {
   virtual void copy(float* dst, const float* src, int64_t count) = 0;
   /// Waits for queued work (no-op on CPU).
   virtual void synchronize() = 0;
+  /// The queue the backend's ops run on (a cudaStream_t for CUDA; null on CPU): a device
+  /// communicator enqueues its transfers there, after the ops that produce their data.
+  virtual void* stream() { return nullptr; }
 
   // ---- dense linear algebra and elementwise ------------------------------------------------
   virtual void gemm(const GemmParams& p) = 0;
@@ -69,6 +72,10 @@ class Backend {
   virtual RouterAuxValues router_aux_forward(const RouterParams& p, const RouterAuxParams& aux) = 0;
   /// d_logits from d_topk_weight plus the auxiliary-loss gradients.
   virtual void router_backward(const RouterParams& p, const RouterAuxParams& aux) = 0;
+  /// out[i] = table[in[i]] for i < count (expert ids → exchange slots). An id outside
+  /// [0, table_size) maps to -1, which dispatch_plan then refuses.
+  virtual void remap_index(const int32_t* in, int64_t count, const int32_t* table,
+                           int32_t table_size, int32_t* out) = 0;
   /// Builds the expert-sorted placement of all (token, k) assignments (stable by token).
   virtual void dispatch_plan(const int32_t* topk_index, int64_t num_tokens, int32_t top_k,
                              int32_t num_experts, DispatchPlan* plan) = 0;

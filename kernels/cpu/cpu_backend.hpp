@@ -43,6 +43,8 @@ class CpuBackend final : public Backend {
   void router_count(const RouterParams& p, double* group_count, double* expert_count) override;
   RouterAuxValues router_aux_forward(const RouterParams& p, const RouterAuxParams& aux) override;
   void router_backward(const RouterParams& p, const RouterAuxParams& aux) override;
+  void remap_index(const int32_t* in, int64_t count, const int32_t* table, int32_t table_size,
+                   int32_t* out) override;
   void dispatch_plan(const int32_t* topk_index, int64_t num_tokens, int32_t top_k,
                      int32_t num_experts, DispatchPlan* plan) override;
   void dispatch_forward(const DispatchParams& p) override;

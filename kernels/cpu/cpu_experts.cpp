@@ -19,6 +19,11 @@
 
 namespace mohge {
 
+void CpuBackend::remap_index(const int32_t* in, int64_t count, const int32_t* table,
+                             int32_t table_size, int32_t* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = in[i] >= 0 && in[i] < table_size ? table[in[i]] : -1;
+}
+
 void CpuBackend::dispatch_plan(const int32_t* topk_index, int64_t num_tokens, int32_t top_k,
                                int32_t num_experts, DispatchPlan* plan) {
   const int64_t M = num_tokens * top_k;

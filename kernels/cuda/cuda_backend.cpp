@@ -127,6 +127,7 @@ class CudaBackend final : public Backend {
                  "copy");
   }
   void synchronize() override { check_cuda(cudaStreamSynchronize(stream_), "synchronize"); }
+  void* stream() override { return stream_; }
 
   // ---- dense -------------------------------------------------------------------------------
   void gemm(const GemmParams& p) override {
@@ -360,6 +361,10 @@ class CudaBackend final : public Backend {
     copy_from_host(ag, constants.data(), sizeof(float) * constants.size());
     cuda::launch_router_backward(p, aux, ag, ag + s.groups, router_scratch(p), router_flags(p),
                                  stream_);
+  }
+  void remap_index(const int32_t* in, int64_t count, const int32_t* table, int32_t table_size,
+                   int32_t* out) override {
+    cuda::launch_remap_index(in, count, table, table_size, out, stream_);
   }
   void dispatch_plan(const int32_t* topk_index, int64_t num_tokens, int32_t top_k,
                      int32_t num_experts, DispatchPlan* plan) override {

@@ -34,6 +34,9 @@ void launch_router_backward(const RouterParams& p, const RouterAuxParams& aux, c
                             const float* be, float* scratch, uint8_t* flags, void* stream);
 
 // ---- dispatch plan (cuda_router.cu) ------------------------------------------------------
+/// out[i] = table[in[i]], or -1 for an id outside [0, table_size).
+void launch_remap_index(const int32_t* in, int64_t count, const int32_t* table, int32_t table_size,
+                        int32_t* out, void* stream);
 /// Chunks of the counting sort for `assignments` (N·K) assignments.
 int64_t dispatch_chunks(int64_t assignments);
 /// The plan's expert_offsets (E+1), position (N·K) and sorted_token (M), through counts and

@@ -102,6 +102,14 @@ __global__ void router_backward_kernel(device::RouterShape s, GroupLossKind grou
                                 flags + t * device::router_scratch_flags(s), d_logits + t * L);
 }
 
+__global__ void remap_index_kernel(const int32_t* in, int64_t count, const int32_t* table,
+                                   int32_t table_size, int32_t* out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= count) return;
+  const int32_t id = in[i];
+  out[i] = id >= 0 && id < table_size ? table[id] : -1;
+}
+
 __global__ void dispatch_count_kernel(const int32_t* topk_index, int64_t assignments,
                                       int32_t experts, int64_t* counts, int* failed) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -188,6 +196,13 @@ void launch_router_backward(const RouterParams& p, const RouterAuxParams& aux, c
 
 int64_t dispatch_chunks(int64_t assignments) {
   return device::dispatch_chunks(assignments, device::kDispatchChunk);
+}
+
+void launch_remap_index(const int32_t* in, int64_t count, const int32_t* table, int32_t table_size,
+                        int32_t* out, void* stream) {
+  if (count == 0) return;
+  remap_index_kernel<<<blocks_for(count), kThreads, 0, as_stream(stream)>>>(in, count, table,
+                                                                            table_size, out);
 }
 
 void launch_dispatch_plan(const int32_t* topk_index, int64_t assignments, int32_t top_k,

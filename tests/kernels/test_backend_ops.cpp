@@ -333,6 +333,29 @@ TEST_P(BackendOps, RoutersCountsAuxLossesAndBackward) {
   }
 }
 
+// The expert-id → exchange-slot map of expert parallelism, with ids outside the table (→ -1).
+TEST_P(BackendOps, RemapIndexMapsIdsAndMarksOutOfRangeOnes) {
+  const std::vector<int32_t> table = {3, 0, 4, 1, 2};
+  std::vector<int32_t> in(1000);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<int32_t>((i * 7) % 5);
+  in[17] = 5;
+  in[400] = -2;
+  compare(
+      [&](Backend& be) -> Outputs {
+        Buffer<int32_t> I = up(be, in), T = up(be, table), O(be, static_cast<int64_t>(in.size()));
+        be.remap_index(I.data(), static_cast<int64_t>(in.size()), T.data(), 5, O.data());
+        return {{"out", down(be, O)}};
+      },
+      0.0, {"out"});
+  // And on the reference itself, the values (not only the agreement).
+  Buffer<int32_t> I = up(*ref_, in), T = up(*ref_, table), O(*ref_, 1000);
+  ref_->remap_index(I.data(), 1000, T.data(), 5, O.data());
+  for (size_t i = 0; i < in.size(); ++i) {
+    const int32_t want = in[i] >= 0 && in[i] < 5 ? table[static_cast<size_t>(in[i])] : -1;
+    ASSERT_EQ(O.data()[i], want) << i;
+  }
+}
+
 TEST_P(BackendOps, DispatchAndCombineWithAnEmptyExpert) {
   const int64_t N = 11, D = 13;
   const int32_t K = 3, E = 5;

@@ -13,6 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -62,6 +64,155 @@ JobSpec spec_for(const std::string& kind) {
                   {"checkpoint", {{"every", 3}, {"keep", 2}}}};
   return parse_job_spec(j).value();
 }
+
+// A CPU backend that remembers which memory is its own (every live allocate()), standing in
+// for a device: on a GPU rank that memory is the GPU's and only NCCL may carry it.
+class TrackingBackend final : public Backend {
+ public:
+  TrackingBackend() : inner_(make_cpu_backend(1)) {}
+  bool owns(const void* p, size_t bytes) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = live_.upper_bound(a);
+    if (it == live_.begin()) return false;
+    --it;
+    return a + bytes <= it->first + it->second;
+  }
+  std::string name() const override { return inner_->name(); }
+  int num_threads() const override { return inner_->num_threads(); }
+  Precision precision() const override { return inner_->precision(); }
+  void* allocate(size_t bytes) override {
+    void* p = inner_->allocate(bytes);
+    std::lock_guard<std::mutex> lock(mu_);
+    live_[reinterpret_cast<uintptr_t>(p)] = bytes;
+    return p;
+  }
+  void deallocate(void* p) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_.erase(reinterpret_cast<uintptr_t>(p));
+    }
+    inner_->deallocate(p);
+  }
+  void copy_to_host(void* d, const void* s, size_t n) override { inner_->copy_to_host(d, s, n); }
+  void copy_from_host(void* d, const void* s, size_t n) override {
+    inner_->copy_from_host(d, s, n);
+  }
+  void fill_zero(float* d, int64_t n) override { inner_->fill_zero(d, n); }
+  void copy(float* d, const float* s, int64_t n) override { inner_->copy(d, s, n); }
+  void synchronize() override { inner_->synchronize(); }
+  void gemm(const GemmParams& p) override { inner_->gemm(p); }
+  void axpy(int64_t n, float a, const float* x, float* y) override { inner_->axpy(n, a, x, y); }
+  void scale(int64_t n, float a, float* x) override { inner_->scale(n, a, x); }
+  double sum_squares(int64_t n, const float* x) override { return inner_->sum_squares(n, x); }
+  void embedding_forward(const EmbeddingParams& p) override { inner_->embedding_forward(p); }
+  void embedding_backward(const EmbeddingParams& p) override { inner_->embedding_backward(p); }
+  void rmsnorm_forward(const RmsNormParams& p) override { inner_->rmsnorm_forward(p); }
+  void rmsnorm_backward(const RmsNormParams& p) override { inner_->rmsnorm_backward(p); }
+  void attention_forward(const AttentionParams& p) override { inner_->attention_forward(p); }
+  void attention_backward(const AttentionParams& p) override { inner_->attention_backward(p); }
+  void swiglu_forward(const SwigluParams& p) override { inner_->swiglu_forward(p); }
+  void swiglu_backward(const SwigluParams& p) override { inner_->swiglu_backward(p); }
+  double cross_entropy_forward(const CrossEntropyParams& p) override {
+    return inner_->cross_entropy_forward(p);
+  }
+  void cross_entropy_backward(const CrossEntropyParams& p) override {
+    inner_->cross_entropy_backward(p);
+  }
+  void router_forward(const RouterParams& p) override { inner_->router_forward(p); }
+  void router_count(const RouterParams& p, double* g, double* e) override {
+    inner_->router_count(p, g, e);
+  }
+  RouterAuxValues router_aux_forward(const RouterParams& p, const RouterAuxParams& a) override {
+    return inner_->router_aux_forward(p, a);
+  }
+  void router_backward(const RouterParams& p, const RouterAuxParams& a) override {
+    inner_->router_backward(p, a);
+  }
+  void remap_index(const int32_t* in, int64_t n, const int32_t* t, int32_t ts,
+                   int32_t* out) override {
+    inner_->remap_index(in, n, t, ts, out);
+  }
+  void dispatch_plan(const int32_t* idx, int64_t n, int32_t k, int32_t e,
+                     DispatchPlan* plan) override {
+    inner_->dispatch_plan(idx, n, k, e, plan);
+  }
+  void dispatch_forward(const DispatchParams& p) override { inner_->dispatch_forward(p); }
+  void dispatch_backward(const DispatchParams& p) override { inner_->dispatch_backward(p); }
+  void combine_forward(const CombineParams& p) override { inner_->combine_forward(p); }
+  void combine_backward(const CombineParams& p) override { inner_->combine_backward(p); }
+  void grouped_swiglu_forward(const GroupedSwigluParams& p) override {
+    inner_->grouped_swiglu_forward(p);
+  }
+  void grouped_swiglu_backward(const GroupedSwigluParams& p) override {
+    inner_->grouped_swiglu_backward(p);
+  }
+  void adamw_update(const AdamWParams& p) override { inner_->adamw_update(p); }
+
+ private:
+  std::unique_ptr<Backend> inner_;
+  mutable std::mutex mu_;
+  std::map<uintptr_t, size_t> live_;  // address → bytes
+};
+
+// One plane of a rank's communication over a shared communicator: the data plane must be
+// handed only backend memory (what NCCL can carry on a GPU), the control plane only host
+// memory (what stays on UCX). Every other use is written down as a violation.
+class PlaneCheck final : public Communicator {
+ public:
+  PlaneCheck(Communicator& inner, const TrackingBackend& be, bool data)
+      : inner_(inner), be_(be), data_(data) {}
+  int rank() const override { return inner_.rank(); }
+  int world() const override { return inner_.world(); }
+  std::string name() const override { return data_ ? "data" : "control"; }
+  int64_t bytes_sent() const override { return inner_.bytes_sent(); }
+  Status all_to_all_v(const void* send, const int64_t* sb, void* recv, const int64_t* rb) override {
+    int64_t s = 0, r = 0;
+    for (int p = 0; p < world(); ++p) {
+      s += sb[p];
+      r += rb[p];
+    }
+    check("all_to_all_v send", send, s);
+    check("all_to_all_v recv", recv, r);
+    return inner_.all_to_all_v(send, sb, recv, rb);
+  }
+  Status send_recv(int peer, const void* send, int64_t sb, void* recv, int64_t rb) override {
+    check("send_recv send", send, sb);
+    check("send_recv recv", recv, rb);
+    return inner_.send_recv(peer, send, sb, recv, rb);
+  }
+  Status all_reduce(float* d, int64_t n, ReduceOp op) override {
+    check("all_reduce(float)", d, n * 4);
+    return inner_.all_reduce(d, n, op);
+  }
+  Status all_reduce(double* d, int64_t n, ReduceOp op) override {
+    check("all_reduce(double)", d, n * 8);
+    return inner_.all_reduce(d, n, op);
+  }
+  Status broadcast(void* d, int64_t n, int root) override {
+    check("broadcast", d, n);
+    return inner_.broadcast(d, n, root);
+  }
+  Status barrier() override { return inner_.barrier(); }
+  void abort(const std::string& why) override { inner_.abort(why); }
+  Status finalize() override { return inner_.finalize(); }
+
+  int64_t calls = 0;
+  std::vector<std::string> violations;
+
+ private:
+  void check(const char* op, const void* p, int64_t bytes) {
+    if (bytes <= 0) return;
+    ++calls;
+    if (be_.owns(p, static_cast<size_t>(bytes)) != data_)
+      violations.push_back(name() + " plane: " + op + " of " + std::to_string(bytes) + " bytes " +
+                           (data_ ? "outside" : "inside") + " backend memory");
+  }
+
+  Communicator& inner_;
+  const TrackingBackend& be_;
+  bool data_;
+};
 
 class Distributed : public ::testing::Test {
  protected:
@@ -170,6 +321,63 @@ TEST_P(Equivalence, RanksTrainExactlyLikeOneProcess) {
   ASSERT_EQ(val_single.size(), 2u);
   for (size_t i = 0; i < val_single.size(); ++i)
     EXPECT_NEAR(val_ranks[i], val_single[i], 1e-5 * val_single[i]);
+}
+
+// The split a GPU rank depends on, checked on CPU: token rows and replicated gradients go
+// through the data plane in backend memory, and only there (on a GPU that is NCCL on device
+// memory); counts, losses and norms go through the control plane in host memory. Both planes
+// are used, nothing crosses, and the run still equals one process.
+TEST_F(Distributed, TokenRowsAndGradientsTravelOnTheDataPlaneAndCountsOnTheControlPlane) {
+  for (const std::string kind : {"mohge", "moe"}) {
+    const JobSpec spec = spec_for(kind);
+    expect_success(train(spec, 1, "single-" + kind));
+    const int port = free_local_port();
+    const auto exits = run_local_ranks(2, [&](int rank) -> int {
+      const std::string addr = "127.0.0.1:" + std::to_string(port);
+      std::unique_ptr<RendezvousServer> server;
+      if (rank == 0) server = RendezvousServer::start(addr, 2, "planes", "s3cret").value();
+      auto rv = rendezvous_connect(addr, rank, 2, "planes", "s3cret", 20.0).value();
+      auto comm = make_ucx_communicator(*rv, {.timeout_s = 20.0}).value();
+      TrackingBackend be;
+      PlaneCheck control(*comm, be, false), data(*comm, be, true);
+      TrainOptions opt;
+      opt.storage_root = root_;
+      opt.run_dir = root_ / ("planes-" + kind);
+      opt.progress = false;
+      opt.comm = &control;
+      opt.data_comm = &data;
+      Status s;
+      {
+        auto trainer = Trainer::create(spec, opt, be);
+        s = trainer.ok() ? trainer.value()->run() : Status(trainer.error());
+      }
+      if (!s.ok()) {
+        std::fprintf(stderr, "rank %d: %s\n", rank, s.error().to_string().c_str());
+        return 1;
+      }
+      for (const PlaneCheck* p : {&control, &data}) {
+        for (const std::string& v : p->violations)
+          std::fprintf(stderr, "rank %d: %s\n", rank, v.c_str());
+      }
+      if (!control.violations.empty() || !data.violations.empty()) return 2;
+      // Per step and layer: two dispatches, two combines; and one gradient all-reduce.
+      if (data.calls < 6 * (4 * 2 + 1) * 2 || control.calls == 0) {
+        std::fprintf(stderr, "rank %d: %lld data, %lld control transfers\n", rank,
+                     static_cast<long long>(data.calls), static_cast<long long>(control.calls));
+        return 3;
+      }
+      if (!comm->finalize().ok()) return 1;
+      rv->leave();
+      if (server) server->wait_done(20.0);
+      return 0;
+    });
+    expect_success(exits);
+    const auto single = read_metric("single-" + kind, "loss");
+    const auto planes = read_metric("planes-" + kind, "loss");
+    ASSERT_EQ(planes.size(), single.size());
+    for (size_t i = 0; i < single.size(); ++i)
+      EXPECT_NEAR(planes[i], single[i], 1e-5 * std::abs(single[i])) << kind << " step " << i + 1;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(KindsAndWorlds, Equivalence,
@@ -305,6 +513,7 @@ TEST(TokenExchange, APeersImpossibleRowCountsAreRefusedBeforeAnyCopy) {
   const JobSpec spec = testing::tiny_spec("mohge");
   Result<ExpertPlacement> placement = placement_plan(spec.model, "all-size", 2);
   ASSERT_TRUE(placement.ok()) << placement.error().to_string();
+  auto be = make_cpu_backend(1);
   DispatchPlan local;
   local.num_tokens = 4;
   local.top_k = spec.model.ffn.top_experts;
@@ -312,13 +521,13 @@ TEST(TokenExchange, APeersImpossibleRowCountsAreRefusedBeforeAnyCopy) {
   local.expert_offsets.assign(static_cast<size_t>(local.num_experts) + 1, 0);
   for (int64_t count : {int64_t{-1}, int64_t{1} << 40, local.num_tokens * local.top_k + 1}) {
     HostileCounts comm(count);
-    TokenExchange ex(comm, placement.value(), spec.model.d_model);
+    TokenExchange ex(comm, comm, *be, placement.value(), spec.model.d_model);
     const Status s = ex.plan(local);
     ASSERT_FALSE(s.ok()) << count;
     EXPECT_NE(s.error().message.find("rank 1 announced"), std::string::npos) << s.error().message;
   }
   HostileCounts fair(local.num_tokens * local.top_k);
-  TokenExchange ok(fair, placement.value(), spec.model.d_model);
+  TokenExchange ok(fair, fair, *be, placement.value(), spec.model.d_model);
   EXPECT_TRUE(ok.plan(local).ok());
 }
 

@@ -1,5 +1,10 @@
-// What a model needs to know about expert parallelism: the communicator of the job's ranks
+// What a model needs to know about expert parallelism: the communicators of the job's ranks
 // and where each routed expert lives. A default ParallelContext is the single process.
+//
+// Two planes (DESIGN.md §6): `comm` carries the small control collectives on host values
+// (row counts, losses, norms, router counts, the stop flag); `data_comm` carries what lives
+// in backend memory (token rows, replicated gradients). On CPU ranks both are the one UCX
+// communicator; GPU ranks add an NCCL communicator as the data plane.
 #pragma once
 
 #include <stdexcept>
@@ -13,6 +18,9 @@ namespace mohge {
 struct ParallelContext {
   Communicator* comm = nullptr;                // null: one process, no communication
   const ExpertPlacement* placement = nullptr;  // required when world() > 1
+  Communicator* data_comm = nullptr;           // null: the data plane is `comm`
+  /// The communicator for backend memory.
+  Communicator& data() const { return data_comm != nullptr ? *data_comm : *comm; }
   int rank() const { return comm != nullptr ? comm->rank() : 0; }
   int world() const { return comm != nullptr ? comm->world() : 1; }
   bool distributed() const { return world() > 1; }

@@ -5,12 +5,15 @@
 
 namespace mohge {
 
-TokenExchange::TokenExchange(Communicator& comm, const ExpertPlacement& placement, int64_t dim)
-    : comm_(comm),
+TokenExchange::TokenExchange(Communicator& control, Communicator& data, Backend& backend,
+                             const ExpertPlacement& placement, int64_t dim)
+    : control_(control),
+      data_(data),
+      be_(backend),
       placement_(placement),
       dim_(dim),
-      world_(comm.world()),
-      rank_(comm.rank()),
+      world_(control.world()),
+      rank_(control.rank()),
       local_offsets_{0} {
   slot_of_expert_.assign(placement.owner.size(), 0);
   slot_begin_.assign(static_cast<size_t>(world_) + 1, 0);
@@ -41,8 +44,8 @@ Status TokenExchange::plan(const DispatchPlan& local) {
   }
   recv_counts_.assign(R * n_mine, 0);
   const auto t0 = std::chrono::steady_clock::now();
-  Status s = comm_.all_to_all_v(send_counts.data(), send_bytes.data(), recv_counts_.data(),
-                                recv_bytes.data());
+  Status s = control_.all_to_all_v(send_counts.data(), send_bytes.data(), recv_counts_.data(),
+                                   recv_bytes.data());
   comm_ms_ +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   if (!s.ok()) return s;
@@ -73,7 +76,7 @@ Status TokenExchange::plan(const DispatchPlan& local) {
     }
   }
   for (size_t j = 0; j < n_mine; ++j) local_offsets_[j + 1] += local_offsets_[j];
-  staging_.resize(static_cast<size_t>(local_rows() * dim_));
+  if (staging_.size() < local_rows() * dim_) staging_.resize(be_, local_rows() * dim_);
   return {};
 }
 
@@ -86,33 +89,30 @@ Status TokenExchange::all_to_all_rows(const float* send, const std::vector<int64
     if (static_cast<int>(p) != rank_) comm_bytes_ += send_bytes[p];
   }
   const auto t0 = std::chrono::steady_clock::now();
-  Status s = comm_.all_to_all_v(send, send_bytes.data(), recv, recv_bytes.data());
+  Status s = data_.all_to_all_v(send, send_bytes.data(), recv, recv_bytes.data());
   comm_ms_ +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return s;
 }
 
-void TokenExchange::permute(const float* from, float* to, bool to_expert_major) const {
+void TokenExchange::permute(const float* from, float* to, bool to_expert_major) {
   const size_t R = static_cast<size_t>(world_);
   const size_t n_mine = local_offsets_.size() - 1;
-  const size_t row_bytes = static_cast<size_t>(dim_) * sizeof(float);
   // Offsets of block (s, j) in the source-major layout.
   std::vector<int64_t> src_major(R * n_mine + 1, 0);
   for (size_t b = 0; b < R * n_mine; ++b) src_major[b + 1] = src_major[b] + recv_counts_[b];
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < static_cast<int64_t>(n_mine); ++j) {
-    int64_t expert_row = local_offsets_[static_cast<size_t>(j)];
+  // One backend copy per (source, expert) block: R × local experts copies, queued in order.
+  for (size_t j = 0; j < n_mine; ++j) {
+    int64_t expert_row = local_offsets_[j];
     for (size_t s = 0; s < R; ++s) {
-      const size_t b = s * n_mine + static_cast<size_t>(j);
+      const size_t b = s * n_mine + j;
       const int64_t rows = recv_counts_[b];
       const int64_t src_row = src_major[b];
       if (rows > 0) {
         if (to_expert_major) {
-          std::memcpy(to + expert_row * dim_, from + src_row * dim_,
-                      static_cast<size_t>(rows) * row_bytes);
+          be_.copy(to + expert_row * dim_, from + src_row * dim_, rows * dim_);
         } else {
-          std::memcpy(to + src_row * dim_, from + expert_row * dim_,
-                      static_cast<size_t>(rows) * row_bytes);
+          be_.copy(to + src_row * dim_, from + expert_row * dim_, rows * dim_);
         }
       }
       expert_row += rows;

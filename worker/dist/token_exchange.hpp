@@ -8,6 +8,10 @@
 // rows' sources in their original order. The backward of dispatch is a combine and the
 // backward of combine is a dispatch, with the same plan.
 //
+// The counts travel over the control communicator (host memory); the rows over the data
+// communicator, in the backend's memory, and the layout permutes are backend copies, so the
+// rows never leave a GPU rank's device.
+//
 // Shape legend: D model width, M assignments of this rank (N·K), L rows this rank computes.
 #pragma once
 
@@ -23,8 +27,9 @@ namespace mohge {
 
 class TokenExchange {
  public:
-  /// `comm` and `placement` must outlive the exchange.
-  TokenExchange(Communicator& comm, const ExpertPlacement& placement, int64_t dim);
+  /// `control` (counts), `data` (rows), `backend` and `placement` must outlive the exchange.
+  TokenExchange(Communicator& control, Communicator& data, Backend& backend,
+                const ExpertPlacement& placement, int64_t dim);
 
   /// (E) slot of each global expert id: the order the local dispatch plan must sort by.
   const std::vector<int32_t>& slot_of_expert() const { return slot_of_expert_; }
@@ -36,7 +41,8 @@ class TokenExchange {
   /// (local experts + 1) offsets of each owned expert's rows in the expert-major buffer.
   const std::vector<int64_t>& local_offsets() const { return local_offsets_; }
 
-  /// sorted (M, D) in slot order → expert_rows (L, D) expert-major on the owners.
+  /// sorted (M, D) in slot order → expert_rows (L, D) expert-major on the owners (both in
+  /// backend memory, as for the two calls below).
   Status dispatch(const float* sorted, float* expert_rows);
   /// expert_rows (L, D) expert-major → sorted (M, D) back in this rank's slot order.
   Status combine(const float* expert_rows, float* sorted);
@@ -51,11 +57,13 @@ class TokenExchange {
 
  private:
   // Copies rows between source-major ([s][j]) and expert-major ([j][s]) layouts.
-  void permute(const float* from, float* to, bool to_expert_major) const;
+  void permute(const float* from, float* to, bool to_expert_major);
   Status all_to_all_rows(const float* send, const std::vector<int64_t>& send_rows, float* recv,
                          const std::vector<int64_t>& recv_rows);
 
-  Communicator& comm_;
+  Communicator& control_;
+  Communicator& data_;
+  Backend& be_;
   const ExpertPlacement& placement_;
   int64_t dim_;  // D
   int world_, rank_;
@@ -65,7 +73,7 @@ class TokenExchange {
   std::vector<int64_t> recv_counts_;     // (R, local experts) rows from source s for expert j
   std::vector<int64_t> recv_rows_;       // (R) rows from each source
   std::vector<int64_t> local_offsets_;   // (local experts + 1)
-  std::vector<float> staging_;           // (L, D) source-major rows
+  Buffer<float> staging_;                // (L, D) source-major rows, backend memory
   double comm_ms_ = 0.0;
   int64_t comm_bytes_ = 0;
 };

@@ -84,7 +84,11 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
   if (parallel_.distributed()) {
     MOHGE_CHECK(parallel_.placement != nullptr, "a distributed RoutedFfn needs a placement");
     owned_ = parallel_.placement->experts[static_cast<size_t>(parallel_.rank())];
-    exchange_ = std::make_unique<TokenExchange>(*parallel_.comm, *parallel_.placement, D);
+    exchange_ = std::make_unique<TokenExchange>(*parallel_.comm, parallel_.data(), be_,
+                                                *parallel_.placement, D);
+    const std::vector<int32_t>& slot = exchange_->slot_of_expert();
+    slot_of_expert_ = Buffer<int32_t>(be_, static_cast<int64_t>(slot.size()));
+    be_.copy_from_host(slot_of_expert_.data(), slot.data(), sizeof(int32_t) * slot.size());
   } else {
     for (int e = 0; e < E; ++e) owned_.push_back(e);
   }
@@ -235,8 +239,7 @@ void RoutedFfn::forward(const float* x, float* y, int64_t num_tokens, const FfnS
   const int32_t* order = topk_index_.data();
   if (exchange_) {
     buffer_reserve(slot_index_, be_, M);
-    const std::vector<int32_t>& slot = exchange_->slot_of_expert();
-    for (int64_t a = 0; a < M; ++a) slot_index_.data()[a] = slot[static_cast<size_t>(order[a])];
+    be_.remap_index(order, M, slot_of_expert_.data(), static_cast<int32_t>(E), slot_index_.data());
     order = slot_index_.data();
   }
   be_.dispatch_plan(order, N, static_cast<int32_t>(K), static_cast<int32_t>(E), &plan_);

@@ -58,6 +58,7 @@ class RoutedFfn final : public FeedForward {
   // Forward state kept for backward.
   Buffer<float> logits_;                // (N, G+E)
   Buffer<int32_t> topk_index_;          // (N, K) global expert ids
+  Buffer<int32_t> slot_of_expert_;      // (E) exchange slot of each expert (distributed only)
   Buffer<int32_t> slot_index_;          // (N, K) owner-major slots (distributed only)
   Buffer<float> topk_weight_;           // (N, K)
   Buffer<uint8_t> group_selected_;      // (N, G)

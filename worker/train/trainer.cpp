@@ -230,7 +230,7 @@ Trainer::Trainer(const JobSpec& spec, const TrainOptions& options, Backend& back
       train_(std::move(train)),
       val_(std::move(val)),
       placement_(std::move(placement)) {
-  if (placement_) parallel_ = ParallelContext{options_.comm, placement_.get()};
+  if (placement_) parallel_ = ParallelContext{options_.comm, placement_.get(), options_.data_comm};
   model_ = std::make_unique<Transformer>(spec.model, backend, parallel_);
 }
 
@@ -342,8 +342,8 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     // global target count). Expert gradients stay with their owner.
     double norm_sq[2] = {0.0, 0.0};  // replicated, owned experts
     if (parallel_.distributed()) {
-      collective_check(parallel_.comm->all_reduce(params.grad_arena(), params.replicated_size(),
-                                                  ReduceOp::kSum));
+      collective_check(parallel_.data().all_reduce(params.grad_arena(), params.replicated_size(),
+                                                   ReduceOp::kSum));
       norm_sq[1] = be_.sum_squares(params.total_size() - params.replicated_size(),
                                    params.grad_arena() + params.replicated_size());
       collective_check(parallel_.comm->all_reduce(&norm_sq[1], 1, ReduceOp::kSum));

@@ -36,9 +36,10 @@ struct TrainOptions {
   std::filesystem::path run_dir;             // default: storage_root/runs/<spec name>
   bool resume = false;                       // continue from the latest checkpoint
   bool progress = true;                      // live progress on stderr
-  int64_t stop_after = 0;          // > 0: stop (with a checkpoint) once this step is reached
-  Communicator* comm = nullptr;    // the job's ranks; null or a world of one: single process
-  bool resume_if_present = false;  // resume when a checkpoint exists, else start fresh
+  int64_t stop_after = 0;             // > 0: stop (with a checkpoint) once this step is reached
+  Communicator* comm = nullptr;       // the job's ranks; null or a world of one: single process
+  Communicator* data_comm = nullptr;  // backend memory (GPU ranks: NCCL); null: `comm`
+  bool resume_if_present = false;     // resume when a checkpoint exists, else start fresh
   /// Set from another thread to stop at the next step boundary with a checkpoint (all ranks
   /// agree on the step through one all-reduce per step). Null: never.
   const std::atomic<bool>* stop_request = nullptr;
