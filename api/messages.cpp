@@ -113,7 +113,18 @@ bool is_report_type(const std::string& type) {
 }
 
 json Load::to_json() const {
-  return {{"load1", load1}, {"rss_bytes", rss_bytes}, {"cores", cores}};
+  json j = {{"load1", load1}, {"rss_bytes", rss_bytes}, {"cores", cores}};
+  if (!gpus.empty()) {
+    json list = json::array();
+    for (const GpuLoad& g : gpus) {
+      list.push_back({{"index", g.index},
+                      {"utilization_pct", g.utilization_pct},
+                      {"memory_used_mb", g.memory_used_mb},
+                      {"memory_total_mb", g.memory_total_mb}});
+    }
+    j["gpus"] = list;
+  }
+  return j;
 }
 
 std::string utf8_prefix(const std::string& text, size_t max_bytes) {
@@ -171,6 +182,17 @@ Result<Heartbeat> decode_heartbeat(const json& m) {
     l.real("load1", h.load.load1, false, 0.0, 1e6);
     l.integer("rss_bytes", h.load.rss_bytes, false, 0, int64_t{1} << 50);
     l.integer("cores", h.load.cores, false, 0, 1 << 20);
+    if (const json* gpus = l.array("gpus", false, kMaxHeartbeatGpus)) {
+      for (size_t i = 0; i < gpus->size(); ++i) {
+        FieldReader g((*gpus)[i], "heartbeat.load.gpus[" + std::to_string(i) + "]", errors);
+        GpuLoad gl;
+        g.integer("index", gl.index, true, 0, 1023);
+        g.real("utilization_pct", gl.utilization_pct, true, 0.0, 100.0);
+        g.integer("memory_used_mb", gl.memory_used_mb, true, 0, int64_t{1} << 40);
+        g.integer("memory_total_mb", gl.memory_total_mb, true, 0, int64_t{1} << 40);
+        h.load.gpus.push_back(gl);
+      }
+    }
   }
   return first_error_or(errors, std::move(h));
 }

@@ -63,11 +63,23 @@ struct Hello {
   std::vector<RunningRank> running;
 };
 
+/// One GPU of a worker, as NVML sees it in a heartbeat.
+struct GpuLoad {
+  int index = 0;
+  double utilization_pct = 0;  // 0–100
+  int64_t memory_used_mb = 0;
+  int64_t memory_total_mb = 0;
+};
+
+/// At most this many GPUs per heartbeat are kept.
+inline constexpr size_t kMaxHeartbeatGpus = 16;
+
 /// Host utilisation; only these figures are kept (and shown on the dashboard).
 struct Load {
   double load1 = 0;
   int64_t rss_bytes = 0;
   int cores = 0;
+  std::vector<GpuLoad> gpus;
   nlohmann::json to_json() const;
 };
 

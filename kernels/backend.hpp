@@ -102,6 +102,7 @@ struct CudaDeviceInfo {
   int index = 0;
   std::string name;
   int64_t memory_bytes = 0;
+  std::string pci_bus_id;  // "dddd:bb:dd.0", as NVML names the same GPU
 };
 
 /// The GPUs this process sees (none without CUDA in the build or a driver).

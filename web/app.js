@@ -111,9 +111,14 @@ async function clusterView() {
     $('#workers').innerHTML = '<tr><th>worker</th><th>state</th><th>device</th><th>threads</th><th>job / rank</th><th>load</th><th>memory</th><th>last seen</th></tr>' +
       c.worker_list.map(w => {
         const r = (w.running || []).map(x => `<a href="#/jobs/${encodeURIComponent(x.job)}">job ${esc(x.job)}</a> rank ${esc(x.rank)}/${esc(x.world)} step ${esc(x.step)}`).join('<br>');
+        // A GPU's figures from the last heartbeat (NVML): utilisation and memory in use.
+        const gpuLoad = d => ((w.load && w.load.gpus) || []).find(g => g.index === d.index);
         const dev = (w.devices || []).map(d => `${esc(d.kind || w.backend)}:${esc(d.index)}` +
           (d.name ? ` <span class="muted">${esc(d.name)}</span>` : '') +
-          (d.memory_mb ? ` <span class="muted">${esc((Number(d.memory_mb) / 1024).toFixed(0))} GiB</span>` : '')).join(', ');
+          (d.memory_mb ? ` <span class="muted">${esc((Number(d.memory_mb) / 1024).toFixed(0))} GiB</span>` : '') +
+          (gpuLoad(d) ? `<div class="gpu-load">${esc(Number(gpuLoad(d).utilization_pct).toFixed(0))}% busy, ` +
+            `${esc((Number(gpuLoad(d).memory_used_mb) / 1024).toFixed(1))} of ` +
+            `${esc((Number(gpuLoad(d).memory_total_mb) / 1024).toFixed(0))} GiB in use</div>` : '')).join(', ');
         const load = w.load && w.load.load1 !== undefined ? `${Number(w.load.load1).toFixed(2)} / ${esc(w.load.cores)} cores` : '';
         const mem = w.load && w.load.rss_bytes ? (Number(w.load.rss_bytes) / 2 ** 20).toFixed(0) + ' MiB' : '';
         return `<tr><td>${esc(w.name)}<div class="muted">${esc(w.host)}</div></td><td>${esc(w.state)}</td><td>${dev}</td>` +

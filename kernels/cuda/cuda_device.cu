@@ -2,6 +2,7 @@
 // worker daemon's hello).
 #include <cuda_runtime.h>
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,10 @@ std::vector<CudaDeviceInfo> cuda_devices() {
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-    out.push_back({i, prop.name, static_cast<int64_t>(prop.totalGlobalMem)});
+    char bus[32];
+    std::snprintf(bus, sizeof(bus), "%04x:%02x:%02x.0", prop.pciDomainID, prop.pciBusID,
+                  prop.pciDeviceID);
+    out.push_back({i, prop.name, static_cast<int64_t>(prop.totalGlobalMem), bus});
   }
   return out;
 }

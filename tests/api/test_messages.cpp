@@ -56,6 +56,47 @@ TEST(Messages, AGpusNameAndMemoryAreKept) {
   }
 }
 
+// A heartbeat carries each GPU's utilisation and memory (NVML); the figures are bounded,
+// kept, and only they are passed on.
+TEST(Messages, AHeartbeatsGpuFiguresAreCheckedAndKept) {
+  const json gpu = {{"index", 1},
+                    {"utilization_pct", 87.5},
+                    {"memory_used_mb", 61440},
+                    {"memory_total_mb", 143771},
+                    {"x", "<script>"}};
+  json m = {{"type", "heartbeat"},
+            {"running", json::array()},
+            {"load", {{"load1", 1.5}, {"cores", 16}, {"gpus", json::array({gpu})}}}};
+  const Result<Heartbeat> h = decode_heartbeat(m);
+  ASSERT_TRUE(h.ok()) << h.error().to_string();
+  ASSERT_EQ(h.value().load.gpus.size(), 1u);
+  const json out = h.value().load.to_json();
+  EXPECT_EQ(out["gpus"][0]["utilization_pct"], 87.5);
+  EXPECT_EQ(out["gpus"][0]["memory_used_mb"], 61440);
+  EXPECT_EQ(out["gpus"][0]["memory_total_mb"], 143771);
+  EXPECT_FALSE(out["gpus"][0].contains("x"));
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, json>>{{"utilization_pct", 100.5},
+                                                 {"utilization_pct", "87"},
+                                                 {"memory_used_mb", -1},
+                                                 {"memory_total_mb", 1e300},
+                                                 {"index", 5000}}) {
+    json bad = gpu;
+    bad[key] = value;
+    m["load"]["gpus"] = json::array({bad});
+    const Result<Heartbeat> r = decode_heartbeat(m);
+    ASSERT_FALSE(r.ok()) << key << " = " << value.dump();
+    EXPECT_EQ(r.error().field, "heartbeat.load.gpus[0]." + key) << r.error().to_string();
+  }
+  m["load"]["gpus"] = json::array();
+  for (int i = 0; i < 17; ++i) m["load"]["gpus"].push_back(gpu);
+  const Result<Heartbeat> many = decode_heartbeat(m);
+  ASSERT_FALSE(many.ok());
+  EXPECT_EQ(many.error().field, "heartbeat.load.gpus") << many.error().to_string();
+  m["load"]["gpus"] = "all of them";
+  EXPECT_FALSE(decode_heartbeat(m).ok());
+}
+
 TEST(Messages, EveryBadHelloFieldIsNamed) {
   const std::vector<std::pair<std::string, json>> cases = {
       {"protocol", "2"},

@@ -199,6 +199,14 @@ async function main() {
     // the connection; the worker's hello, with its hostile host, stays on record).
     const beat = setInterval(() => evil.write(frame({ type: 'heartbeat', load: { load1: 0.5, cores: markup(5) },
                                                       running: [{ job: markup(4), attempt: 1, rank: 0, world: 1, step: 0 }] })), 500);
+    // A well-behaved GPU worker: its heartbeats carry the GPU's utilisation and memory (NVML).
+    const gpuWorker = net.connect(control, '127.0.0.1');
+    gpuWorker.on('error', () => {});
+    gpuWorker.write(frame({ type: 'hello', protocol: 2, name: 'gpu-1', host: 'node-gpu', backend: 'cuda', secret,
+                            instance: 'gpu-1', version: 'test', threads: 1, running: [],
+                            devices: [{ index: 0, kind: 'cuda', name: 'NVIDIA H200', memory_mb: 143771 }] }));
+    const gpuBeat = setInterval(() => gpuWorker.write(frame({ type: 'heartbeat', running: [],
+      load: { load1: 1.0, cores: 16, gpus: [{ index: 0, utilization_pct: 87, memory_used_mb: 61440, memory_total_mb: 143771 }] } })), 500);
     const queued = await fetch(url + '/api/v1/jobs', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
                                                        body: JSON.stringify({ ...spec, name: markup(2), resources: { workers: 8, device: 'cpu' },
                                                                               model: { ...spec.model, ffn: { ...spec.model.ffn, experts_per_group: 8 } } }) });
@@ -220,6 +228,9 @@ async function main() {
     check(shown.workers.includes(markup(6)) && shown.workers.includes('80 GiB'),
           "a GPU's announced model (hostile here) and memory are shown, as text");
     check(shown.images === 0 && shown.xss === undefined, 'no hostile markup became an element or ran');
+    await page.waitForFunction(() => document.querySelector('#workers').textContent.includes('87% busy'), null, { timeout: 10000 });
+    const gpuText = await page.evaluate(() => document.querySelector('#workers').textContent);
+    check(gpuText.includes('87% busy, 60.0 of 140 GiB in use'), "a GPU worker's heartbeat figures are shown (87% busy, 60.0 of 140 GiB in use)");
     const workersApi = await (await fetch(url + '/api/v1/workers', { headers: auth })).text();
     check(!workersApi.includes('__xss=4') && !workersApi.includes('__xss=5'), 'hostile heartbeat values never reach the API');
     await page.goto(url + '/#/jobs');
@@ -232,7 +243,9 @@ async function main() {
     await page.waitForFunction(() => document.querySelector('#workers') && document.querySelector('#workers').textContent.includes('evil-0'));
     await page.screenshot({ path: path.join(artifacts, 'cluster.png'), fullPage: true });
     clearInterval(beat);
+    clearInterval(gpuBeat);
     evil.destroy();
+    gpuWorker.destroy();
     check(consoleErrors.length === 0, 'no errors in the page' + (consoleErrors.length ? ': ' + consoleErrors.join('; ') : ''));
 
     // A long job: 100,000 steps of every metric, seeded into the database while the

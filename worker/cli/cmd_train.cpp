@@ -1,4 +1,5 @@
 // mohge train --config SPEC.json [--storage DIR] [--out RUN] [--threads N] [--resume]
+//             [--workers R] [--device cpu|cuda]
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -27,11 +28,13 @@ struct TrainArgs {
   bool quiet = false;
   int64_t stop_after = 0;
   double comm_timeout = 60.0;
+  std::string device;  // overrides the spec's resources.device when set
 };
 
 int run_train(const TrainArgs& a) {
   Result<JobSpec> spec = load_job_spec(a.config);
   if (!spec.ok()) return report(spec.error());
+  if (!a.device.empty()) spec.value().resources.device = a.device;
   if (a.workers > 1) {
     LaunchOptions l;
     l.config = a.config;
@@ -46,6 +49,7 @@ int run_train(const TrainArgs& a) {
     l.quiet = a.quiet;
     l.stop_after = a.stop_after;
     l.comm_timeout_s = a.comm_timeout;
+    l.device = spec.value().resources.device;
     return launch_local_workers(l);
   }
   Result<std::unique_ptr<Backend>> backend = make_backend(spec.value(), a.threads);
@@ -105,6 +109,10 @@ void add_train(CLI::App& app, int& exit_code) {
                   "Train with this many local worker processes (expert parallel over UCX)")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  cmd->add_option("--device", args->device,
+                  "cpu or cuda (default: the spec's resources.device); with --workers R on "
+                  "cuda, rank r uses visible GPU r")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--comm-timeout", args->comm_timeout,
                   "With --workers: deadline of every data-plane wait, seconds")
       ->check(CLI::PositiveNumber)

@@ -98,6 +98,8 @@ int launch_local_workers(const LaunchOptions& o) {
                                      std::to_string(o.threads_per_worker),
                                      "--comm-timeout",
                                      std::to_string(o.comm_timeout_s)};
+    if (!o.device.empty()) args.insert(args.end(), {"--device", o.device});
+    if (o.device == "cuda") args.insert(args.end(), {"--gpu", std::to_string(r)});
     if (o.resume) args.push_back("--resume");
     if (o.stop_after > 0) args.insert(args.end(), {"--stop-after", std::to_string(o.stop_after)});
     if (o.quiet || r > 0) args.push_back("--quiet");

@@ -19,6 +19,7 @@ struct LaunchOptions {
   bool quiet = false;
   int64_t stop_after = 0;
   double comm_timeout_s = 60.0;
+  std::string device;  // cpu or cuda; empty: the spec's. On cuda rank r uses visible GPU r.
 };
 
 /// Returns the exit code: 0 when every rank succeeded.

@@ -6,6 +6,7 @@
 //   one rank:    mohge-worker --job SPEC.json --rank r --world R --rendezvous HOST:PORT
 //                             [--storage DIR] [--out RUN] [--threads N] [--resume]
 //                             [--stop-after N] [--comm-timeout S] [--quiet]
+//                             [--device cpu|cuda] [--gpu N]
 //                (what `mohge train --workers R` launches).
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -26,7 +27,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"mohge-worker: one rank of a distributed MoHGE training job"};
   std::string job, rendezvous, storage = ".", out;
-  int rank = 0, world = 1, threads = 0;
+  int rank = 0, world = 1, threads = 0, gpu = 0;
+  std::string device;
   bool resume = false, quiet = false;
   int64_t stop_after = 0;
   double timeout = 60.0;
@@ -52,6 +54,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_flag("--quiet", quiet, "No live progress line");
+  app.add_option("--device", device, "One rank: cpu or cuda (default: the spec's resources.device)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--gpu", gpu, "One rank on cuda: the visible GPU it uses")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (!coordinator.empty()) {
@@ -97,6 +104,8 @@ int main(int argc, char** argv) {
   if (!spec.ok()) return mohge::cli::report(spec.error());
   mohge::RankConfig c;
   c.spec = spec.value();
+  if (!device.empty()) c.spec.resources.device = device;
+  c.gpu = gpu;
   c.rank = rank;
   c.world = world;
   c.rendezvous = rendezvous;

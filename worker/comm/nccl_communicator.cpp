@@ -21,7 +21,8 @@ bool nccl_available(std::string* why_not) {
   return false;
 }
 
-Result<std::unique_ptr<Communicator>> make_nccl_communicator(Rendezvous&, const CommOptions&, int) {
+Result<std::unique_ptr<Communicator>> make_nccl_communicator(Rendezvous&, const CommOptions&, int,
+                                                             void*) {
   std::string why;
   nccl_available(&why);
   return Error{ErrorCode::kFailedPrecondition, "NCCL communicator unavailable: " + why, ""};
@@ -35,8 +36,14 @@ using Clock = std::chrono::steady_clock;
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(Rendezvous& rv, const CommOptions& opt, int device)
-      : rv_(rv), opt_(opt), device_(device), rank_(rv.rank()), world_(rv.world()) {}
+  NcclCommunicator(Rendezvous& rv, const CommOptions& opt, int device, void* stream)
+      : rv_(rv),
+        opt_(opt),
+        device_(device),
+        rank_(rv.rank()),
+        world_(rv.world()),
+        stream_(static_cast<cudaStream_t>(stream)),
+        own_stream_(stream == nullptr) {}
 
   ~NcclCommunicator() override {
     if (comm_ != nullptr) {
@@ -47,14 +54,15 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (scratch_ != nullptr) cudaFree(scratch_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (own_stream_ && stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
   Status init() {
     if (cudaSetDevice(device_) != cudaSuccess)
       return Error{ErrorCode::kUnavailable, "cannot use CUDA device " + std::to_string(device_),
                    ""};
-    if (cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking) != cudaSuccess ||
+    if ((own_stream_ &&
+         cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking) != cudaSuccess) ||
         cudaMalloc(&scratch_, sizeof(float)) != cudaSuccess)
       return Error{ErrorCode::kUnavailable, "CUDA stream or memory allocation failed", ""};
     ncclUniqueId id{};
@@ -197,6 +205,7 @@ class NcclCommunicator final : public Communicator {
   int device_, rank_, world_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  bool own_stream_ = true;
   void* scratch_ = nullptr;  // one float on the device, for barrier()
   int64_t bytes_sent_ = 0;
   bool finalized_ = false;
@@ -214,9 +223,9 @@ bool nccl_available(std::string* why_not) {
 }
 
 Result<std::unique_ptr<Communicator>> make_nccl_communicator(Rendezvous& rendezvous,
-                                                             const CommOptions& options,
-                                                             int device) {
-  auto comm = std::make_unique<NcclCommunicator>(rendezvous, options, device);
+                                                             const CommOptions& options, int device,
+                                                             void* stream) {
+  auto comm = std::make_unique<NcclCommunicator>(rendezvous, options, device, stream);
   if (Status s = comm->init(); !s.ok()) return s.error();
   return std::unique_ptr<Communicator>(std::move(comm));
 }

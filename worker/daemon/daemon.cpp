@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <fstream>
 #include <map>
@@ -18,6 +19,7 @@
 #include "storage/sha256.hpp"
 #include "storage/sharded.hpp"
 #include "worker/comm/rendezvous.hpp"
+#include "worker/daemon/gpu_monitor.hpp"
 #include "worker/dist/rank_runner.hpp"
 
 #ifndef MOHGE_VERSION
@@ -178,6 +180,8 @@ struct WorkerDaemon::Impl {
   std::optional<Error> refused;
   bool stopping = false;
   double heartbeat_s = 1.0;
+  int gpu = -1;                         // --devices cuda:N: N; cpu: -1
+  std::unique_ptr<GpuMonitor> monitor;  // the GPU's utilisation and memory (NVML), if any
 
   // From any thread: queue a report for the coordinator.
   // From any thread: a report for the coordinator. It is numbered and kept until the
@@ -253,15 +257,13 @@ struct WorkerDaemon::Impl {
             if (!refused) retry("connection closed: " + why);
           });
         });
-    const bool cuda = options.devices.rfind("cuda", 0) == 0;
+    const bool cuda = gpu >= 0;
     json devices = json::array();
     if (cuda) {
-      const int index =
-          std::stoi(options.devices.substr(5).empty() ? "0" : options.devices.substr(5));
-      json dev = {{"index", index}, {"kind", "cuda"}};
+      json dev = {{"index", gpu}, {"kind", "cuda"}};
       // The GPU's model and memory, as the CUDA runtime of this process sees it.
       for (const CudaDeviceInfo& d : cuda_devices()) {
-        if (d.index != index) continue;
+        if (d.index != gpu) continue;
         dev["name"] = d.name.substr(0, proto::kMaxDeviceNameBytes);
         dev["memory_mb"] = d.memory_bytes >> 20;
       }
@@ -285,7 +287,16 @@ struct WorkerDaemon::Impl {
 
   void send_heartbeat() {
     if (!conn || !welcomed) return;
-    conn->send({{"type", proto::kHeartbeat}, {"running", running()}, {"load", host_load()}});
+    json load = host_load();
+    if (monitor) {
+      if (const std::optional<GpuSample> g = monitor->sample()) {
+        load["gpus"] = json::array({{{"index", g->index},
+                                     {"utilization_pct", g->utilization_pct},
+                                     {"memory_used_mb", g->memory_used_mb},
+                                     {"memory_total_mb", g->memory_total_mb}}});
+      }
+    }
+    conn->send({{"type", proto::kHeartbeat}, {"running", running()}, {"load", load}});
     heartbeat.expires_after(std::chrono::milliseconds(static_cast<int64_t>(heartbeat_s * 1000)));
     heartbeat.async_wait([this](boost::system::error_code ec) {
       if (!ec) send_heartbeat();
@@ -400,6 +411,7 @@ struct WorkerDaemon::Impl {
     c.rank = task->rank;
     c.world = task->world;
     c.threads = options.threads;
+    c.gpu = std::max(gpu, 0);
     c.comm_timeout_s = m.comm_timeout_s;
     c.job_id = "job-" + std::to_string(task->job) + "-" + std::to_string(task->attempt);
     c.train.storage_root = options.storage;
@@ -516,6 +528,22 @@ Status WorkerDaemon::run() {
   Impl& m = *impl_;
   if (m.options.coordinator.rfind(':') == std::string::npos) {
     return invalid_argument("--coordinator", "must be HOST:PORT");
+  }
+  if (m.options.devices != "cpu") {
+    // "cuda" or "cuda:N": one GPU per daemon, N among the visible ones.
+    const std::string& d = m.options.devices;
+    const std::string n = d.rfind("cuda:", 0) == 0 ? d.substr(5) : d == "cuda" ? "0" : "";
+    const int visible = static_cast<int>(cuda_devices().size());
+    if (n.empty() || n.size() > 4 || n.find_first_not_of("0123456789") != std::string::npos)
+      return invalid_argument("--devices", "must be cpu, cuda or cuda:N (got " + d + ")");
+    m.gpu = std::stoi(n);
+    if (m.gpu >= visible) {
+      return invalid_argument("--devices", "GPU " + n + " is not visible here (" +
+                                               std::to_string(visible) + " visible)");
+    }
+    std::string why;
+    m.monitor = GpuMonitor::open(m.gpu, &why);
+    if (!m.monitor) spdlog::warn("no utilisation or memory figures for GPU {}: {}", m.gpu, why);
   }
   static bool sink_installed = false;
   if (!sink_installed) {

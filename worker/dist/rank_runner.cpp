@@ -1,5 +1,6 @@
 #include "worker/dist/rank_runner.hpp"
 
+#include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
 
@@ -41,20 +42,41 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
   Result<std::unique_ptr<Communicator>> comm =
       make_ucx_communicator(rv, {.timeout_s = c.comm_timeout_s});
   if (!comm.ok()) return finish(comm.error());
-  Result<std::unique_ptr<Backend>> backend = make_job_backend(c.spec, c.threads);
+  Result<std::unique_ptr<Backend>> backend = make_job_backend(c.spec, c.threads, c.gpu);
   if (!backend.ok()) {
     comm.value()->abort(backend.error().message);
     return finish(backend.error());
   }
+  // GPU ranks: token rows and gradients stay on the device, carried by NCCL on the backend's
+  // stream; the unique id travels over the same rendezvous. Every rank decides the same way
+  // (the spec is the same), so all or none of them join.
+  std::unique_ptr<Communicator> data;
+  if (c.world > 1 && backend.value()->stream() != nullptr) {
+    std::string why;
+    Result<std::unique_ptr<Communicator>> nccl =
+        nccl_available(&why)
+            ? make_nccl_communicator(rv, {.timeout_s = c.comm_timeout_s}, c.gpu,
+                                     backend.value()->stream())
+            : Result<std::unique_ptr<Communicator>>(invalid_argument(
+                  "resources.workers", "more than one \"cuda\" rank needs NCCL: " + why));
+    if (!nccl.ok()) {
+      comm.value()->abort(nccl.error().message);
+      return finish(nccl.error());
+    }
+    data = std::move(nccl).value();
+  }
 
   TrainOptions opt = c.train;
   opt.comm = comm.value().get();
+  opt.data_comm = data.get();
   opt.progress = opt.progress && c.rank == 0;
   Result<std::unique_ptr<Trainer>> trainer = Trainer::create(c.spec, opt, *backend.value());
   Status s = trainer.ok() ? trainer.value()->run(on_step) : Status(trainer.error());
+  if (s.ok() && data) s = data->finalize();
   if (s.ok()) {
     s = comm.value()->finalize();
   } else {
+    if (data) data->abort(s.error().message);
     comm.value()->abort(s.error().message);
   }
   return finish(s);

@@ -1,7 +1,8 @@
 // One rank of a distributed job: join the rendezvous (rank 0 hosts it unless told otherwise),
-// build the UCX communicator, train. Driven today by `mohge-worker --rank …` processes (which
-// `mohge train --workers R` launches); the worker daemon of the service issue will call it for
-// the ranks the coordinator assigns.
+// build the UCX communicator (the control plane, and the data plane of CPU ranks) and, for
+// GPU ranks, the NCCL communicator on the backend's stream (the data plane), train. Driven today by
+// `mohge-worker --rank …` processes (which `mohge train --workers R` launches); the worker daemon
+// of the service issue will call it for the ranks the coordinator assigns.
 #pragma once
 
 #include <functional>
@@ -22,6 +23,7 @@ struct RankConfig {
   bool host_rendezvous = true;    // rank 0 runs the service itself
   std::string job_id;             // ranks of different jobs never meet; default: spec.name
   int threads = 0;                // compute threads (0: all cores)
+  int gpu = 0;                    // resources.device "cuda": the visible GPU of this rank
   double comm_timeout_s = 60.0;   // deadline of every data-plane wait
   TrainOptions train;             // storage root, run folder, resume, progress, stop_after
 };

@@ -22,7 +22,7 @@ namespace mohge {
 
 namespace fs = std::filesystem;
 
-Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads) {
+Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads, int gpu) {
   std::string why;
   if (spec.resources.device == "cuda" && !cuda_backend_available(&why)) {
     return invalid_argument("resources.device",
@@ -30,16 +30,13 @@ Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threa
   }
   const Precision precision = spec.train.precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
   if (spec.resources.device == "cuda") {
-    // The token exchange and the gradient all-reduce still run over UCX on host memory; the
-    // NCCL data plane that carries device memory between GPU ranks is not built yet.
-    if (spec.resources.workers > 1) {
-      return invalid_argument("resources.workers",
-                              "more than one worker on \"cuda\" needs the NCCL data plane, "
-                              "which this build does not have yet; use 1, or \"cpu\"");
+    const int visible = static_cast<int>(cuda_devices().size());
+    if (gpu < 0 || gpu >= visible) {
+      return invalid_argument("resources.device",
+                              "\"cuda\": GPU " + std::to_string(gpu) + " is not visible here (" +
+                                  std::to_string(visible) + " visible); one rank per GPU");
     }
-    // One GPU per process: the first visible one (a launcher picks it with
-    // CUDA_VISIBLE_DEVICES).
-    return make_cuda_backend(0, precision);
+    return make_cuda_backend(gpu, precision);
   }
   if (precision == Precision::kBf16 && !cpu_bf16_available(&why))
     return invalid_argument("train.precision", "\"bf16\" is not available here: " + why);

@@ -28,8 +28,8 @@
 namespace mohge {
 
 /// The backend a spec asks for: resources.device and train.precision; errors name the field
-/// when this host cannot provide it.
-Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads);
+/// when this host cannot provide it. `gpu`: which visible GPU a "cuda" rank uses.
+Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads, int gpu = 0);
 
 struct TrainOptions {
   std::filesystem::path storage_root = ".";  // data paths of the spec are relative to it
