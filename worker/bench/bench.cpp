@@ -176,6 +176,69 @@ Result<LayerBenchResult> bench_layer(const JobSpec& spec, int64_t tokens, int th
                            ? gemm_ceiling_gflops(shapes, be.num_threads(), be.precision())
                            : backend_gemm_ceiling_gflops(be, shapes);
   res.fraction_of_ceiling = res.gflops / res.ceiling_gflops;
+  if (const LayerRouting* r = ffn->routing()) {
+    // The grouped experts alone, with the row counts of the router's last decision.
+    std::vector<int64_t> rows, widths;
+    int64_t total_rows = 0, act = 0, hid = 0, w_gu = 0, w_d = 0;
+    double flop = 0.0;
+    for (int e = 0; e < f.num_experts(); ++e) {
+      rows.push_back(static_cast<int64_t>(r->expert_assignments[static_cast<size_t>(e)]));
+      widths.push_back(f.expert_hidden_width(e));
+      total_rows += rows.back();
+      act += rows.back() * 2 * widths.back();
+      hid += rows.back() * widths.back();
+      w_gu += 2 * widths.back() * D;
+      w_d += D * widths.back();
+      flop += 3.0 * 6.0 * static_cast<double>(rows.back() * D * widths.back());
+    }
+    Buffer<float> ex(be, total_rows * D), edy(be, total_rows * D), ey(be, total_rows * D),
+        edx(be, total_rows * D), wgu(be, w_gu), wd(be, w_d), dwgu(be, w_gu), dwd(be, w_d),
+        eact(be, act), ehid(be, hid), edact(be, act), edhid(be, hid);
+    be.copy_from_host(ex.data(), random_floats(total_rows * D, 13).data(),
+                      sizeof(float) * static_cast<size_t>(total_rows * D));
+    be.copy_from_host(edy.data(), random_floats(total_rows * D, 14).data(),
+                      sizeof(float) * static_cast<size_t>(total_rows * D));
+    be.copy_from_host(wgu.data(), random_floats(w_gu, 15).data(),
+                      sizeof(float) * static_cast<size_t>(w_gu));
+    be.copy_from_host(wd.data(), random_floats(w_d, 16).data(),
+                      sizeof(float) * static_cast<size_t>(w_d));
+    std::vector<ExpertSlice> slices(rows.size());
+    int64_t xr = 0, a = 0, h = 0, g = 0, d = 0;
+    for (size_t e = 0; e < rows.size(); ++e) {
+      ExpertSlice& s = slices[e];
+      s.rows = rows[e];
+      s.width = widths[e];
+      s.x = ex.data() + xr * D;
+      s.y = ey.data() + xr * D;
+      s.d_y = edy.data() + xr * D;
+      s.d_x = edx.data() + xr * D;
+      s.w_gate_up = wgu.data() + g;
+      s.d_w_gate_up = dwgu.data() + g;
+      s.w_down = wd.data() + d;
+      s.d_w_down = dwd.data() + d;
+      s.act = eact.data() + a;
+      s.d_act = edact.data() + a;
+      s.hidden = ehid.data() + h;
+      s.d_hidden = edhid.data() + h;
+      xr += rows[e];
+      a += rows[e] * 2 * widths[e];
+      h += rows[e] * widths[e];
+      g += 2 * widths[e] * D;
+      d += D * widths[e];
+    }
+    const GroupedSwigluParams gp{
+        .dim = D, .slices = slices.data(), .num_slices = static_cast<int64_t>(slices.size())};
+    const double te = time_median(
+        [&] {
+          be.grouped_swiglu_forward(gp);
+          be.grouped_swiglu_backward(gp);
+          be.synchronize();
+        },
+        10, 3.0);
+    res.experts_ms_per_fwd_bwd = te * 1e3;
+    res.experts_gflops = flop / te / 1e9;
+    res.experts_fraction_of_ceiling = res.experts_gflops / res.ceiling_gflops;
+  }
   res.tokens = tokens;
   res.threads = be.num_threads();
   res.precision = spec.train.precision;

@@ -31,6 +31,12 @@ struct LayerBenchResult {
   double gflops = 0;
   double ceiling_gflops = 0;
   double fraction_of_ceiling = 0;
+  // The routed experts alone: one grouped SwiGLU forward+backward over all experts with the
+  // rows the layer's router gave each (zero when the layer has no routed experts), and its
+  // share of the same GEMM ceiling.
+  double experts_ms_per_fwd_bwd = 0;
+  double experts_gflops = 0;
+  double experts_fraction_of_ceiling = 0;
   int64_t tokens = 0;
   int threads = 0;
   std::string precision;  // train.precision of the spec; the ceiling is measured in it too

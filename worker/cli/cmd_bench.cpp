@@ -58,7 +58,10 @@ int run_bench_layer(const BenchArgs& a) {
                               {"gflop", b.gflop},
                               {"gflops", b.gflops},
                               {"ceiling_gflops", b.ceiling_gflops},
-                              {"fraction_of_ceiling", b.fraction_of_ceiling}};
+                              {"fraction_of_ceiling", b.fraction_of_ceiling},
+                              {"experts_ms_per_fwd_bwd", b.experts_ms_per_fwd_bwd},
+                              {"experts_gflops", b.experts_gflops},
+                              {"experts_fraction_of_ceiling", b.experts_fraction_of_ceiling}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
