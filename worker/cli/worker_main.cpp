@@ -1,8 +1,9 @@
 // mohge-worker, two ways:
 //   the daemon:  mohge-worker --coordinator HOST:PORT --storage DIR [--name NAME]
-//                             [--devices cpu|cuda:N] [--threads N]
+//                             [--devices cpu|cuda:N[,M…]|cuda:all] [--threads N]
 //                registers with the coordinator and runs the ranks it is given until stopped
-//                (SIGINT/SIGTERM);
+//                (SIGINT/SIGTERM); with several GPUs, one worker per GPU in this process
+//                (NAME-gpuN, each with its own connection, heartbeats and ranks);
 //   one rank:    mohge-worker --job SPEC.json --rank r --world R --rendezvous HOST:PORT
 //                             [--storage DIR] [--out RUN] [--threads N] [--resume]
 //                             [--stop-after N] [--comm-timeout S] [--quiet]
@@ -36,7 +37,9 @@ int main(int argc, char** argv) {
   app.add_option("--coordinator", coordinator,
                  "Daemon mode: HOST:PORT of the coordinator's control address");
   app.add_option("--name", name, "Daemon mode: unique worker name (default: host name)");
-  app.add_option("--devices", devices, "Daemon mode: cpu or cuda:N")->capture_default_str();
+  app.add_option("--devices", devices,
+                 "Daemon mode: cpu, cuda:N, a list cuda:N,M,… or cuda:all (one worker per GPU)")
+      ->capture_default_str();
   app.add_option("--join-secret-file", join_secret_file,
                  "Daemon mode: file holding the cluster join secret (default STORAGE/join.secret; "
                  "MOHGE_JOIN_SECRET overrides)");
@@ -73,23 +76,42 @@ int main(int argc, char** argv) {
         join_secret_file.empty() ? std::filesystem::path(storage) / "join.secret"
                                  : std::filesystem::path(join_secret_file));
     if (!secret.ok()) return mohge::cli::report(secret.error());
-    mohge::WorkerDaemon daemon({.coordinator = coordinator,
-                                .storage = storage,
-                                .name = name,
-                                .devices = devices,
-                                .threads = threads,
-                                .join_secret = secret.value()});
+    const mohge::Result<std::vector<std::string>> each = mohge::split_devices(devices);
+    if (!each.ok()) return mohge::cli::report(each.error());
+    const std::string base = name.empty() ? mohge::host_name() : name;
+    std::vector<std::unique_ptr<mohge::WorkerDaemon>> daemons;
+    for (const std::string& d : each.value()) {
+      // One GPU keeps the given name; several become NAME-gpuN (names are unique per worker).
+      const std::string own = each.value().size() == 1 ? base : base + "-gpu" + d.substr(5);
+      daemons.push_back(std::make_unique<mohge::WorkerDaemon>(
+          mohge::DaemonOptions{.coordinator = coordinator,
+                               .storage = storage,
+                               .name = own,
+                               .devices = d,
+                               .threads = threads,
+                               .join_secret = secret.value()}));
+    }
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&set, &sig);
       spdlog::info("stopping ({})", sig == SIGINT ? "SIGINT" : "SIGTERM");
-      daemon.stop();
+      for (auto& d : daemons) d->stop();
     });
-    const mohge::Status s = daemon.run();
-    // The daemon may end on its own (refused by the coordinator): wake the waiter.
+    std::vector<mohge::Status> results(daemons.size());
+    std::vector<std::thread> runners;
+    for (size_t i = 0; i < daemons.size(); ++i) {
+      runners.emplace_back([&, i] {
+        results[i] = daemons[i]->run();
+        // A daemon that ends on its own (refused by the coordinator) ends the process.
+        if (!results[i].ok()) pthread_kill(waiter.native_handle(), SIGTERM);
+      });
+    }
+    for (auto& r : runners) r.join();
+    // Every daemon ended: wake the waiter if no signal did.
     pthread_kill(waiter.native_handle(), SIGTERM);
     waiter.join();
-    if (!s.ok()) return mohge::cli::report(s.error());
+    for (const mohge::Status& s : results)
+      if (!s.ok()) return mohge::cli::report(s.error());
     return 0;
   }
   if (job.empty() || rendezvous.empty()) {

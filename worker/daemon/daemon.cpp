@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -140,13 +141,43 @@ json host_load() {
   return load;
 }
 
+}  // namespace
+
 std::string host_name() {
   char buf[256] = {};
   gethostname(buf, sizeof(buf) - 1);
   return buf;
 }
 
-}  // namespace
+Result<std::vector<std::string>> split_devices(const std::string& devices) {
+  if (devices == "cpu") return std::vector<std::string>{"cpu"};
+  if (devices == "cuda") return std::vector<std::string>{"cuda:0"};
+  auto bad = [&](const std::string& why) {
+    return invalid_argument("--devices",
+                            why + " (got \"" + devices + "\"; cpu, cuda:N, cuda:N,M or cuda:all)");
+  };
+  if (devices.rfind("cuda:", 0) != 0) return bad("must be cpu or start with cuda:");
+  const std::string list = devices.substr(5);
+  std::vector<std::string> out;
+  if (list == "all") {
+    const size_t visible = cuda_devices().size();
+    if (visible == 0) return bad("no CUDA GPU is visible");
+    for (size_t i = 0; i < visible; ++i) out.push_back("cuda:" + std::to_string(i));
+    return out;
+  }
+  std::set<int> seen;
+  size_t begin = 0;
+  while (begin <= list.size()) {
+    const size_t end = std::min(list.find(',', begin), list.size());
+    const std::string n = list.substr(begin, end - begin);
+    if (n.empty() || n.size() > 4 || n.find_first_not_of("0123456789") != std::string::npos)
+      return bad("each GPU is a number");
+    if (!seen.insert(std::stoi(n)).second) return bad("GPU " + n + " is listed twice");
+    out.push_back("cuda:" + std::to_string(std::stoi(n)));
+    begin = end + 1;
+  }
+  return out;
+}
 
 Result<std::string> join_secret_load(const fs::path& file) {
   if (const char* env = std::getenv("MOHGE_JOIN_SECRET"); env != nullptr && *env != 0)
@@ -545,11 +576,11 @@ Status WorkerDaemon::run() {
     m.monitor = GpuMonitor::open(m.gpu, &why);
     if (!m.monitor) spdlog::warn("no utilisation or memory figures for GPU {}: {}", m.gpu, why);
   }
-  static bool sink_installed = false;
-  if (!sink_installed) {
-    sink_installed = true;
+  // Once per process, however many daemons (one per GPU) start at the same time.
+  static std::once_flag sink_installed;
+  std::call_once(sink_installed, [] {
     spdlog::default_logger()->sinks().push_back(std::make_shared<ForwardSink>());
-  }
+  });
   auto work = asio::make_work_guard(m.io);
   asio::post(m.io, [&m] { m.connect(); });
   m.io.run();

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "api/result.hpp"
 
@@ -26,6 +27,13 @@ struct DaemonOptions {
   double reconnect_max_s = 5.0;         // reconnect back-off ceiling
   std::string join_secret;              // the cluster join secret (see join_secret_load)
 };
+
+/// `--devices` as one entry per worker: "cpu"; "cuda" or "cuda:N" (one GPU); "cuda:N,M,…" or
+/// "cuda:all" (every visible GPU) → "cuda:N", "cuda:M", … Errors name --devices.
+Result<std::vector<std::string>> split_devices(const std::string& devices);
+
+/// This host's name.
+std::string host_name();
 
 /// The cluster join secret for a daemon: MOHGE_JOIN_SECRET when set, else the first line of
 /// `file` (the coordinator writes it as join.secret in the storage root). Never take it from
