@@ -1,6 +1,7 @@
 #include "worker/dist/placement.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace mohge {
@@ -15,13 +16,14 @@ Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string
   p.owner.assign(static_cast<size_t>(E), 0);
   p.experts.assign(static_cast<size_t>(world), {});
   const std::string R = std::to_string(world);
-  if (kind != "all-size" && kind != "group-per-rank" && kind != "contiguous") {
+  if (kind != "all-size" && kind != "group-per-rank" && kind != "contiguous" &&
+      kind != "all-size-adaptive") {
     return invalid_argument("placement",
-                            "must be one of \"all-size\", \"group-per-rank\", "
-                            "\"contiguous\", got \"" +
+                            "must be one of \"all-size\", \"all-size-adaptive\", "
+                            "\"group-per-rank\", \"contiguous\", got \"" +
                                 kind + "\"");
   }
-  if (f.kind == "mohge" && kind == "all-size") {
+  if (f.kind == "mohge" && (kind == "all-size" || kind == "all-size-adaptive")) {
     const int n = f.experts_per_group;
     if (n % world != 0) {
       return invalid_argument("model.ffn.experts_per_group",
@@ -47,14 +49,207 @@ Result<ExpertPlacement> placement_plan(const ModelSpec& model, const std::string
     }
     for (int e = 0; e < E; ++e) p.owner[static_cast<size_t>(e)] = e / (E / world);
   }
-  p.expert_params.assign(static_cast<size_t>(world), 0);
-  for (int e = 0; e < E; ++e) {
-    const int r = p.owner[static_cast<size_t>(e)];
-    p.experts[static_cast<size_t>(r)].push_back(e);
-    p.expert_params[static_cast<size_t>(r)] +=
-        int64_t{3} * model.d_model * f.expert_hidden_width(e) * model.layers;
-  }
+  placement_index(model, p);
   return p;
+}
+
+void placement_index(const ModelSpec& model, ExpertPlacement& p) {
+  p.experts.assign(static_cast<size_t>(p.world), {});
+  p.expert_params.assign(static_cast<size_t>(p.world), 0);
+  for (size_t e = 0; e < p.owner.size(); ++e) {
+    const int r = p.owner[e];
+    p.experts[static_cast<size_t>(r)].push_back(static_cast<int>(e));
+    p.expert_params[static_cast<size_t>(r)] += int64_t{3} * model.d_model *
+                                               model.ffn.expert_hidden_width(static_cast<int>(e)) *
+                                               model.layers;
+  }
+}
+
+namespace {
+
+// The planner's search over per-group assignments. Loads are per expert; a group's n experts
+// go n/R to each rank.
+class AdaptivePlanner {
+ public:
+  AdaptivePlanner(int groups, int n, int world, const std::vector<double>& load)
+      : G_(groups), n_(n), R_(world), c_(n / world), load_(load) {}
+
+  // Owner (E) minimising the largest rank load.
+  std::vector<int> solve() {
+    std::vector<int> owner = greedy();
+    improve(owner);
+    best_max_ = max_load(owner);
+    best_ = owner;
+    // No placement beats max(mean rank load, heaviest expert): stop there.
+    double sum = 0.0;
+    for (double l : load_) {
+      sum += l;
+      bound_ = std::max(bound_, l);
+    }
+    bound_ = std::max(bound_, sum / R_);
+    if (best_max_ > bound_ * (1 + 1e-12) && search_space() <= 1e6) {  // few: prove it optimal
+      std::vector<double> rank_load(static_cast<size_t>(R_), 0.0);
+      std::vector<int> cur(load_.size(), -1);
+      exact(0, rank_load, cur);
+    }
+    return best_;
+  }
+
+  double max_load(const std::vector<int>& owner) const {
+    std::vector<double> r(static_cast<size_t>(R_), 0.0);
+    for (size_t e = 0; e < owner.size(); ++e) r[static_cast<size_t>(owner[e])] += load_[e];
+    return *std::max_element(r.begin(), r.end());
+  }
+
+ private:
+  double search_space() const {
+    // Assignments of one group: n! / (c!)^R; all groups: that to the power G.
+    double per_group = 1.0;
+    for (int i = 2; i <= n_; ++i) per_group *= i;
+    for (int r = 0; r < R_; ++r)
+      for (int i = 2; i <= c_; ++i) per_group /= i;
+    return std::pow(per_group, G_);
+  }
+
+  // Groups by decreasing spread of their loads; in each, experts by decreasing load go to the
+  // least loaded rank with room left in that group (ties: lower expert id, lower rank).
+  std::vector<int> greedy() const {
+    std::vector<int> order(static_cast<size_t>(G_));
+    std::iota(order.begin(), order.end(), 0);
+    auto spread = [&](int g) {
+      const auto b = load_.begin() + static_cast<std::ptrdiff_t>(g) * n_;
+      const auto [lo, hi] = std::minmax_element(b, b + n_);
+      return *hi - *lo;
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return spread(a) > spread(b); });
+    std::vector<int> owner(load_.size(), 0);
+    std::vector<double> rank_load(static_cast<size_t>(R_), 0.0);
+    for (int g : order) {
+      std::vector<int> ex(static_cast<size_t>(n_));
+      std::iota(ex.begin(), ex.end(), g * n_);
+      std::stable_sort(ex.begin(), ex.end(), [&](int a, int b) {
+        return load_[static_cast<size_t>(a)] > load_[static_cast<size_t>(b)];
+      });
+      std::vector<int> room(static_cast<size_t>(R_), c_);
+      for (int e : ex) {
+        int pick = -1;
+        for (int r = 0; r < R_; ++r) {
+          if (room[static_cast<size_t>(r)] == 0) continue;
+          if (pick < 0 || rank_load[static_cast<size_t>(r)] < rank_load[static_cast<size_t>(pick)])
+            pick = r;
+        }
+        owner[static_cast<size_t>(e)] = pick;
+        --room[static_cast<size_t>(pick)];
+        rank_load[static_cast<size_t>(pick)] += load_[static_cast<size_t>(e)];
+      }
+    }
+    return owner;
+  }
+
+  // Swaps of two experts of one group between the most loaded rank and another, while one
+  // lowers the most loaded rank's load without raising the other's above it.
+  void improve(std::vector<int>& owner) const {
+    std::vector<double> r(static_cast<size_t>(R_), 0.0);
+    for (size_t e = 0; e < owner.size(); ++e) r[static_cast<size_t>(owner[e])] += load_[e];
+    for (int iter = 0; iter < 64 * static_cast<int>(owner.size()); ++iter) {
+      const int top = static_cast<int>(std::max_element(r.begin(), r.end()) - r.begin());
+      const double top_load = r[static_cast<size_t>(top)];
+      double best_after = top_load;
+      int best_a = -1, best_b = -1;
+      for (size_t a = 0; a < owner.size(); ++a) {
+        if (owner[a] != top) continue;
+        const size_t g = a / static_cast<size_t>(n_);
+        for (size_t b = g * static_cast<size_t>(n_); b < (g + 1) * static_cast<size_t>(n_); ++b) {
+          const int other = owner[b];
+          if (other == top) continue;
+          const double d = load_[a] - load_[b];
+          if (d <= 0) continue;
+          const double after = std::max(top_load - d, r[static_cast<size_t>(other)] + d);
+          if (after < best_after - 1e-12 * std::max(1.0, top_load)) {
+            best_after = after;
+            best_a = static_cast<int>(a);
+            best_b = static_cast<int>(b);
+          }
+        }
+      }
+      if (best_a < 0) return;
+      const int other = owner[static_cast<size_t>(best_b)];
+      const double d = load_[static_cast<size_t>(best_a)] - load_[static_cast<size_t>(best_b)];
+      r[static_cast<size_t>(top)] -= d;
+      r[static_cast<size_t>(other)] += d;
+      std::swap(owner[static_cast<size_t>(best_a)], owner[static_cast<size_t>(best_b)]);
+    }
+  }
+
+  // Depth-first over experts in id order (group by group), each to a rank with room left in
+  // its group; a branch whose largest rank load already reaches the best is cut.
+  void exact(size_t e, std::vector<double>& rank_load, std::vector<int>& cur) {
+    if (best_max_ <= bound_ * (1 + 1e-12)) return;  // optimal already
+    if (e == load_.size()) {
+      const double m = *std::max_element(rank_load.begin(), rank_load.end());
+      if (m < best_max_ - 1e-12 * std::max(1.0, best_max_)) {
+        best_max_ = m;
+        best_ = cur;
+      }
+      return;
+    }
+    const size_t g0 = e / static_cast<size_t>(n_) * static_cast<size_t>(n_);
+    for (int r = 0; r < R_; ++r) {
+      int used = 0;
+      for (size_t i = g0; i < e; ++i) used += cur[i] == r;
+      if (used == c_) continue;
+      // Ranks still empty in this group are interchangeable only if their loads are equal;
+      // no symmetry cut here beyond the bound (the spaces searched are small).
+      rank_load[static_cast<size_t>(r)] += load_[e];
+      if (rank_load[static_cast<size_t>(r)] < best_max_ - 1e-12 * std::max(1.0, best_max_)) {
+        cur[e] = r;
+        exact(e + 1, rank_load, cur);
+        cur[e] = -1;
+      }
+      rank_load[static_cast<size_t>(r)] -= load_[e];
+    }
+  }
+
+  int G_, n_, R_, c_;
+  const std::vector<double>& load_;
+  std::vector<int> best_;
+  double best_max_ = 0.0;
+  double bound_ = 0.0;
+};
+
+}  // namespace
+
+Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int world,
+                                                 const std::vector<double>& load) {
+  Result<ExpertPlacement> fixed = placement_plan(model, "all-size", world);
+  if (!fixed.ok()) return fixed.error();
+  const FfnSpec& f = model.ffn;
+  if (f.kind != "mohge") return fixed;  // a uniform MoE has no groups to choose within
+  if (load.size() != static_cast<size_t>(f.num_experts())) {
+    return invalid_argument("placement", "adaptive placement needs one load per expert (" +
+                                             std::to_string(f.num_experts()) + "), got " +
+                                             std::to_string(load.size()));
+  }
+  for (double l : load) {
+    if (!std::isfinite(l) || l < 0) {
+      return invalid_argument("placement", "expert loads must be finite and non-negative");
+    }
+  }
+  AdaptivePlanner planner(f.groups, f.experts_per_group, world, load);
+  std::vector<int> owner = planner.solve();
+  ExpertPlacement p = std::move(fixed).value();
+  p.kind = "all-size-adaptive";
+  if (planner.max_load(owner) < planner.max_load(p.owner)) p.owner = std::move(owner);
+  placement_index(model, p);
+  return p;
+}
+
+double placement_load_imbalance(const ExpertPlacement& p, const std::vector<double>& load) {
+  std::vector<double> r(static_cast<size_t>(p.world), 0.0);
+  for (size_t e = 0; e < load.size() && e < p.owner.size(); ++e)
+    r[static_cast<size_t>(p.owner[e])] += load[e];
+  return load_imbalance(r);
 }
 
 std::vector<double> placement_rank_flops(const ExpertPlacement& p, const ModelSpec& model,

@@ -5,6 +5,12 @@
 //                   every rank (needs n % R == 0).
 //   group-per-rank  whole groups on one rank, as naive heterogeneous MoE does (G % R == 0).
 //   contiguous      global expert ids split in R blocks (E % R == 0).
+//   all-size-adaptive
+//                   All-size (every rank owns n/R experts of every group, so equal expert
+//                   parameters and the same local layout on every rank), but which experts of
+//                   a group each rank owns is chosen per layer from measured loads
+//                   (placement_adaptive) and re-chosen while training (DESIGN.md §15). It
+//                   starts as all-size.
 // A uniform MoE has no groups: every placement is the contiguous split of its E experts.
 #pragma once
 
@@ -17,12 +23,32 @@
 namespace mohge {
 
 struct ExpertPlacement {
-  std::string kind;                       // "all-size", "group-per-rank", "contiguous"
+  std::string kind;                       // "all-size", "group-per-rank", "contiguous", …
   int world = 1;                          // R
   std::vector<int> owner;                 // (E) rank owning routed expert e
   std::vector<std::vector<int>> experts;  // (R) routed experts of each rank, ascending
   std::vector<int64_t> expert_params;     // (R) routed expert parameters per rank, all layers
+  /// Per-layer placements (all-size-adaptive once re-planned); empty: this one in every layer.
+  std::vector<ExpertPlacement> layers;
+  const ExpertPlacement& layer(int l) const {
+    return layers.empty() ? *this : layers[static_cast<size_t>(l)];
+  }
 };
+
+/// Fills `experts` and `expert_params` from `owner` (and `world`).
+void placement_index(const ModelSpec& model, ExpertPlacement& p);
+
+/// One layer's All-size placement that minimises the largest rank load for `load` (E: the
+/// work of each expert, e.g. an average of its tokens times 6·D·W): each rank gets n/R
+/// experts of every group. Exact (branch and bound) when the choices are few, else greedy by
+/// decreasing load with pairwise swaps off the most loaded rank; never worse on `load` than
+/// static all-size. Deterministic: the same loads give the same placement. Needs a MoHGE
+/// spec with n % R == 0.
+Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int world,
+                                                 const std::vector<double>& load);
+
+/// Largest rank load over the mean for `load` (E) under placement `p`.
+double placement_load_imbalance(const ExpertPlacement& p, const std::vector<double>& load);
 
 /// Plans the placement of `spec.model.ffn`'s routed experts over `world` ranks. Errors name the
 /// fields whose divisibility the placement needs.
