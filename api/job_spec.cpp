@@ -182,7 +182,10 @@ Result<JobSpec> parse_job_spec(const json& j) {
     r.choice("device", s.resources.device, {"cpu", "cuda"}, false);
     r.reject_unknown();
   }
-  top.choice("placement", s.placement, {"all-size", "group-per-rank", "contiguous"}, false);
+  top.choice("placement", s.placement,
+             {"all-size", "all-size-adaptive", "group-per-rank", "contiguous"}, false);
+  top.integer("placement_every", s.placement_every, false, 0, int64_t{1} << 40);
+  top.real("placement_min_gain", s.placement_min_gain, false, 0.0, 1.0);
   if (const json* c = top.get("checkpoint", false)) {
     FieldReader r(*c, "checkpoint", errors);
     r.integer("every", s.checkpoint.every, false, 0, int64_t{1} << 40);
@@ -196,7 +199,7 @@ Result<JobSpec> parse_job_spec(const json& j) {
   const FfnSpec& f = s.model.ffn;
   const int R = s.resources.workers;
   if (f.kind == "mohge" && f.experts_per_group > 0 && R > 0 && f.experts_per_group % R != 0 &&
-      s.placement == "all-size") {
+      (s.placement == "all-size" || s.placement == "all-size-adaptive")) {
     errors.push_back(invalid_argument("model.ffn.experts_per_group",
                                       "must be divisible by resources.workers (" +
                                           std::to_string(R) + ") for all-size placement, got " +
@@ -299,6 +302,8 @@ json job_spec_to_json(const JobSpec& s) {
                 {"precision", t.precision}}},
               {"resources", {{"workers", s.resources.workers}, {"device", s.resources.device}}},
               {"placement", s.placement},
+              {"placement_every", s.placement_every},
+              {"placement_min_gain", s.placement_min_gain},
               {"checkpoint", {{"every", s.checkpoint.every}, {"keep", s.checkpoint.keep}}},
               {"priority", s.priority},
               {"max_restarts", s.max_restarts}};

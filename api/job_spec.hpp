@@ -96,7 +96,12 @@ struct JobSpec {
   DataSpec data;
   TrainSpec train;
   ResourcesSpec resources;
-  std::string placement = "all-size";  // "all-size" | "group-per-rank" | "contiguous"
+  // "all-size" | "all-size-adaptive" | "group-per-rank" | "contiguous"
+  std::string placement = "all-size";
+  // all-size-adaptive: re-plan every this many steps (0: never) from the measured loads, and
+  // move experts when the predicted imbalance drops by at least this fraction.
+  int64_t placement_every = 50;
+  double placement_min_gain = 0.02;
   CheckpointSpec checkpoint;
   int priority = 50;     // 0..100, higher first
   int max_restarts = 3;  // recoveries after lost workers before the job FAILS

@@ -385,6 +385,69 @@ TEST_F(Distributed, TokenRowsAndGradientsTravelOnTheDataPlaneAndCountsOnTheContr
   }
 }
 
+// all-size-adaptive re-plans every 2 steps and moves experts (weights and AdamW moments)
+// between ranks several times, yet every step's loss equals one process; a resume in the
+// same world continues with the recorded placement, and a resume in another world starts
+// from static All-size, both still equal to one process.
+TEST_F(Distributed, AdaptivePlacementMovesExpertsWithoutChangingTheMath) {
+  JobSpec spec = spec_for("mohge");
+  spec.placement = "all-size-adaptive";
+  spec.placement_every = 2;
+  spec.placement_min_gain = 0.0;
+  JobSpec longer = spec;
+  longer.train.steps = 8;
+  // One process: 6 steps, then resumed to 8 (the schedule is the resumed run's).
+  expect_success(train(spec, 1, "single"));
+  const auto single6 = read_metric("single", "loss");
+  ASSERT_EQ(single6.size(), 6u);
+  expect_success(train(longer, 1, "single", /*resume=*/true));
+  const auto single = read_metric("single", "loss");
+  ASSERT_EQ(single.size(), 8u);
+  for (int world : {2, 4}) {
+    const std::string run = "adaptive-" + std::to_string(world);
+    expect_success(train(spec, world, run));
+    const auto first = read_metric(run, "loss");
+    ASSERT_EQ(first.size(), 6u);
+    for (size_t i = 0; i < first.size(); ++i)
+      EXPECT_NEAR(first[i], single6[i], 1e-5 * std::abs(single6[i])) << run << " step " << i + 1;
+    // The moves: at steps 2 and 4 (not after the last step), each with experts and bytes.
+    int events = 0;
+    {
+      std::ifstream in(root_ / run / "metrics.jsonl");
+      std::string line;
+      while (std::getline(in, line)) {
+        const json j = json::parse(line);
+        if (!j.contains("placement")) continue;
+        ++events;
+        EXPECT_GT(j["placement"]["experts_moved"].get<int>(), 0) << line;
+        EXPECT_GT(j["placement"]["bytes"].get<int64_t>(), 0) << line;
+        EXPECT_LT(j["placement"]["predicted_imbalance_after"].get<double>(),
+                  j["placement"]["predicted_imbalance_before"].get<double>())
+            << line;
+      }
+    }
+    EXPECT_GE(events, 2) << world << " ranks";
+    // The checkpoints record the placement they were written under, layer by layer.
+    const json state = json::parse(
+        std::ifstream(root_ / run / "checkpoints" / "step-00000006" / "trainer_state.json"));
+    ASSERT_TRUE(state.contains("placement")) << state.dump();
+    EXPECT_EQ(state["placement"].size(), static_cast<size_t>(spec.model.layers));
+    EXPECT_NE(state["placement"][0].get<std::vector<int>>(),
+              placement_plan(spec.model, "all-size", world).value().owner)
+        << "the experts moved away from static All-size";
+    // Resume to step 8 in the same world (the recorded placement) and in another one.
+    fs::copy(root_ / run, root_ / (run + "-other"), fs::copy_options::recursive);
+    expect_success(train(longer, world, run, /*resume=*/true));
+    expect_success(train(longer, world == 2 ? 4 : 2, run + "-other", /*resume=*/true));
+    for (const std::string& r : {run, run + "-other"}) {
+      const auto ranks = read_metric(r, "loss");
+      ASSERT_EQ(ranks.size(), 8u) << r;
+      for (size_t i = 0; i < single.size(); ++i)
+        EXPECT_NEAR(ranks[i], single[i], 1e-5 * std::abs(single[i])) << r << " step " << i + 1;
+    }
+  }
+}
+
 // GPU hosts with two or more GPUs (deploy/gpu-check.sh runs it there): two ranks on two GPUs,
 // token rows and gradients over NCCL, train like one GPU. Elsewhere it skips with the reason.
 // The GPUs are counted in a child: CUDA must not start in this process before it forks.

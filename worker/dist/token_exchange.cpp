@@ -10,11 +10,15 @@ TokenExchange::TokenExchange(Communicator& control, Communicator& data, Backend&
     : control_(control),
       data_(data),
       be_(backend),
-      placement_(placement),
       dim_(dim),
       world_(control.world()),
       rank_(control.rank()),
       local_offsets_{0} {
+  set_placement(placement);
+}
+
+void TokenExchange::set_placement(const ExpertPlacement& placement) {
+  n_mine_ = placement.experts[static_cast<size_t>(rank_)].size();
   slot_of_expert_.assign(placement.owner.size(), 0);
   slot_begin_.assign(static_cast<size_t>(world_) + 1, 0);
   int32_t slot = 0;
@@ -28,7 +32,7 @@ TokenExchange::TokenExchange(Communicator& control, Communicator& data, Backend&
 
 Status TokenExchange::plan(const DispatchPlan& local) {
   const size_t R = static_cast<size_t>(world_);
-  const size_t n_mine = placement_.experts[static_cast<size_t>(rank_)].size();
+  const size_t n_mine = n_mine_;
   // Counts of rows per (destination, expert of the destination), in slot order.
   std::vector<int64_t> send_counts(local.expert_offsets.size() - 1);
   for (size_t s = 0; s < send_counts.size(); ++s)

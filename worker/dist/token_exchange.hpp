@@ -27,9 +27,13 @@ namespace mohge {
 
 class TokenExchange {
  public:
-  /// `control` (counts), `data` (rows), `backend` and `placement` must outlive the exchange.
+  /// `control` (counts), `data` (rows) and `backend` must outlive the exchange; `placement`
+  /// is the layer's (copied).
   TokenExchange(Communicator& control, Communicator& data, Backend& backend,
                 const ExpertPlacement& placement, int64_t dim);
+
+  /// The layer's experts moved (adaptive placement): the slots follow the new owners.
+  void set_placement(const ExpertPlacement& placement);
 
   /// (E) slot of each global expert id: the order the local dispatch plan must sort by.
   const std::vector<int32_t>& slot_of_expert() const { return slot_of_expert_; }
@@ -64,8 +68,8 @@ class TokenExchange {
   Communicator& control_;
   Communicator& data_;
   Backend& be_;
-  const ExpertPlacement& placement_;
-  int64_t dim_;  // D
+  size_t n_mine_ = 0;  // experts this rank owns
+  int64_t dim_;        // D
   int world_, rank_;
   std::vector<int32_t> slot_of_expert_;  // (E)
   std::vector<int> slot_begin_;          // (R+1) first slot of each rank

@@ -72,6 +72,10 @@ class FeedForward {
   virtual int64_t expert_params() const = 0;
   /// Timing of the last forward+backward; nullptr for dense layers.
   virtual const LayerTimes* times() const { return nullptr; }
+  /// The placement this layer was built with changed (adaptive placement, between steps):
+  /// each owned slot takes the name of the expert it holds now and the token exchange
+  /// follows the new owners. Moving the values is the caller's (worker/dist/replace.hpp).
+  virtual void placement_changed() {}
 };
 
 /// Name prefix of routed expert `expert` of layer `layer` (storage/FORMAT.md):

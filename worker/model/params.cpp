@@ -7,6 +7,17 @@
 
 namespace mohge {
 
+void ParamStore::rename(int index, const std::string& name) {
+  ParamInfo& p = info_.at(static_cast<size_t>(index));
+  if (p.name == name) return;
+  const auto taken = by_name_.find(name);
+  MOHGE_CHECK(taken == by_name_.end() || taken->second == index,
+              "rename " << p.name << " to " << name << ": the name is taken");
+  by_name_.erase(p.name);
+  p.name = name;
+  by_name_[name] = index;
+}
+
 int ParamStore::add(std::string name, std::vector<int64_t> shape, ParamInit init, float init_std,
                     bool weight_decay, bool replicated) {
   MOHGE_CHECK(backend_ == nullptr, "add() after allocate(): " << name);

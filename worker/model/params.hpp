@@ -46,6 +46,9 @@ class ParamStore {
   const ParamInfo& info(int index) const { return info_[static_cast<size_t>(index)]; }
   /// -1 if absent.
   int find(const std::string& name) const;
+  /// Gives parameter `index` a new name (a routed expert slot that now holds another expert);
+  /// the name must not be taken by another parameter.
+  void rename(int index, const std::string& name);
   const std::vector<ParamInfo>& all() const { return info_; }
   int64_t total_size() const { return total_; }
   /// Floats of the replicated region, which starts the arena.

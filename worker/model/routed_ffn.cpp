@@ -54,7 +54,12 @@ std::string ffn_expert_name(const FfnSpec& ffn, int layer, int expert) {
 
 RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamStore& params,
                      const ParallelContext& parallel)
-    : be_(backend), ps_(params), parallel_(parallel), f_(spec.ffn), dim_(spec.d_model) {
+    : be_(backend),
+      ps_(params),
+      parallel_(parallel),
+      layer_(layer),
+      f_(spec.ffn),
+      dim_(spec.d_model) {
   mohge_ = f_.kind == "mohge";
   const int64_t D = dim_, E = f_.num_experts();
   const int64_t G = mohge_ ? f_.groups : 1;
@@ -83,9 +88,10 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
   };
   if (parallel_.distributed()) {
     MOHGE_CHECK(parallel_.placement != nullptr, "a distributed RoutedFfn needs a placement");
-    owned_ = parallel_.placement->experts[static_cast<size_t>(parallel_.rank())];
-    exchange_ = std::make_unique<TokenExchange>(*parallel_.comm, parallel_.data(), be_,
-                                                *parallel_.placement, D);
+    const ExpertPlacement& placement = parallel_.placement->layer(layer);
+    owned_ = placement.experts[static_cast<size_t>(parallel_.rank())];
+    exchange_ =
+        std::make_unique<TokenExchange>(*parallel_.comm, parallel_.data(), be_, placement, D);
     const std::vector<int32_t>& slot = exchange_->slot_of_expert();
     slot_of_expert_ = Buffer<int32_t>(be_, static_cast<int64_t>(slot.size()));
     be_.copy_from_host(slot_of_expert_.data(), slot.data(), sizeof(int32_t) * slot.size());
@@ -182,6 +188,30 @@ void RoutedFfn::build_slices(int64_t num_tokens, const float* x, const float* ro
   }
   for (size_t s = 0; s < shared_.size(); ++s)
     add(shared_[s], num_tokens, x, shared_y_.data() + static_cast<int64_t>(s) * num_tokens * D);
+}
+
+void RoutedFfn::placement_changed() {
+  if (!exchange_) return;
+  const ExpertPlacement& placement = parallel_.placement->layer(layer_);
+  const std::vector<int>& owned = placement.experts[static_cast<size_t>(parallel_.rank())];
+  MOHGE_CHECK(owned.size() == owned_.size(), "a re-placement changed the experts per rank");
+  // Two passes: a slot may take the name another slot still holds.
+  for (size_t j = 0; j < owned.size(); ++j) {
+    const int index[] = {experts_[j].gate_up, experts_[j].gate_up + 1, experts_[j].down};
+    for (int i = 0; i < 3; ++i) ps_.rename(index[i], ps_.info(index[i]).name + " (moving)");
+  }
+  for (size_t j = 0; j < owned.size(); ++j) {
+    MOHGE_CHECK(f_.expert_hidden_width(owned[j]) == experts_[j].width,
+                "a re-placement changed the width of slot " << j);
+    const std::string name = ffn_expert_name(f_, layer_, owned[j]);
+    ps_.rename(experts_[j].gate_up, name + ".gate_proj.weight");
+    ps_.rename(experts_[j].gate_up + 1, name + ".up_proj.weight");
+    ps_.rename(experts_[j].down, name + ".down_proj.weight");
+  }
+  owned_ = owned;
+  exchange_->set_placement(placement);
+  const std::vector<int32_t>& slot = exchange_->slot_of_expert();
+  be_.copy_from_host(slot_of_expert_.data(), slot.data(), sizeof(int32_t) * slot.size());
 }
 
 void RoutedFfn::reduce_counts(int64_t num_tokens, const FfnStepOptions& opt) {

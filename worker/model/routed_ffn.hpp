@@ -24,6 +24,7 @@ class RoutedFfn final : public FeedForward {
   bool routing_decisions(std::vector<int32_t>* index, std::vector<float>* weight) const override;
   int64_t expert_params() const override;
   const LayerTimes* times() const override { return &times_; }
+  void placement_changed() override;
 
  private:
   struct ExpertParams {
@@ -44,6 +45,7 @@ class RoutedFfn final : public FeedForward {
   Backend& be_;
   ParamStore& ps_;
   ParallelContext parallel_;
+  int layer_ = 0;
   FfnSpec f_;
   int64_t dim_;  // D
   bool mohge_ = false;

@@ -57,6 +57,11 @@ class Transformer {
   std::vector<const LayerRouting*> routing() const;
   /// Layer `layer`'s FFN (routing_decisions() and the like).
   const FeedForward& ffn(int layer) const { return *layers_[static_cast<size_t>(layer)].ffn; }
+  /// The placement's experts moved: every routed layer renames its slots and re-plans its
+  /// exchange (FeedForward::placement_changed).
+  void placement_changed() {
+    for (auto& l : layers_) l.ffn->placement_changed();
+  }
 
   int64_t total_params() const { return params_.total_size(); }
   /// Parameters of the FFN experts held on this rank (routed + shared), or of the dense FFNs.

@@ -80,6 +80,7 @@ Status write_metadata_files(const fs::path& dir, const JobSpec& spec, const Trai
                   {"optimizer_steps", optimizer_steps},
                   {"world", world}};
   if (attempt > 0) trainer["attempt"] = attempt;  // the service attempt that wrote it
+  if (!state.placement.empty()) trainer["placement"] = state.placement;
   // Written last: its presence marks the folder as complete (checkpoint_list).
   return write_text(dir / "trainer_state.json", trainer.dump(2) + "\n");
 }
@@ -117,9 +118,10 @@ std::map<std::string, std::string> weight_map(const ParamStore& rank0_params,
   for (const ParamInfo& p : rank0_params.all())
     if (p.replicated) map[p.name + suffix] = shard_file_name(stem, 0, R);
   for (int l = 0; l < model.layers; ++l) {
-    for (size_t e = 0; e < placement.owner.size(); ++e) {
+    const ExpertPlacement& layer = placement.layer(l);
+    for (size_t e = 0; e < layer.owner.size(); ++e) {
       const std::string name = ffn_expert_name(model.ffn, l, static_cast<int>(e));
-      const std::string file = shard_file_name(stem, placement.owner[e], R);
+      const std::string file = shard_file_name(stem, layer.owner[e], R);
       for (const char* proj : {".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"})
         map[name + proj + suffix] = file;
     }
@@ -321,6 +323,18 @@ Status params_load(TensorSource& source, ParamStore& params, Backend& backend, b
     }
   }
   return {};
+}
+
+Result<std::vector<std::vector<int>>> checkpoint_placement(const fs::path& checkpoint) {
+  std::ifstream in(checkpoint / "trainer_state.json");
+  try {
+    const json j = json::parse(in);
+    if (!j.contains("placement")) return std::vector<std::vector<int>>{};
+    return j.at("placement").get<std::vector<std::vector<int>>>();
+  } catch (const json::exception& e) {
+    return Error{ErrorCode::kDataLoss,
+                 (checkpoint / "trainer_state.json").string() + " is unreadable: " + e.what(), ""};
+  }
 }
 
 Status checkpoint_load(const fs::path& checkpoint, Transformer& model, AdamW* optimizer,

@@ -28,7 +28,13 @@ struct TrainerState {
   int64_t step = 0;    // completed steps
   BatchPosition data;  // position of the training batches (of the global batch)
   uint64_t seed = 0;   // train.seed of the run
+  // all-size-adaptive: the owner of every expert in every layer (layers × E) when the
+  // checkpoint was written, so a resume in the same world continues with it; empty otherwise.
+  std::vector<std::vector<int>> placement;
 };
+
+/// The placement recorded in a checkpoint's trainer_state.json (empty when there is none).
+Result<std::vector<std::vector<int>>> checkpoint_placement(const std::filesystem::path& checkpoint);
 
 /// The writer of a run under the service: its attempt number (recorded in
 /// trainer_state.json; 0 outside the service) and its fence, which fails once a newer attempt

@@ -56,6 +56,7 @@ json step_layer_metrics(const ParallelContext& parallel, const Transformer& mode
                                     ? Result<ExpertPlacement>(*parallel.placement)
                                     : placement_plan(spec, "contiguous", 1);
   Result<ExpertPlacement> naive = placement_plan(spec, "group-per-rank", R);
+  Result<ExpertPlacement> fixed = placement_plan(spec, "all-size", R);
 
   json layers = json::array();
   for (int64_t l = 0; l < L; ++l) {
@@ -72,14 +73,14 @@ json step_layer_metrics(const ParallelContext& parallel, const Transformer& mode
                 {"aux_group", losses.layer_aux[static_cast<size_t>(2 * l)]},
                 {"aux_expert", losses.layer_aux[static_cast<size_t>(2 * l + 1)]}};
     if (own.ok()) {
-      const std::vector<double> flops =
-          placement_rank_flops(own.value(), spec, r->expert_assignments);
+      const ExpertPlacement& here = own.value().layer(static_cast<int>(l));
+      const std::vector<double> flops = placement_rank_flops(here, spec, r->expert_assignments);
       const size_t G = r->group_assignments.size();
       const int n = spec.ffn.kind == "mohge" ? spec.ffn.experts_per_group : spec.ffn.num_experts();
       json ranks = json::array();
       for (int k = 0; k < R; ++k) {
         std::vector<double> by_group(G, 0.0);
-        for (int e : own.value().experts[static_cast<size_t>(k)])
+        for (int e : here.experts[static_cast<size_t>(k)])
           by_group[static_cast<size_t>(e / n)] += r->expert_assignments[static_cast<size_t>(e)];
         const double* t = times.data() + (k * L + l) * 3;
         ranks.push_back({{"rank", k},
@@ -91,6 +92,11 @@ json step_layer_metrics(const ParallelContext& parallel, const Transformer& mode
       }
       rec["ranks"] = ranks;
       rec["imbalance"] = load_imbalance(flops);
+    }
+    // An adaptive run also shows what static All-size would give for the same routing.
+    if (own.ok() && own.value().kind == "all-size-adaptive" && fixed.ok()) {
+      rec["imbalance_all_size"] =
+          load_imbalance(placement_rank_flops(fixed.value(), spec, r->expert_assignments));
     }
     rec["imbalance_group_per_rank"] =
         naive.ok()

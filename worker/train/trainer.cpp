@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "worker/dist/expert_moves.hpp"
 #include "worker/train/checkpoint.hpp"
 #include "worker/train/optimizer.hpp"
 #include "worker/train/progress.hpp"
@@ -248,6 +249,96 @@ Status Trainer::run(const std::function<void(const StepReport&)>& on_step) {
   }
 }
 
+void Trainer::restore_placement(const std::vector<std::vector<int>>& owners) {
+  const ModelSpec& m = spec_.model;
+  const int E = m.ffn.num_experts(), R = placement_->world;
+  if (owners.size() != static_cast<size_t>(m.layers)) return;  // none, or another model
+  std::vector<ExpertPlacement> layers;
+  for (const std::vector<int>& owner : owners) {
+    if (owner.size() != static_cast<size_t>(E)) return;
+    ExpertPlacement p = *placement_;
+    p.layers.clear();
+    p.owner = owner;
+    for (int o : owner)
+      if (o < 0 || o >= R) return;  // another world: start from static All-size
+    placement_index(m, p);
+    // Only an All-size placement fits the slots every rank has.
+    for (const std::vector<int>& mine : p.experts)
+      if (mine.size() != placement_->experts[0].size()) return;
+    for (size_t r = 0; r < p.experts.size(); ++r)
+      for (size_t j = 0; j < p.experts[r].size(); ++j)
+        if (m.ffn.expert_hidden_width(p.experts[r][j]) !=
+            m.ffn.expert_hidden_width(placement_->experts[r][j]))
+          return;
+    layers.push_back(std::move(p));
+  }
+  placement_->layers = std::move(layers);
+  model_->placement_changed();
+  if (parallel_.rank() == 0) spdlog::info("continuing with the checkpoint's expert placement");
+}
+
+Result<json> Trainer::adapt_placement(int64_t step, AdamW& optimizer) {
+  if (!placement_ || placement_->kind != "all-size-adaptive" || !parallel_.distributed())
+    return json(nullptr);
+  const ModelSpec& m = spec_.model;
+  const std::vector<const LayerRouting*> routing = model_->routing();
+  if (load_ema_.empty()) load_ema_.assign(routing.size(), {});
+  // The tokens of each expert (summed over ranks: the same numbers on every rank), averaged
+  // over about the last ten steps.
+  for (size_t l = 0; l < routing.size(); ++l) {
+    if (routing[l] == nullptr) continue;
+    const std::vector<double>& now = routing[l]->expert_assignments;
+    std::vector<double>& ema = load_ema_[l];
+    if (ema.empty()) {
+      ema = now;
+    } else {
+      for (size_t e = 0; e < ema.size(); ++e) ema[e] = 0.9 * ema[e] + 0.1 * now[e];
+    }
+  }
+  if (spec_.placement_every <= 0 || step % spec_.placement_every != 0) return json(nullptr);
+
+  // Plan every layer on its expected FLOPs; move only when the layers' mean predicted
+  // imbalance drops by placement_min_gain.
+  ExpertPlacement next = *placement_;
+  next.layers.clear();
+  double before = 0.0, after = 0.0;
+  for (int l = 0; l < m.layers; ++l) {
+    std::vector<double> flops(load_ema_[static_cast<size_t>(l)]);
+    for (size_t e = 0; e < flops.size(); ++e)
+      flops[e] *= 6.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e));
+    Result<ExpertPlacement> p = placement_adaptive_layer(m, placement_->world, flops);
+    if (!p.ok()) return p.error();
+    before += placement_load_imbalance(placement_->layer(l), flops);
+    after += placement_load_imbalance(p.value(), flops);
+    next.layers.push_back(std::move(p).value());
+  }
+  before /= m.layers;
+  after /= m.layers;
+  if (before - after < spec_.placement_min_gain * before) return json(nullptr);
+
+  const ExpertPlacement from = *placement_;
+  const int64_t moved_experts = expert_moves_count(m, from, next);
+  if (moved_experts == 0) return json(nullptr);
+  Result<ExpertMoves> moved = expert_moves_apply(
+      model_->params(),
+      {model_->params().data_arena(), optimizer.exp_avg(), optimizer.exp_avg_sq()}, m, from, next,
+      parallel_.data(), be_, [&] {
+        *placement_ = next;
+        model_->placement_changed();
+      });
+  if (!moved.ok()) throw CollectiveError(moved.error());
+  // Bytes of all ranks, milliseconds averaged over them (small host values: control plane).
+  double cost[2] = {static_cast<double>(moved.value().bytes_sent), moved.value().ms};
+  collective_check(parallel_.comm->all_reduce(cost, 2, ReduceOp::kSum));
+  return json{{"step", step},
+              {"placement",
+               {{"experts_moved", moved_experts},
+                {"bytes", static_cast<int64_t>(cost[0])},
+                {"ms", cost[1] / placement_->world},
+                {"predicted_imbalance_before", before},
+                {"predicted_imbalance_after", after}}}};
+}
+
 Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step) {
   using Clock = std::chrono::steady_clock;
   const TrainSpec& ts = spec_.train;
@@ -270,6 +361,12 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
       int64_t step = rank == 0 ? std::stoll(latest.filename().string().substr(5)) : 0;
       collective_check(parallel_.comm->broadcast(&step, sizeof(step), 0));
       latest = ckpt_dir / checkpoint_folder_name(step);
+    }
+    if (placement_ && placement_->kind == "all-size-adaptive") {
+      // The experts each rank held when the checkpoint was written (names follow them).
+      Result<std::vector<std::vector<int>>> owners = checkpoint_placement(latest);
+      if (!owners.ok()) return owners.error();
+      restore_placement(owners.value());
     }
     if (Status s = checkpoint_load(latest, *model_, &optimizer, &state); !s.ok()) return s;
     if (state.seed != ts.seed) {
@@ -388,6 +485,19 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
         return s.error();
       }
     }
+    if (r.step < ts.steps) {
+      Result<json> moved = adapt_placement(r.step, optimizer);
+      if (!moved.ok()) {
+        progress.newline();
+        return moved.error();
+      }
+      if (lead && !moved.value().is_null()) {
+        if (Status s = write_record(moved.value()); !s.ok()) {
+          progress.newline();
+          return s.error();
+        }
+      }
+    }
 
     const bool last = r.step == ts.steps;
     if ((ts.eval_every > 0 && r.step % ts.eval_every == 0) || last) {
@@ -424,6 +534,10 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
       stop = stop || asked > 0.0f;
     }
     r.stopped = stop && !last;
+    if (placement_ && !placement_->layers.empty()) {
+      state.placement.clear();
+      for (const ExpertPlacement& l : placement_->layers) state.placement.push_back(l.owner);
+    }
     if ((spec_.checkpoint.every > 0 && r.step % spec_.checkpoint.every == 0) || last || stop) {
       Result<fs::path> written =
           checkpoint_write(ckpt_dir, *model_, optimizer, spec_, state, spec_.checkpoint.keep,

@@ -27,6 +27,8 @@
 
 namespace mohge {
 
+class AdamW;
+
 /// The backend a spec asks for: resources.device and train.precision; errors name the field
 /// when this host cannot provide it. `gpu`: which visible GPU a "cuda" rank uses.
 Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads, int gpu = 0);
@@ -116,6 +118,12 @@ class Trainer {
   Trainer(const JobSpec& spec, const TrainOptions& options, Backend& backend, TokenWindows train,
           TokenWindows val, std::unique_ptr<ExpertPlacement> placement);
   Status train_loop(const std::function<void(const StepReport&)>& on_step);
+  // all-size-adaptive: folds this step's routing into the moving loads, and every
+  // placement_every steps re-plans and moves experts when the predicted gain is worth it.
+  // Returns the event record (or null when nothing moved).
+  Result<nlohmann::json> adapt_placement(int64_t step, AdamW& optimizer);
+  // Applies a placement recorded in a checkpoint (same world and shape; else ignored).
+  void restore_placement(const std::vector<std::vector<int>>& owners);
 
   JobSpec spec_;
   TrainOptions options_;
@@ -123,6 +131,7 @@ class Trainer {
   TokenWindows train_;
   TokenWindows val_;
   std::unique_ptr<ExpertPlacement> placement_;  // null in a single process
+  std::vector<std::vector<double>> load_ema_;   // (layers, E) moving average of expert tokens
   ParallelContext parallel_;
   std::unique_ptr<Transformer> model_;
 };
