@@ -12,6 +12,7 @@
 #include "worker/dist/local_ranks.hpp"
 #include "worker/dist/placement.hpp"
 #include "worker/dist/rank_runner.hpp"
+#include "worker/model/rng.hpp"
 
 namespace mohge {
 
@@ -243,7 +244,8 @@ Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::strin
   return b;
 }
 
-Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_t skip) {
+Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_t skip,
+                                    int64_t every) {
   Result<JobSpec> spec = load_job_spec((run_dir / "job.json").string());
   if (!spec.ok()) return spec.error();
   const ModelSpec& m = spec.value().model;
@@ -257,14 +259,64 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
   if (!in) return Error{ErrorCode::kNotFound, "no metrics.jsonl in " + run_dir.string(), "--run"};
   BalanceReport rep;
   rep.workers = workers;
+  rep.every = every >= 0 ? every : spec.value().placement_every;
+  const bool adaptive_possible = m.ffn.kind == "mohge";
+  // The replayed adaptive placement per layer and its moving loads (as Trainer does it).
+  std::vector<ExpertPlacement> current(static_cast<size_t>(m.layers), all.value());
+  std::vector<std::vector<double>> ema(static_cast<size_t>(m.layers));
+  auto flops_of = [&](std::vector<double> counts) {
+    for (size_t e = 0; e < counts.size(); ++e)
+      counts[e] *= 6.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e));
+    return counts;
+  };
+  Rng rng(12345);
+  double noise = 0, noise_n = 0;
   double n = 0;
   std::string line;
   while (std::getline(in, line)) {
     const json r = json::parse(line);
-    if (!r.contains("layers") || r["step"].get<int64_t>() <= skip) continue;
-    ++rep.steps;
+    if (!r.contains("layers")) continue;
+    const int64_t step = r["step"].get<int64_t>();
+    const bool counted = step > skip;
+    if (counted) ++rep.steps;
     for (const json& l : r["layers"]) {
       const auto counts = l["expert_assignments"].get<std::vector<double>>();
+      const size_t layer = l["layer"].get<size_t>();
+      if (layer >= current.size()) continue;
+      const double adaptive = load_imbalance(placement_rank_flops(current[layer], m, counts));
+      std::vector<double>& avg = ema[layer];
+      if (avg.empty()) {
+        avg = counts;
+      } else {
+        for (size_t e = 0; e < avg.size() && e < counts.size(); ++e)
+          avg[e] = 0.9 * avg[e] + 0.1 * counts[e];
+      }
+      if (adaptive_possible && rep.every > 0 && step % rep.every == 0) {
+        const std::vector<double> load = flops_of(avg);
+        Result<ExpertPlacement> next = placement_adaptive_layer(m, workers, load);
+        if (next.ok()) {
+          const double before = placement_load_imbalance(current[layer], load);
+          const double after = placement_load_imbalance(next.value(), load);
+          if (before - after >= spec.value().placement_min_gain * before &&
+              next.value().owner != current[layer].owner) {
+            current[layer] = std::move(next).value();
+            ++rep.replans;
+          }
+        }
+      }
+      if (!counted) continue;
+      // The noise floor: the same number of assignments spread uniformly over the experts.
+      double total = 0;
+      for (double c : counts) total += c;
+      for (int sample = 0; sample < 8; ++sample) {
+        std::vector<double> uniform(counts.size(), 0.0);
+        for (int64_t a = 0; a < static_cast<int64_t>(total); ++a)
+          uniform[rng.below(uniform.size())] += 1.0;
+        noise += load_imbalance(placement_rank_flops(all.value(), m, uniform));
+        noise_n += 1;
+      }
+      rep.adaptive += adaptive;
+      rep.adaptive_max = std::max(rep.adaptive_max, adaptive);
       const double a = load_imbalance(placement_rank_flops(all.value(), m, counts));
       const double g = load_imbalance(placement_rank_flops(naive.value(), m, counts));
       rep.all_size += a;
@@ -282,6 +334,8 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
   rep.all_size /= n;
   rep.group_per_rank /= n;
   rep.contiguous /= n;
+  rep.adaptive /= n;
+  rep.noise_floor = noise / std::max(1.0, noise_n);
   return rep;
 }
 

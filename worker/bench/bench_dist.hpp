@@ -52,13 +52,22 @@ struct BalanceReport {
   double contiguous = 0;
   double all_size_max = 0;  // worst step-layer
   double group_per_rank_max = 0;
+  // all-size-adaptive replayed on the same routing as the trainer runs it (a moving average
+  // of the loads, re-planned every `every` steps, moved when the gain passes min_gain).
+  double adaptive = 0;
+  double adaptive_max = 0;
+  int64_t every = 0;
+  int64_t replans = 0;  // re-plans that moved experts
+  // Sampling noise: static All-size under a perfectly uniform router that routes the same
+  // number of assignments (the imbalance no placement can remove).
+  double noise_floor = 0;
 };
 
 /// Rank imbalance of each placement over R ranks for the routing a run recorded in its
 /// metrics.jsonl (expert assignments per layer and step), skipping the first `skip` steps.
 /// The routing of an R-rank run equals the single-process run's (tests prove it), so any run
 /// of the job serves.
-Result<BalanceReport> bench_balance(const std::filesystem::path& run_dir, int workers,
-                                    int64_t skip);
+Result<BalanceReport> bench_balance(const std::filesystem::path& run_dir, int workers, int64_t skip,
+                                    int64_t every = -1);
 
 }  // namespace mohge

@@ -27,6 +27,7 @@ struct BenchArgs {
   std::string run;
   std::string from;
   int64_t skip = 100;
+  int64_t every = -1;     // bench balance: adaptive re-plan interval (-1: the run's)
   std::string precision;  // overrides the spec's train.precision when set
   std::string device;     // overrides the spec's resources.device when set
 };
@@ -83,7 +84,7 @@ int run_bench_comm(const BenchArgs& a) {
 }
 
 int run_bench_balance(const BenchArgs& a) {
-  Result<BalanceReport> r = bench_balance(a.run, a.workers, a.skip);
+  Result<BalanceReport> r = bench_balance(a.run, a.workers, a.skip, a.every);
   if (!r.ok()) return report(r.error());
   const BalanceReport& b = r.value();
   const nlohmann::json out = {{"bench", "balance"},
@@ -94,7 +95,12 @@ int run_bench_balance(const BenchArgs& a) {
                               {"imbalance_group_per_rank", b.group_per_rank},
                               {"imbalance_contiguous", b.contiguous},
                               {"worst_all_size", b.all_size_max},
-                              {"worst_group_per_rank", b.group_per_rank_max}};
+                              {"worst_group_per_rank", b.group_per_rank_max},
+                              {"imbalance_all_size_adaptive", b.adaptive},
+                              {"worst_all_size_adaptive", b.adaptive_max},
+                              {"adaptive_every", b.every},
+                              {"adaptive_replans", b.replans},
+                              {"noise_floor", b.noise_floor}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
@@ -192,6 +198,9 @@ void add_bench(CLI::App& app, int& exit_code) {
       ->required();
   balance->add_option("--workers", args->workers, "Ranks to place the experts on")->required();
   balance->add_option("--skip", args->skip, "Warm-up steps to leave out")->capture_default_str();
+  balance->add_option(
+      "--every", args->every,
+      "Adaptive replay: re-plan every N steps (default: the run's placement_every)");
   balance->callback([args, &exit_code] { exit_code = run_bench_balance(*args); });
   auto api_opts = std::make_shared<ApiBenchOptions>();
   CLI::App* api = bench->add_subcommand(
