@@ -40,6 +40,8 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
     r.integer("shared_experts", f.shared_experts, false, 0, 64);
     r.integer("shared_width", f.shared_width, f.shared_experts > 0, 1, kMaxDim);
     r.real("alpha_balance", f.alpha_balance, false, 0.0, 1.0);
+    r.choice("balance", f.balance, {"aux", "bias"}, false);
+    r.real("bias_rate", f.bias_rate, false, 0.0, 1.0);
     if (f.top_experts > f.experts && f.experts > 0)
       r.fail("top_experts",
              "must not exceed model.ffn.experts (" + std::to_string(f.experts) + ")");
@@ -56,6 +58,8 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
     r.choice("group_loss", f.group_loss, {"paper", "reference"}, false);
     r.choice("expert_loss", f.expert_loss, {"paper", "reference"}, false);
     r.real("group_loss_start", f.group_loss_start, false, 0.0, 1.0);
+    r.choice("balance", f.balance, {"aux", "bias"}, false);
+    r.real("bias_rate", f.bias_rate, false, 0.0, 1.0);
     const bool has_widths = r.has("widths");
     const bool has_base = r.has("base_width") || r.has("width_step");
     if (has_widths && has_base) {
@@ -253,7 +257,9 @@ json job_spec_to_json(const JobSpec& s) {
                 {"expert_width", f.expert_width},
                 {"top_experts", f.top_experts},
                 {"shared_experts", f.shared_experts},
-                {"alpha_balance", f.alpha_balance}});
+                {"alpha_balance", f.alpha_balance},
+                {"balance", f.balance},
+                {"bias_rate", f.bias_rate}});
     if (f.shared_experts > 0) ffn["shared_width"] = f.shared_width;
   } else {
     ffn.update({{"groups", f.groups},
@@ -267,7 +273,9 @@ json job_spec_to_json(const JobSpec& s) {
                 {"router_variant", f.router_variant},
                 {"group_loss", f.group_loss},
                 {"expert_loss", f.expert_loss},
-                {"group_loss_start", f.group_loss_start}});
+                {"group_loss_start", f.group_loss_start},
+                {"balance", f.balance},
+                {"bias_rate", f.bias_rate}});
     if (f.shared_experts > 0) ffn["shared_width"] = f.shared_width;
   }
   const ModelSpec& m = s.model;

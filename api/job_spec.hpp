@@ -33,6 +33,11 @@ struct FfnSpec {
   int expert_width = 0;
   double alpha_balance = 3e-3;
   // moe and mohge
+  // Expert balance: "aux" (the paper's L_E, or the MoE switch loss) or "bias" (aux-loss-free:
+  // a per-expert bias on the selection scores, moved by bias_rate against each step's load
+  // error; L_E / the switch loss are then off).
+  std::string balance = "aux";
+  double bias_rate = 1e-3;
   int top_experts = 0;     // K
   int shared_experts = 0;  // S
   int shared_width = 0;

@@ -125,6 +125,9 @@ struct RouterParams {
   int32_t top_groups = 1;                // Kg
   int32_t top_experts = 1;               // K
   const float* logits = nullptr;         // in: (N, G+E) mohge, (N, E) moe
+  const float* expert_bias = nullptr;    // in: (E) added to the experts' selection scores
+                                         //   only, not to the weights (aux-loss-free
+                                         //   balance); null: none
   int32_t* topk_index = nullptr;         // out (fwd) / in (bwd): (N, K) kept expert ids,
                                          //   descending score, ties to the lower id
   float* topk_weight = nullptr;          // out: (N, K) combine weights

@@ -162,15 +162,23 @@ void CpuBackend::router_forward(const RouterParams& p) {
 #pragma omp parallel num_threads(num_threads_)
   {
     TokenState st(p);
+    std::vector<float> biased(p.expert_bias != nullptr ? static_cast<size_t>(E) : 0);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < p.num_tokens; ++t) {
       st.compute(p, p.logits + t * L, nullptr);
       int32_t* idx = p.topk_index + t * K;
       float* w = p.topk_weight + t * K;
       const float* score = st.selection_score(p);
-      top_k(score, st.esel.data(), E, static_cast<int32_t>(K), idx);
+      // Aux-loss-free balance: the bias moves the selection, never the weights.
+      if (p.expert_bias != nullptr) {
+        for (int64_t e = 0; e < E; ++e) biased[e] = score[e] + p.expert_bias[e];
+        top_k(biased.data(), st.esel.data(), E, static_cast<int32_t>(K), idx);
+      } else {
+        top_k(score, st.esel.data(), E, static_cast<int32_t>(K), idx);
+      }
       if (p.kind == RouterKind::kMohgeReference) {
-        float mx = score[idx[0]], sum = 0.0f;  // idx[0] holds the largest kept score
+        float mx = score[idx[0]], sum = 0.0f;  // the largest kept score
+        for (int64_t k = 1; k < K; ++k) mx = std::max(mx, score[idx[k]]);
         for (int64_t k = 0; k < K; ++k) sum += (w[k] = std::exp(score[idx[k]] - mx));
         for (int64_t k = 0; k < K; ++k) w[k] /= sum;
       } else if (p.kind == RouterKind::kMohgePaper) {

@@ -24,8 +24,9 @@ int blocks_for(int64_t n) {
 }
 
 __global__ void router_forward_kernel(device::RouterShape s, int64_t tokens, const float* logits,
-                                      float* scratch, uint8_t* flags, int32_t* topk_index,
-                                      float* topk_weight, uint8_t* group_selected, int* failed) {
+                                      const float* bias, float* scratch, uint8_t* flags,
+                                      int32_t* topk_index, float* topk_weight,
+                                      uint8_t* group_selected, int* failed) {
   const int64_t t = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (t >= tokens) return;
   const int64_t L = s.logits_width();
@@ -33,7 +34,7 @@ __global__ void router_forward_kernel(device::RouterShape s, int64_t tokens, con
       s, logits + t * L, scratch + t * device::router_scratch_floats(s),
       flags + t * device::router_scratch_flags(s), topk_index + t * s.top_experts,
       topk_weight + t * s.top_experts,
-      group_selected == nullptr ? nullptr : group_selected + t * s.groups);
+      group_selected == nullptr ? nullptr : group_selected + t * s.groups, bias);
   if (!ok) atomicExch(failed, 1);
 }
 
@@ -157,8 +158,8 @@ void launch_router_forward(const RouterParams& p, float* scratch, uint8_t* flags
                            void* stream) {
   if (p.num_tokens == 0) return;
   router_forward_kernel<<<blocks_for(p.num_tokens), kThreads, 0, as_stream(stream)>>>(
-      device::router_shape(p), p.num_tokens, p.logits, scratch, flags, p.topk_index, p.topk_weight,
-      p.group_selected, failed);
+      device::router_shape(p), p.num_tokens, p.logits, p.expert_bias, scratch, flags, p.topk_index,
+      p.topk_weight, p.group_selected, failed);
 }
 
 void launch_router_count(const RouterParams& p, unsigned long long* group_count,

@@ -159,19 +159,28 @@ struct TokenState {
 };
 
 /// Forward of one token: kept experts (idx, K), their combine weights (w, K) and, for
-/// MoHGE, the kept groups (group_selected, G; may be null). False on an impossible shape.
+/// MoHGE, the kept groups (group_selected, G; may be null). `bias` (E; null: none) is added
+/// to the scores the experts are selected by, not to the weights. False on an impossible
+/// shape.
 MOHGE_HD inline bool router_token_forward(const RouterShape& s, const float* logits, float* scratch,
                                           uint8_t* flags, int32_t* idx, float* w,
-                                          uint8_t* group_selected) {
+                                          uint8_t* group_selected, const float* bias = nullptr) {
   TokenState st(s, scratch, flags);
   // The kept groups' ids go where the backward's scratch will be (free during the forward).
   int32_t* group_top = reinterpret_cast<int32_t*>(scratch + 2 * s.groups + 3 * s.experts());
   if (!st.compute(s, logits, nullptr, group_top)) return false;
   const int32_t K = s.top_experts;
   const float* score = st.selection_score(s);
-  if (!top_k(score, st.esel, s.experts(), K, idx)) return false;
+  if (bias != nullptr) {
+    float* biased = scratch + 4 * s.groups + 4 * s.experts();  // free in the forward
+    for (int32_t e = 0; e < s.experts(); ++e) biased[e] = score[e] + bias[e];
+    if (!top_k(biased, st.esel, s.experts(), K, idx)) return false;
+  } else if (!top_k(score, st.esel, s.experts(), K, idx)) {
+    return false;
+  }
   if (s.kind == RouterKind::kMohgeReference) {
-    const float mx = score[idx[0]];  // the largest kept score
+    float mx = score[idx[0]];  // the largest kept score (with a bias, not always the first)
+    for (int32_t k = 1; k < K; ++k) mx = score[idx[k]] > mx ? score[idx[k]] : mx;
     float sum = 0.0f;
     for (int32_t k = 0; k < K; ++k) sum += (w[k] = std::exp(score[idx[k]] - mx));
     for (int32_t k = 0; k < K; ++k) w[k] /= sum;

@@ -113,6 +113,75 @@ TEST_P(RouterMath, PerTokenFunctionsEqualTheCpuBackend) {
   EXPECT_GT(ties_seen, 0) << "the inputs did not exercise the tie rule";
 }
 
+// Aux-loss-free balance: a per-expert bias moves the selection (the same on the device and
+// the CPU backend) but never the weights; a zero bias changes nothing.
+TEST_P(RouterMath, BiasMovesTheSelectionNotTheWeights) {
+  const Case c = GetParam();
+  const int64_t N = 300;
+  const bool mohge = c.kind != RouterKind::kMoeSoftmax;
+  const int32_t G = c.G, n = c.n, K = c.K, E = G * n;
+  const int64_t L = mohge ? G + E : E;
+  const auto logits = testing::tied_router_logits(N, G, n, mohge, 9);
+  std::vector<float> bias(static_cast<size_t>(E));
+  for (int32_t e = 0; e < E; ++e) bias[e] = e % 3 == 0 ? 0.5f : e % 3 == 1 ? -0.5f : 0.0f;
+  const std::vector<float> zero(static_cast<size_t>(E), 0.0f);
+
+  auto cpu = make_cpu_backend(2);
+  auto run = [&](const float* b, std::vector<int32_t>& idx, std::vector<float>& w) {
+    idx.assign(static_cast<size_t>(N * K), 0);
+    w.assign(static_cast<size_t>(N * K), 0.0f);
+    std::vector<uint8_t> gsel(static_cast<size_t>(N * G));
+    RouterParams p{.kind = c.kind,
+                   .num_tokens = N,
+                   .num_groups = G,
+                   .experts_per_group = n,
+                   .top_groups = c.Kg,
+                   .top_experts = K,
+                   .logits = logits.data(),
+                   .expert_bias = b,
+                   .topk_index = idx.data(),
+                   .topk_weight = w.data(),
+                   .group_selected = mohge ? gsel.data() : nullptr};
+    cpu->router_forward(p);
+  };
+  std::vector<int32_t> idx0, idxz, idxb;
+  std::vector<float> w0, wz, wb;
+  run(nullptr, idx0, w0);
+  run(zero.data(), idxz, wz);
+  run(bias.data(), idxb, wb);
+  EXPECT_EQ(idxz, idx0);
+  EXPECT_EQ(wz, w0);
+  EXPECT_NE(idxb, idx0) << "the bias changed no selection";
+
+  const device::RouterShape s = device::router_shape({.kind = c.kind,
+                                                      .num_groups = G,
+                                                      .experts_per_group = n,
+                                                      .top_groups = c.Kg,
+                                                      .top_experts = K});
+  std::vector<float> scratch(static_cast<size_t>(device::router_scratch_floats(s)));
+  std::vector<uint8_t> flags(static_cast<size_t>(device::router_scratch_flags(s)));
+  int changed = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    std::vector<int32_t> i(K);
+    std::vector<float> wt(K);
+    ASSERT_TRUE(device::router_token_forward(s, &logits[t * L], scratch.data(), flags.data(),
+                                             i.data(), wt.data(), nullptr, bias.data()));
+    bool same_as_unbiased = true;
+    for (int32_t k = 0; k < K; ++k) {
+      ASSERT_EQ(i[k], idxb[t * K + k]) << "token " << t;
+      EXPECT_NEAR(wt[k], wb[t * K + k], 1e-6f * std::abs(wb[t * K + k])) << t;
+      same_as_unbiased = same_as_unbiased && idxb[t * K + k] == idx0[t * K + k];
+    }
+    // Where the bias kept the same experts in the same order, the weights are the unbiased ones.
+    if (same_as_unbiased) {
+      for (int32_t k = 0; k < K; ++k) EXPECT_EQ(wb[t * K + k], w0[t * K + k]) << t;
+    } else {
+      ++changed;
+    }
+  }
+  EXPECT_GT(changed, 0);
+}
+
 std::string case_name(const ::testing::TestParamInfo<Case>& p) {
   static const char* const kinds[] = {"mohge_paper", "mohge_reference", "moe"};
   return std::string(kinds[static_cast<int>(p.param.kind)]) + "_" + std::to_string(p.index);

@@ -9,6 +9,7 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -43,6 +44,10 @@ JobSpec spec_for(const std::string& kind) {
                  : json{{"kind", "mohge"},           {"groups", 4},      {"experts_per_group", 4},
                         {"widths", {6, 10, 14, 18}}, {"top_groups", 2},  {"top_experts", 3},
                         {"shared_experts", 1},       {"shared_width", 8}};
+  if (kind == "mohge-bias") {  // aux-loss-free balance: the bias is the same on every rank
+    ffn["balance"] = "bias";
+    ffn["bias_rate"] = 0.01;
+  }
   const json j = {{"name", "dist-" + kind},
                   {"model",
                    {{"vocab_size", 32},
@@ -472,11 +477,12 @@ TEST_F(Distributed, TwoGpuRanksOverNcclTrainLikeOneGpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(KindsAndWorlds, Equivalence,
-                         ::testing::Combine(::testing::Values("mohge", "moe"),
+                         ::testing::Combine(::testing::Values("mohge", "moe", "mohge-bias"),
                                             ::testing::Values(2, 4)),
                          [](const auto& param_info) {
-                           return std::get<0>(param_info.param) + "_world" +
-                                  std::to_string(std::get<1>(param_info.param));
+                           std::string kind = std::get<0>(param_info.param);
+                           std::replace(kind.begin(), kind.end(), '-', '_');
+                           return kind + "_world" + std::to_string(std::get<1>(param_info.param));
                          });
 
 TEST_F(Distributed, MetricsHoldPerRankLoadsImbalanceAndTheCounterfactual) {

@@ -110,6 +110,71 @@ TEST_F(TrainerTest, ResumeEqualsAnUninterruptedRunBitForBit) {
   }
 }
 
+// Aux-loss-free balance ("balance": "bias"): with L_E off in both runs, the selection bias
+// evens out the experts within each group; the bias is saved with the model (non-zero, not
+// trained) and a resume continues bit for bit. The default stays the paper's aux loss.
+TEST_F(TrainerTest, TheBalanceBiasEvensOutTheExpertsOfAGroupAndResumesExactly) {
+  nlohmann::json j = testing::tiny_spec_json("mohge");
+  j["model"]["seq_len"] = 32;
+  j["train"]["batch_size"] = 16;
+  j["train"]["steps"] = 60;
+  j["train"]["eval_every"] = 0;
+  j["checkpoint"]["every"] = 30;
+  j["model"]["ffn"]["alpha_expert"] = 0.0;
+  EXPECT_EQ(parse_job_spec(j).value().model.ffn.balance, "aux");
+  write_tokens("train.bin", 4000, 32, 5);
+  write_tokens("val.bin", 400, 32, 6);
+  // Mean over the last 20 steps and all layers of max/mean tokens among a group's experts
+  // (groups that routed at least 8 tokens).
+  auto intra_group_imbalance = [&](const fs::path& run) {
+    std::ifstream in(run / "metrics.jsonl");
+    std::string line;
+    double sum = 0;
+    int count = 0;
+    while (std::getline(in, line)) {
+      const auto r = nlohmann::json::parse(line);
+      if (!r.contains("layers") || r["step"].get<int>() <= 40) continue;
+      for (const auto& l : r["layers"]) {
+        const auto c = l["expert_assignments"].get<std::vector<double>>();
+        for (size_t g = 0; g + 1 < c.size(); g += 2) {
+          const double mean = (c[g] + c[g + 1]) / 2;
+          if (mean * 2 < 8) continue;
+          sum += std::max(c[g], c[g + 1]) / mean;
+          ++count;
+        }
+      }
+    }
+    return count > 0 ? sum / count : 0.0;
+  };
+  const auto plain = train(parse_job_spec(j).value(), root_ / "plain", false);
+  ASSERT_EQ(plain.size(), 60u);
+  j["model"]["ffn"]["balance"] = "bias";
+  j["model"]["ffn"]["bias_rate"] = 0.01;
+  const JobSpec biased = parse_job_spec(j).value();
+  const auto with_bias = train(biased, root_ / "bias", false);
+  ASSERT_EQ(with_bias.size(), 60u);
+  const double before = intra_group_imbalance(root_ / "plain");
+  const double after = intra_group_imbalance(root_ / "bias");
+  EXPECT_LT(after, before - 0.03) << "without the bias " << before << ", with it " << after;
+  std::printf("intra-group imbalance without the bias %.4f, with it %.4f\n", before, after);
+
+  Result<TensorSource> saved =
+      TensorSource::open(root_ / "bias" / "checkpoints" / "step-00000060", "model");
+  ASSERT_TRUE(saved.ok()) << saved.error().to_string();
+  std::vector<float> bias(8);
+  ASSERT_TRUE(saved.value().read_f32("model.layers.0.mlp.expert_bias", {8}, bias.data()).ok());
+  double magnitude = 0;
+  for (float b : bias) magnitude += std::abs(b);
+  EXPECT_GT(magnitude, 0.0);
+
+  const auto first = train(biased, root_ / "split", false, /*stop_after=*/30);
+  ASSERT_EQ(first.size(), 30u);
+  const auto resumed = train(biased, root_ / "split", true);
+  ASSERT_EQ(resumed.size(), 60u);
+  for (size_t i = 0; i < with_bias.size(); ++i)
+    EXPECT_EQ(resumed[i], with_bias[i]) << "step " << i + 1;
+}
+
 TEST_F(TrainerTest, CheckpointsAreCompleteRotatedAndReloadable) {
   nlohmann::json j = testing::tiny_spec_json("mohge");
   j["checkpoint"]["every"] = 2;

@@ -52,8 +52,11 @@ void ParamStore::initialize(uint64_t seed) {
   for (const ParamInfo& p : info_) {
     host.resize(static_cast<size_t>(p.size));
     Rng rng(rng_stream_seed(seed, p.name));
-    for (float& v : host)
-      v = p.init == ParamInit::kOnes ? 1.0f : static_cast<float>(rng.normal() * p.init_std);
+    for (float& v : host) {
+      v = p.init == ParamInit::kOnes    ? 1.0f
+          : p.init == ParamInit::kZeros ? 0.0f
+                                        : static_cast<float>(rng.normal() * p.init_std);
+    }
     backend_->copy_from_host(data_.data() + p.offset, host.data(), sizeof(float) * host.size());
   }
 }

@@ -18,6 +18,7 @@ namespace mohge {
 enum class ParamInit {
   kNormal,  // N(0, std)
   kOnes,    // norm weights
+  kZeros,   // state kept with the model but not trained (the balance bias)
 };
 
 struct ParamInfo {
@@ -29,6 +30,7 @@ struct ParamInfo {
   bool replicated = true;      // false for routed experts (owned by one rank)
   ParamInit init = ParamInit::kNormal;
   float init_std = 0.02f;
+  bool trainable = true;  // false: saved and loaded, never updated by the optimizer
 };
 
 class ParamStore {
@@ -49,6 +51,10 @@ class ParamStore {
   /// Gives parameter `index` a new name (a routed expert slot that now holds another expert);
   /// the name must not be taken by another parameter.
   void rename(int index, const std::string& name);
+  /// Marks a parameter as state the optimizer leaves alone (before allocate()).
+  void set_trainable(int index, bool trainable) {
+    info_.at(static_cast<size_t>(index)).trainable = trainable;
+  }
   const std::vector<ParamInfo>& all() const { return info_; }
   int64_t total_size() const { return total_; }
   /// Floats of the replicated region, which starts the arena.

@@ -76,6 +76,11 @@ RoutedFfn::RoutedFfn(const ModelSpec& spec, int layer, Backend& backend, ParamSt
     router_param_ = params.add(p + "gate.weight", {E, D}, ParamInit::kNormal, std, true);
     logits_width_ = E;
   }
+  if (f_.balance == "bias") {
+    // DeepSeek-V3's e_score_correction_bias: state saved with the model, not trained.
+    bias_param_ = params.add(p + "expert_bias", {E}, ParamInit::kZeros, 0.0f, false);
+    params.set_trainable(bias_param_, false);
+  }
   auto add_expert = [&](const std::string& name, int64_t width, bool replicated) {
     ExpertParams e;
     e.width = width;
@@ -142,7 +147,28 @@ RouterParams RoutedFfn::router_params(int64_t num_tokens) {
   r.topk_index = topk_index_.data();
   r.topk_weight = topk_weight_.data();
   r.group_selected = group_selected_.data();
+  r.expert_bias = bias_param_ >= 0 ? ps_.data(bias_param_) : nullptr;
   return r;
+}
+
+void RoutedFfn::update_bias() {
+  if (bias_param_ < 0) return;
+  const int64_t E = f_.num_experts();
+  const int64_t n = mohge_ ? f_.experts_per_group : E;  // experts balanced against each other
+  // The counts are global (summed over ranks), so every rank makes the same update.
+  std::vector<float> bias(static_cast<size_t>(E));
+  be_.copy_to_host(bias.data(), ps_.data(bias_param_), sizeof(float) * bias.size());
+  const float rate = static_cast<float>(f_.bias_rate);
+  for (int64_t g0 = 0; g0 < E; g0 += n) {
+    double mean = 0.0;
+    for (int64_t e = g0; e < g0 + n; ++e) mean += expert_count_[static_cast<size_t>(e)];
+    mean /= static_cast<double>(n);
+    for (int64_t e = g0; e < g0 + n; ++e) {
+      const double error = mean - expert_count_[static_cast<size_t>(e)];
+      bias[static_cast<size_t>(e)] += error > 0 ? rate : error < 0 ? -rate : 0.0f;
+    }
+  }
+  be_.copy_from_host(ps_.data(bias_param_), bias.data(), sizeof(float) * bias.size());
 }
 
 void RoutedFfn::build_slices(int64_t num_tokens, const float* x, const float* rows_in,
@@ -238,7 +264,9 @@ void RoutedFfn::reduce_counts(int64_t num_tokens, const FfnStepOptions& opt) {
   aux_.expert_loss =
       f_.expert_loss == "reference" ? ExpertLossKind::kReference : ExpertLossKind::kPaper;
   aux_.alpha_group = mohge_ && opt.group_loss_on ? static_cast<float>(f_.alpha_group) : 0.0f;
-  aux_.alpha_expert = static_cast<float>(mohge_ ? f_.alpha_expert : f_.alpha_balance);
+  // balance "bias" replaces L_E (MoE: the switch loss) by the selection bias.
+  aux_.alpha_expert =
+      f_.balance == "bias" ? 0.0f : static_cast<float>(mohge_ ? f_.alpha_expert : f_.alpha_balance);
   aux_.total_tokens = global_tokens_;
   aux_.group_cost = group_cost_.data();
   aux_.group_count = group_count_.data();
@@ -410,6 +438,8 @@ void RoutedFfn::backward(const float* x, const float* dy, float* dx, int64_t num
   be_.router_backward(rp, aux_);
   linear_backward(be_, x, ps_.data(router_param_), ws.d_logits.data(), dx, ps_.grad(router_param_),
                   N, D, logits_width_, 1.0f);
+  // Training steps only (evaluation runs no backward): the bias follows this step's loads.
+  update_bias();
   times_.compute_ms += clock.lap_ms();
   if (exchange_) {
     times_.comm_ms = exchange_->comm_ms();

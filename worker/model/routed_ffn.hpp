@@ -41,6 +41,9 @@ class RoutedFfn final : public FeedForward {
   // Router counts summed over ranks (+ the global token count) and the aux-loss constants.
   void reduce_counts(int64_t num_tokens, const FfnStepOptions& opt);
   void record_routing();
+  // balance "bias": moves each expert's selection bias by bias_rate against its load error
+  // (group mean − its count; MoE: mean over all experts) of the last forward.
+  void update_bias();
 
   Backend& be_;
   ParamStore& ps_;
@@ -50,6 +53,7 @@ class RoutedFfn final : public FeedForward {
   int64_t dim_;  // D
   bool mohge_ = false;
   int router_param_ = -1;              // (G+E, D) mohge: group_gate then expert_gate; (E, D) moe
+  int bias_param_ = -1;                // (E) balance "bias": selection bias (not trained)
   int64_t logits_width_ = 0;           // G+E or E
   std::vector<int> owned_;             // global ids of the routed experts held here
   std::vector<ExpertParams> experts_;  // (owned) parameters of the owned experts

@@ -30,6 +30,7 @@ void AdamW::step(double lr, double grad_norm) {
   const float scale =
       clip > 0.0 && grad_norm > clip ? static_cast<float>(clip / (grad_norm + 1e-6)) : 1.0f;
   for (const ParamInfo& p : params_.all()) {
+    if (!p.trainable) continue;
     be_.adamw_update(
         {.size = p.size,
          .param = params_.data_arena() + p.offset,
