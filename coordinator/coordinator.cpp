@@ -322,10 +322,15 @@ struct Coordinator::Impl : ApiService {
       // per-rank expert FLOPs (sum), imbalance, the group-per-rank counterfactual, group shares.
       std::vector<std::vector<double>> tokens;
       std::vector<double> flops, share;
-      double imbalance = 0, counterfactual = 0;
+      double imbalance = 0, counterfactual = 0, fixed = 0;
+      bool adaptive = false;
       for (const json& l : layers) {
         imbalance += number_at(l, "imbalance");
         counterfactual += number_at(l, "imbalance_group_per_rank");
+        if (l.is_object() && l.contains("imbalance_all_size")) {
+          adaptive = true;
+          fixed += number_at(l, "imbalance_all_size");
+        }
         const json& ranks = array_at(l, "ranks");
         if (tokens.size() < ranks.size()) tokens.resize(ranks.size());
         if (flops.size() < ranks.size()) flops.resize(ranks.size(), 0.0);
@@ -349,7 +354,7 @@ struct Coordinator::Impl : ApiService {
         matrix.push_back(jr);
       }
       const double L = layers.empty() ? 1.0 : static_cast<double>(layers.size());
-      return json{{"job", id},
+      json out = {{"job", id},
                   {"step", step},
                   {"token_share", matrix},
                   {"flops", flops},
@@ -358,6 +363,8 @@ struct Coordinator::Impl : ApiService {
                   {"group_share", share},
                   {"activated_expert_params", number_at(rec, "activated_expert_params")},
                   {"layers", layers}};
+      if (adaptive) out["imbalance_all_size"] = fixed / L;  // static All-size, same routing
+      return out;
     });
   }
 

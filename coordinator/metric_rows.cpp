@@ -45,13 +45,23 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
       }
     }
   }
+  // A re-placement of an adaptive run: placement.<figure>.
+  if (const auto p = record.find("placement"); p != record.end() && p->is_object()) {
+    for (const auto& [k, v] : p->items())
+      if (v.is_number()) rows.push_back({job, "placement." + k, step, v.get<double>()});
+  }
   const json& layers = array_at(record, "layers");
   if (layers.empty()) return rows;
-  double imbalance = 0, counterfactual = 0;
+  double imbalance = 0, counterfactual = 0, fixed = 0;
+  bool adaptive = false;
   std::vector<double> share, flops;
   for (const json& l : layers) {
     imbalance += number_at(l, "imbalance");
     counterfactual += number_at(l, "imbalance_group_per_rank");
+    if (l.is_object() && l.contains("imbalance_all_size")) {
+      adaptive = true;
+      fixed += number_at(l, "imbalance_all_size");
+    }
     const json& gs = array_at(l, "group_share");
     if (share.size() < gs.size()) share.resize(gs.size(), 0.0);
     for (size_t g = 0; g < gs.size(); ++g) share[g] += number_or_zero(gs[g]);
@@ -62,6 +72,7 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
   const double L = static_cast<double>(layers.size());
   rows.push_back({job, "imbalance", step, imbalance / L});
   rows.push_back({job, "imbalance_group_per_rank", step, counterfactual / L});
+  if (adaptive) rows.push_back({job, "imbalance_all_size", step, fixed / L});
   for (size_t g = 0; g < share.size(); ++g)
     rows.push_back({job, "group_share." + std::to_string(g), step, share[g] / L});
   for (size_t r = 0; r < flops.size(); ++r)

@@ -183,7 +183,8 @@ async function submitJob(ev) {
 // ---- job view --------------------------------------------------------------------------
 // The series the job view charts (the API downsamples each to max_points).
 const CHARTED = ['loss', 'val_loss', 'aux_group', 'aux_expert', 'tokens_per_s', 'imbalance',
-                 'imbalance_group_per_rank', 'activated_expert_params', 'group_share.*'];
+                 'imbalance_group_per_rank', 'imbalance_all_size', 'placement.experts_moved',
+                 'activated_expert_params', 'group_share.*'];
 
 async function jobView(id) {
   const v = $('#view');
@@ -207,6 +208,7 @@ async function jobView(id) {
         <div class="card"><div id="chart-imbalance" class="chart"></div></div>
         <div class="card"><div id="chart-groups" class="chart"></div></div>
       </div>
+      <div id="expert-map"></div>
       <h3>Difficulty routing <span class="muted" id="difficulty-step"></span></h3>
       <div class="grid">
         <div class="card"><div id="chart-diff-freq" class="chart"></div></div>
@@ -272,9 +274,14 @@ function drawMetrics(m) {
   chart('chart-tps', lineOption('Tokens per second', [{ name: 'tokens/s', data: pairs(m.tokens_per_s) }]));
   chart('chart-active', lineOption('Activated expert parameters per token', [
     { name: 'activated', data: pairs(m.activated_expert_params) }]));
-  chart('chart-imbalance', lineOption('Rank imbalance (max/mean expert FLOPs)', [
-    { name: 'this placement', data: pairs(m.imbalance) },
-    { name: 'group-per-rank (same routing)', data: pairs(m.imbalance_group_per_rank), lineStyle: { type: 'dashed' } }]));
+  // An adaptive run also shows static All-size for the same routing, and marks its moves.
+  const moves = pairs(m['placement.experts_moved']).map(p => ({ xAxis: p[0], label: { show: false } }));
+  const imbSeries = [
+    { name: 'this placement', data: pairs(m.imbalance), markLine: moves.length ? { symbol: 'none', data: moves, lineStyle: { type: 'dotted' } } : undefined },
+    { name: 'group-per-rank (same routing)', data: pairs(m.imbalance_group_per_rank), lineStyle: { type: 'dashed' } }];
+  if (m.imbalance_all_size && m.imbalance_all_size.steps.length)
+    imbSeries.splice(1, 0, { name: 'static All-size (same routing)', data: pairs(m.imbalance_all_size), lineStyle: { type: 'dashed' } });
+  chart('chart-imbalance', lineOption('Rank imbalance (max/mean expert FLOPs)', imbSeries));
   const groups = Object.keys(m).filter(k => k.startsWith('group_share.')).sort((a, b) => Number(a.slice(12)) - Number(b.slice(12)));
   const opt = lineOption('Group share over time (Fig. 3)', groups.map(g => ({ name: 'group ' + g.slice(12), data: pairs(m[g]) })));
   opt.yAxis = { type: 'value', min: 0 };
@@ -314,10 +321,21 @@ function drawRouting(st) {
     visualMap: { min: 0, max: Math.max(max, 1e-6), calculable: true, orient: 'horizontal', left: 'center', bottom: 0, itemHeight: 120 },
     series: [{ type: 'heatmap', data, label: { show: share.length * (share[0] || []).length <= 64 } }],
   });
+  // The expert → rank map of the shown layer (layer 0 for the mean): which experts each rank
+  // holds now (an adaptive placement changes it while training).
+  const mapLayer = r.layers[st.layer === 'all' ? 0 : Number(st.layer)];
+  const ranksOf = mapLayer && Array.isArray(mapLayer.ranks) ? mapLayer.ranks : [];
+  $('#expert-map').innerHTML = ranksOf.some(k => Array.isArray(k.experts))
+    ? `<table class="expert-map"><tr><th>rank</th><th>experts held (layer ${esc(mapLayer.layer ?? 0)})</th></tr>` +
+      ranksOf.map(k => `<tr><td>${esc(k.rank)}</td><td>${(k.experts || []).map(e => esc(e)).join(', ')}</td></tr>`).join('') +
+      '</table>'
+    : '';
   const top = Math.max(...flops, 0);
   const [scale, unit] = top >= 1e9 ? [1e9, 'GFLOP'] : top >= 1e6 ? [1e6, 'MFLOP'] : [1e3, 'kFLOP'];
   chart('chart-flops', {
-    title: { text: `Expert ${unit} per rank`, subtext: `imbalance ${fmt(imb, 3)} · group-per-rank would give ${fmt(cf, 3)}`, textStyle: { fontSize: 13 } },
+    title: { text: `Expert ${unit} per rank`, subtext: `imbalance ${fmt(imb, 3)}` +
+      (r.imbalance_all_size !== undefined && st.layer === 'all' ? ` · static All-size ${fmt(r.imbalance_all_size, 3)}` : '') +
+      ` · group-per-rank would give ${fmt(cf, 3)}`, textStyle: { fontSize: 13 } },
     tooltip: {},
     grid: { left: 50, right: 16, top: 56, bottom: 28 },
     xAxis: { type: 'category', name: 'rank', data: flops.map((_, k) => String(k)) },

@@ -102,6 +102,8 @@ async function main() {
     data: { train: 'data/train.bin', val: 'data/val.bin' },
     train: { steps: 60, batch_size: 4, lr: 1e-2, warmup_steps: 1, eval_every: 20, eval_batches: 1, seed: 5 },
     resources: { workers: 2, device: 'cpu' },
+    // Adaptive placement, re-planned every 10 steps: the balance view shows its moves.
+    placement: 'all-size-adaptive', placement_every: 10, placement_min_gain: 0,
     checkpoint: { every: 20, keep: 2 },
   };
   const sub = await fetch(url + '/api/v1/jobs', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
@@ -148,8 +150,13 @@ async function main() {
     check(Math.abs(sum - 100) < 0.5, `its shares add up to 100 % (${sum.toFixed(2)})`);
     const flops = await page.evaluate(() => window.mohgeCharts.get('chart-flops').getOption().series[0].data);
     check(flops.length === 2 && flops.every((f) => f > 0), 'the per-rank FLOPs bars have both ranks');
-    const imb = await page.evaluate(() => window.mohgeCharts.get('chart-imbalance').getOption().series.map((s) => s.data.length));
-    check(imb[0] === 60 && imb[1] === 60, 'imbalance over time next to the group-per-rank counterfactual');
+    const imb = await page.evaluate(() => window.mohgeCharts.get('chart-imbalance').getOption().series.map((s) => ({
+      name: s.name, points: s.data.length, moves: s.markLine && s.markLine.data ? s.markLine.data.length : 0 })));
+    check(imb.length === 3 && imb.every((s) => s.points === 60),
+          `imbalance over time next to static All-size and group-per-rank for the same routing (${imb.map((s) => s.name).join(' | ')})`);
+    check(imb[0].moves > 0, `the adaptive placement's moves are marked (${imb[0].moves})`);
+    const map = await page.evaluate(() => [...document.querySelectorAll('#expert-map tr')].map((tr) => tr.textContent));
+    check(map.length === 3, `the expert → rank map lists both ranks (${map.slice(1).join(' / ')})`);
     await page.waitForFunction(() => {
       const c = window.mohgeCharts.get('chart-diff-freq');
       return c && c.getOption().series[0].data.length > 0;

@@ -84,6 +84,7 @@ json step_layer_metrics(const ParallelContext& parallel, const Transformer& mode
           by_group[static_cast<size_t>(e / n)] += r->expert_assignments[static_cast<size_t>(e)];
         const double* t = times.data() + (k * L + l) * 3;
         ranks.push_back({{"rank", k},
+                         {"experts", here.experts[static_cast<size_t>(k)]},
                          {"tokens", by_group},
                          {"flops", flops[static_cast<size_t>(k)]},
                          {"compute_ms", t[0]},
