@@ -175,6 +175,26 @@ TEST_F(TrainerTest, TheBalanceBiasEvensOutTheExpertsOfAGroupAndResumesExactly) {
     EXPECT_EQ(resumed[i], with_bias[i]) << "step " << i + 1;
 }
 
+// The window the attempt fence leaves: a stale writer that passed its check and was stopped
+// before writing. Resuming replaces metrics.jsonl, so its late record lands in the old file.
+TEST_F(TrainerTest, AStaleWriterOfTheMetricsCannotReachTheResumedRunsFile) {
+  const fs::path path = root_ / "metrics.jsonl";
+  {
+    std::ofstream first(path);
+    for (int s = 1; s <= 5; ++s) first << nlohmann::json{{"step", s}, {"loss", 1.0}}.dump() << "\n";
+  }
+  std::ofstream stale(path, std::ios::app);  // opened by the old attempt, before the resume
+  ASSERT_TRUE(metrics_truncate(path, 3).ok());
+  std::ofstream(path, std::ios::app) << nlohmann::json{{"step", 4}, {"loss", 2.0}}.dump() << "\n";
+  stale << nlohmann::json{{"step", 6}, {"loss", 9.0}}.dump() << "\n";
+  stale.close();
+  std::ifstream in(path);
+  std::string line;
+  std::vector<int> steps;
+  while (std::getline(in, line)) steps.push_back(nlohmann::json::parse(line)["step"].get<int>());
+  EXPECT_EQ(steps, (std::vector<int>{1, 2, 3, 4}));
+}
+
 TEST_F(TrainerTest, CheckpointsAreCompleteRotatedAndReloadable) {
   nlohmann::json j = testing::tiny_spec_json("mohge");
   j["checkpoint"]["every"] = 2;

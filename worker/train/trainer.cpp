@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "storage/atomic_file.hpp"
 #include "worker/dist/expert_moves.hpp"
 #include "worker/train/checkpoint.hpp"
 #include "worker/train/optimizer.hpp"
@@ -151,9 +152,15 @@ fs::path resolve(const fs::path& root, const std::string& p) {
 }
 
 // Metrics records of steps <= `last_step` survive a resume; later ones are replaced.
-void truncate_metrics(const fs::path& path, int64_t last_step) {
+}  // namespace
+
+// Keeps the records up to `last_step`. The file is replaced (a new file renamed over it), not
+// rewritten in place: a rank of a superseded attempt that passed its fence check just before
+// it was stopped still holds the old file open, and its late record lands there, not in the
+// run's metrics.
+Status metrics_truncate(const fs::path& path, int64_t last_step) {
   std::ifstream in(path);
-  if (!in) return;
+  if (!in) return {};
   std::vector<std::string> keep;
   std::string line;
   while (std::getline(in, line)) {
@@ -164,11 +171,10 @@ void truncate_metrics(const fs::path& path, int64_t last_step) {
     }
   }
   in.close();
-  std::ofstream out(path, std::ios::trunc);
-  for (const auto& l : keep) out << l << "\n";
+  return atomic_write_file(path, [&](std::ostream& out) {
+    for (const auto& l : keep) out << l << "\n";
+  });
 }
-
-}  // namespace
 
 Result<std::unique_ptr<Trainer>> Trainer::create(const JobSpec& spec, const TrainOptions& options,
                                                  Backend& backend) {
@@ -374,12 +380,17 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
           "train.seed", "differs from the run being resumed (" + std::to_string(state.seed) + ")");
     }
     batches.set_position(state.data);
-    if (lead) truncate_metrics(metrics_path, state.step);
+    if (lead) {
+      if (Status s = metrics_truncate(metrics_path, state.step); !s.ok()) return s;
+    }
     if (lead)
       spdlog::info("resuming {} from {} (step {})", spec_.name, latest.string(), state.step);
   } else {
     model_->initialize(ts.seed);
-    if (lead) std::ofstream(metrics_path, std::ios::trunc);
+    if (lead) {
+      // A new file, for the same reason as metrics_truncate.
+      if (Status s = atomic_write_file(metrics_path, [](std::ostream&) {}); !s.ok()) return s;
+    }
   }
   if (lead) {
     std::ofstream job(options_.run_dir / "job.json");

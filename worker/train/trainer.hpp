@@ -29,6 +29,11 @@ namespace mohge {
 
 class AdamW;
 
+/// Keeps the records of `path` (metrics.jsonl) up to step `last_step` (and drops torn lines).
+/// The file is replaced by a new one, so a writer that still holds the old one open (a
+/// superseded attempt's rank, stopped right after its fence check) writes into the old file.
+Status metrics_truncate(const std::filesystem::path& path, int64_t last_step);
+
 /// The backend a spec asks for: resources.device and train.precision; errors name the field
 /// when this host cannot provide it. `gpu`: which visible GPU a "cuda" rank uses.
 Result<std::unique_ptr<Backend>> make_job_backend(const JobSpec& spec, int threads, int gpu = 0);
