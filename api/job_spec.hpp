@@ -105,7 +105,7 @@ struct JobSpec {
   std::string placement = "all-size";
   // all-size-adaptive: re-plan every this many steps (0: never) from the measured loads, and
   // move experts when the predicted imbalance drops by at least this fraction.
-  int64_t placement_every = 50;
+  int64_t placement_every = 10;
   double placement_min_gain = 0.02;
   CheckpointSpec checkpoint;
   int priority = 50;     // 0..100, higher first

@@ -20,9 +20,8 @@ TEST(DaemonDevices, OneWorkerPerListedGpu) {
 }
 
 TEST(DaemonDevices, BadListsAreRefusedNamingTheFlag) {
-  for (const std::string bad :
-       {"gpu", "cuda:", "cuda:a", "cuda:1,", "cuda:,1", "cuda:1,1", "cuda:-1", "cuda:99999",
-        "cuda:1;rm", "CPU", ""}) {
+  for (const std::string bad : {"gpu", "cuda:", "cuda:a", "cuda:1,", "cuda:,1", "cuda:1,1",
+                                "cuda:-1", "cuda:99999", "cuda:1;rm", "CPU", ""}) {
     const Result<Devices> r = split_devices(bad);
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.error().field, "--devices") << bad;

@@ -167,6 +167,24 @@ TEST(AdaptivePlacement, LargeCasesNeverLoseToStaticAndAreDeterministic) {
   }
 }
 
+// Renaming ranks changes no load, so a re-plan keeps experts where they are when it can: a
+// plan whose ranks were renamed is given back unchanged, with nothing to move.
+TEST(AdaptivePlacement, KeepsExpertsOnTheirRanksWhenRenamingRanksCanDoIt) {
+  const ModelSpec m = brown_like();
+  for (int R : {2, 4}) {
+    for (uint64_t seed = 1; seed <= 5; ++seed) {
+      std::vector<double> load = random_loads(32, seed, 2.0);
+      const ExpertPlacement plan = placement_adaptive_layer(m, R, load).value();
+      ExpertPlacement renamed = plan;
+      for (int& o : renamed.owner) o = (o + 1) % R;
+      placement_index(m, renamed);
+      const ExpertPlacement again = placement_adaptive_layer(m, R, load, &renamed).value();
+      EXPECT_EQ(again.owner, renamed.owner) << R << " ranks, seed " << seed;
+      EXPECT_DOUBLE_EQ(max_rank_load(again, load), max_rank_load(plan, load));
+    }
+  }
+}
+
 TEST(AdaptivePlacement, RefusesLoadsItCannotUse) {
   const ModelSpec m = grouped(2, 2);
   EXPECT_EQ(placement_adaptive_layer(m, 2, {1, 2, 3}).error().field, "placement");

@@ -293,18 +293,27 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
       }
       if (adaptive_possible && rep.every > 0 && step % rep.every == 0) {
         const std::vector<double> load = flops_of(avg);
-        Result<ExpertPlacement> next = placement_adaptive_layer(m, workers, load);
+        Result<ExpertPlacement> next = placement_adaptive_layer(m, workers, load, &current[layer]);
         if (next.ok()) {
           const double before = placement_load_imbalance(current[layer], load);
           const double after = placement_load_imbalance(next.value(), load);
           if (before - after >= spec.value().placement_min_gain * before &&
               next.value().owner != current[layer].owner) {
+            for (size_t e = 0; e < current[layer].owner.size(); ++e) {
+              if (current[layer].owner[e] != next.value().owner[e])
+                rep.moved_bytes +=
+                    3.0 * 3.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e)) * 4.0;
+            }
             current[layer] = std::move(next).value();
             ++rep.replans;
           }
         }
       }
       if (!counted) continue;
+      if (adaptive_possible) {
+        Result<ExpertPlacement> best = placement_adaptive_layer(m, workers, flops_of(counts));
+        if (best.ok()) rep.oracle += placement_load_imbalance(best.value(), flops_of(counts));
+      }
       // The noise floor: the same number of assignments spread uniformly over the experts.
       double total = 0;
       for (double c : counts) total += c;
@@ -336,6 +345,7 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
   rep.contiguous /= n;
   rep.adaptive /= n;
   rep.noise_floor = noise / std::max(1.0, noise_n);
+  rep.oracle /= n;
   return rep;
 }
 

@@ -57,10 +57,14 @@ struct BalanceReport {
   double adaptive = 0;
   double adaptive_max = 0;
   int64_t every = 0;
-  int64_t replans = 0;  // re-plans that moved experts
+  int64_t replans = 0;     // re-plans that moved experts
+  double moved_bytes = 0;  // weights and both AdamW moments of the experts those moved
   // Sampling noise: static All-size under a perfectly uniform router that routes the same
   // number of assignments (the imbalance no placement can remove).
   double noise_floor = 0;
+  // The best any All-size placement could do if it knew each step's loads in advance (the
+  // planner on the step's own counts): what is left is the router's, not the placement's.
+  double oracle = 0;
 };
 
 /// Rank imbalance of each placement over R ranks for the routing a run recorded in its

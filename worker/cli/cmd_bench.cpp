@@ -100,7 +100,9 @@ int run_bench_balance(const BenchArgs& a) {
                               {"worst_all_size_adaptive", b.adaptive_max},
                               {"adaptive_every", b.every},
                               {"adaptive_replans", b.replans},
-                              {"noise_floor", b.noise_floor}};
+                              {"adaptive_moved_bytes", b.moved_bytes},
+                              {"noise_floor", b.noise_floor},
+                              {"oracle_all_size", b.oracle}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

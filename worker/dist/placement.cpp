@@ -220,8 +220,59 @@ class AdaptivePlanner {
 
 }  // namespace
 
+namespace {
+
+// The renaming of the plan's ranks (plan rank r → rank perm[r]) that keeps the most expert
+// parameters on their current rank: every permutation for up to 8 ranks, else greedily the
+// pair with the most shared parameters first.
+std::vector<int> keep_most(const ModelSpec& model, int world, const std::vector<int>& plan,
+                           const std::vector<int>& now) {
+  const size_t R = static_cast<size_t>(world);
+  std::vector<std::vector<double>> shared(R, std::vector<double>(R, 0.0));
+  for (size_t e = 0; e < plan.size() && e < now.size(); ++e) {
+    shared[static_cast<size_t>(plan[e])][static_cast<size_t>(now[e])] +=
+        model.ffn.expert_hidden_width(static_cast<int>(e));
+  }
+  std::vector<int> perm(R);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (R <= 8) {
+    std::vector<int> best = perm, p = perm;
+    double best_kept = -1.0;
+    do {
+      double kept = 0.0;
+      for (size_t r = 0; r < R; ++r) kept += shared[r][static_cast<size_t>(p[r])];
+      if (kept > best_kept) {  // strict: the first (lexicographically smallest) best wins
+        best_kept = kept;
+        best = p;
+      }
+    } while (std::next_permutation(p.begin(), p.end()));
+    return best;
+  }
+  std::vector<bool> used_from(R, false), used_to(R, false);
+  for (size_t step = 0; step < R; ++step) {
+    double top = -1.0;
+    size_t bf = 0, bt = 0;
+    for (size_t f = 0; f < R; ++f) {
+      if (used_from[f]) continue;
+      for (size_t t = 0; t < R; ++t) {
+        if (!used_to[t] && shared[f][t] > top) {
+          top = shared[f][t];
+          bf = f;
+          bt = t;
+        }
+      }
+    }
+    used_from[bf] = used_to[bt] = true;
+    perm[bf] = static_cast<int>(bt);
+  }
+  return perm;
+}
+
+}  // namespace
+
 Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int world,
-                                                 const std::vector<double>& load) {
+                                                 const std::vector<double>& load,
+                                                 const ExpertPlacement* current) {
   Result<ExpertPlacement> fixed = placement_plan(model, "all-size", world);
   if (!fixed.ok()) return fixed.error();
   const FfnSpec& f = model.ffn;
@@ -241,6 +292,10 @@ Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int wor
   ExpertPlacement p = std::move(fixed).value();
   p.kind = "all-size-adaptive";
   if (planner.max_load(owner) < planner.max_load(p.owner)) p.owner = std::move(owner);
+  if (current != nullptr && current->owner.size() == p.owner.size()) {
+    const std::vector<int> perm = keep_most(model, world, p.owner, current->owner);
+    for (int& o : p.owner) o = perm[static_cast<size_t>(o)];
+  }
   placement_index(model, p);
   return p;
 }

@@ -43,9 +43,12 @@ void placement_index(const ModelSpec& model, ExpertPlacement& p);
 /// experts of every group. Exact (branch and bound) when the choices are few, else greedy by
 /// decreasing load with pairwise swaps off the most loaded rank; never worse on `load` than
 /// static all-size. Deterministic: the same loads give the same placement. Needs a MoHGE
-/// spec with n % R == 0.
+/// spec with n % R == 0. With `current` (the layer's placement now), the ranks of the plan are
+/// renamed so that as many expert parameters as possible stay where they are (renaming ranks
+/// changes no rank's load), which keeps the bytes a re-placement moves down.
 Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int world,
-                                                 const std::vector<double>& load);
+                                                 const std::vector<double>& load,
+                                                 const ExpertPlacement* current = nullptr);
 
 /// Largest rank load over the mean for `load` (E) under placement `p`.
 double placement_load_imbalance(const ExpertPlacement& p, const std::vector<double>& load);

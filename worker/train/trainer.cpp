@@ -312,7 +312,8 @@ Result<json> Trainer::adapt_placement(int64_t step, AdamW& optimizer) {
     std::vector<double> flops(load_ema_[static_cast<size_t>(l)]);
     for (size_t e = 0; e < flops.size(); ++e)
       flops[e] *= 6.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e));
-    Result<ExpertPlacement> p = placement_adaptive_layer(m, placement_->world, flops);
+    Result<ExpertPlacement> p =
+        placement_adaptive_layer(m, placement_->world, flops, &placement_->layer(l));
     if (!p.ok()) return p.error();
     before += placement_load_imbalance(placement_->layer(l), flops);
     after += placement_load_imbalance(p.value(), flops);
