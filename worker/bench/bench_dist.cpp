@@ -291,24 +291,6 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
         for (size_t e = 0; e < avg.size() && e < counts.size(); ++e)
           avg[e] = 0.9 * avg[e] + 0.1 * counts[e];
       }
-      if (adaptive_possible && rep.every > 0 && step % rep.every == 0) {
-        const std::vector<double> load = flops_of(avg);
-        Result<ExpertPlacement> next = placement_adaptive_layer(m, workers, load, &current[layer]);
-        if (next.ok()) {
-          const double before = placement_load_imbalance(current[layer], load);
-          const double after = placement_load_imbalance(next.value(), load);
-          if (before - after >= spec.value().placement_min_gain * before &&
-              next.value().owner != current[layer].owner) {
-            for (size_t e = 0; e < current[layer].owner.size(); ++e) {
-              if (current[layer].owner[e] != next.value().owner[e])
-                rep.moved_bytes +=
-                    3.0 * 3.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e)) * 4.0;
-            }
-            current[layer] = std::move(next).value();
-            ++rep.replans;
-          }
-        }
-      }
       if (!counted) continue;
       if (adaptive_possible) {
         Result<ExpertPlacement> best = placement_adaptive_layer(m, workers, flops_of(counts));
@@ -334,6 +316,46 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
       rep.all_size_max = std::max(rep.all_size_max, a);
       rep.group_per_rank_max = std::max(rep.group_per_rank_max, g);
       n += 1;
+    }
+    // The re-plan after this step, as Trainer::adapt_placement makes it: each layer keeps its
+    // placement unless the plan is better for it; experts move when the layers' mean predicted
+    // imbalance drops by placement_min_gain.
+    const bool all_seen =
+        std::all_of(ema.begin(), ema.end(), [](const auto& a) { return !a.empty(); });
+    if (adaptive_possible && rep.every > 0 && step % rep.every == 0 && all_seen) {
+      std::vector<ExpertPlacement> next = current;
+      double before = 0, after = 0;
+      for (size_t layer = 0; layer < current.size(); ++layer) {
+        const std::vector<double> load = flops_of(ema[layer]);
+        Result<ExpertPlacement> p = placement_adaptive_layer(m, workers, load, &current[layer]);
+        if (!p.ok()) return p.error();
+        const double now = placement_load_imbalance(current[layer], load);
+        const double planned = placement_load_imbalance(p.value(), load);
+        before += now;
+        after += std::min(now, planned);
+        if (planned < now) next[layer] = std::move(p).value();
+      }
+      if (before - after >= spec.value().placement_min_gain * before && after < before) {
+        ExpertPlacement from = all.value(), to = all.value();
+        from.layers = current;
+        to.layers = next;
+        // Bytes of the experts whose owner or slot changes: weights and two moments.
+        for (int l = 0; l < m.layers; ++l) {
+          auto slot = [](const ExpertPlacement& p, size_t e) {
+            const std::vector<int>& mine = p.experts[static_cast<size_t>(p.owner[e])];
+            return std::find(mine.begin(), mine.end(), static_cast<int>(e)) - mine.begin();
+          };
+          const ExpertPlacement& a = from.layer(l);
+          const ExpertPlacement& b = to.layer(l);
+          for (size_t e = 0; e < a.owner.size(); ++e) {
+            if (a.owner[e] != b.owner[e] || slot(a, e) != slot(b, e))
+              rep.moved_bytes +=
+                  3.0 * 3.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e)) * 4.0;
+          }
+        }
+        current = std::move(next);
+        ++rep.replans;
+      }
     }
   }
   if (n == 0) {

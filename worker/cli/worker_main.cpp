@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
       spdlog::info("stopping ({})", sig == SIGINT ? "SIGINT" : "SIGTERM");
       for (auto& d : daemons) d->stop();
     });
+    mohge::daemon_log_forwarding_install();  // before the daemons' threads log
     std::vector<mohge::Status> results(daemons.size());
     std::vector<std::thread> runners;
     for (size_t i = 0; i < daemons.size(); ++i) {

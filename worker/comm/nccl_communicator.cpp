@@ -143,7 +143,11 @@ class NcclCommunicator final : public Communicator {
   Status finalize() override {
     if (comm_ == nullptr) return Error{ErrorCode::kFailedPrecondition, "communicator aborted", ""};
     Status s = barrier();
-    finalized_ = true;
+    if (s.ok()) {
+      finalized_ = true;  // the destructor may then destroy the communicator in order
+    } else {
+      abort(s.error().message);  // never ncclCommDestroy on a communicator in error
+    }
     return s;
   }
 
@@ -172,6 +176,10 @@ class NcclCommunicator final : public Communicator {
   }
 
   Status wait_stream(const char* op) {
+    // A non-blocking communicator may return from ncclGroupEnd (or a collective) before the
+    // work is on the stream (connections are set up lazily): wait until it is, or the
+    // stream would look idle and later work would run before the data arrived.
+    if (Status s = wait_comm(op); !s.ok()) return s;
     const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                              std::chrono::duration<double>(opt_.timeout_s));
     while (true) {

@@ -149,6 +149,13 @@ std::string host_name() {
   return buf;
 }
 
+void daemon_log_forwarding_install() {
+  static std::once_flag sink_installed;
+  std::call_once(sink_installed, [] {
+    spdlog::default_logger()->sinks().push_back(std::make_shared<ForwardSink>());
+  });
+}
+
 Result<std::vector<std::string>> split_devices(const std::string& devices) {
   if (devices == "cpu") return std::vector<std::string>{"cpu"};
   if (devices == "cuda") return std::vector<std::string>{"cuda:0"};
@@ -576,11 +583,7 @@ Status WorkerDaemon::run() {
     m.monitor = GpuMonitor::open(m.gpu, &why);
     if (!m.monitor) spdlog::warn("no utilisation or memory figures for GPU {}: {}", m.gpu, why);
   }
-  // Once per process, however many daemons (one per GPU) start at the same time.
-  static std::once_flag sink_installed;
-  std::call_once(sink_installed, [] {
-    spdlog::default_logger()->sinks().push_back(std::make_shared<ForwardSink>());
-  });
+  daemon_log_forwarding_install();
   auto work = asio::make_work_guard(m.io);
   asio::post(m.io, [&m] { m.connect(); });
   m.io.run();

@@ -32,6 +32,11 @@ struct DaemonOptions {
 /// "cuda:all" (every visible GPU) → "cuda:N", "cuda:M", … Errors name --devices.
 Result<std::vector<std::string>> split_devices(const std::string& devices);
 
+/// Adds the sink that forwards a rank's log lines to its job (once per process). Call it
+/// before any daemon thread starts: spdlog's sink list is not safe to change while others log
+/// (run() calls it too, for a process with one daemon).
+void daemon_log_forwarding_install();
+
 /// This host's name.
 std::string host_name();
 

@@ -90,6 +90,7 @@ class AdaptivePlanner {
     if (best_max_ > bound_ * (1 + 1e-12) && search_space() <= 1e6) {  // few: prove it optimal
       std::vector<double> rank_load(static_cast<size_t>(R_), 0.0);
       std::vector<int> cur(load_.size(), -1);
+      used_.assign(static_cast<size_t>(G_ * R_), 0);
       exact(0, rank_load, cur);
     }
     return best_;
@@ -194,17 +195,17 @@ class AdaptivePlanner {
       }
       return;
     }
-    const size_t g0 = e / static_cast<size_t>(n_) * static_cast<size_t>(n_);
+    const size_t g = e / static_cast<size_t>(n_);
     for (int r = 0; r < R_; ++r) {
-      int used = 0;
-      for (size_t i = g0; i < e; ++i) used += cur[i] == r;
+      int& used = used_[g * static_cast<size_t>(R_) + static_cast<size_t>(r)];
       if (used == c_) continue;
-      // Ranks still empty in this group are interchangeable only if their loads are equal;
-      // no symmetry cut here beyond the bound (the spaces searched are small).
+      // No symmetry cut beyond the bound (the spaces searched are small).
       rank_load[static_cast<size_t>(r)] += load_[e];
       if (rank_load[static_cast<size_t>(r)] < best_max_ - 1e-12 * std::max(1.0, best_max_)) {
         cur[e] = r;
+        ++used;
         exact(e + 1, rank_load, cur);
+        --used;
         cur[e] = -1;
       }
       rank_load[static_cast<size_t>(r)] -= load_[e];
@@ -216,6 +217,7 @@ class AdaptivePlanner {
   std::vector<int> best_;
   double best_max_ = 0.0;
   double bound_ = 0.0;
+  std::vector<int> used_;  // (G, R) experts of group g on rank r in the current branch
 };
 
 }  // namespace

@@ -303,8 +303,9 @@ Result<json> Trainer::adapt_placement(int64_t step, AdamW& optimizer) {
   }
   if (spec_.placement_every <= 0 || step % spec_.placement_every != 0) return json(nullptr);
 
-  // Plan every layer on its expected FLOPs; move only when the layers' mean predicted
-  // imbalance drops by placement_min_gain.
+  // Plan every layer on its expected FLOPs; a layer keeps its placement unless the plan is
+  // strictly better for it, and experts move only when the layers' mean predicted imbalance
+  // drops by placement_min_gain.
   ExpertPlacement next = *placement_;
   next.layers.clear();
   double before = 0.0, after = 0.0;
@@ -315,9 +316,19 @@ Result<json> Trainer::adapt_placement(int64_t step, AdamW& optimizer) {
     Result<ExpertPlacement> p =
         placement_adaptive_layer(m, placement_->world, flops, &placement_->layer(l));
     if (!p.ok()) return p.error();
-    before += placement_load_imbalance(placement_->layer(l), flops);
-    after += placement_load_imbalance(p.value(), flops);
-    next.layers.push_back(std::move(p).value());
+    const double now = placement_load_imbalance(placement_->layer(l), flops);
+    const double planned = placement_load_imbalance(p.value(), flops);
+    before += now;
+    if (planned < now) {
+      after += planned;
+      next.layers.push_back(std::move(p).value());
+    } else {
+      after += now;
+      ExpertPlacement keep = placement_->layer(l);
+      keep.layers.clear();
+      keep.kind = "all-size-adaptive";
+      next.layers.push_back(std::move(keep));
+    }
   }
   before /= m.layers;
   after /= m.layers;
@@ -370,10 +381,50 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
       latest = ckpt_dir / checkpoint_folder_name(step);
     }
     if (placement_ && placement_->kind == "all-size-adaptive") {
-      // The experts each rank held when the checkpoint was written (names follow them).
-      Result<std::vector<std::vector<int>>> owners = checkpoint_placement(latest);
-      if (!owners.ok()) return owners.error();
-      restore_placement(owners.value());
+      // The experts each rank held when the checkpoint was written (names follow them), as
+      // rank 0 reads them: every rank must take the same slots.
+      const int64_t L = spec_.model.layers, E = spec_.model.ffn.num_experts();
+      std::vector<std::vector<int>> owners;
+      int64_t found = 0;  // 1: a placement of the right shape; -1: unreadable
+      if (rank == 0) {
+        Result<std::vector<std::vector<int>>> read = checkpoint_placement(latest);
+        if (!read.ok()) {
+          found = -1;
+        } else if (read.value().size() == static_cast<size_t>(L) &&
+                   std::all_of(read.value().begin(), read.value().end(),
+                               [&](const std::vector<int>& o) {
+                                 return o.size() == static_cast<size_t>(E);
+                               })) {
+          owners = read.value();
+          found = 1;
+        }
+        if (found < 0) {
+          collective_check(parallel_.comm->broadcast(&found, sizeof(found), 0));
+          return read.error();
+        }
+      }
+      collective_check(parallel_.comm->broadcast(&found, sizeof(found), 0));
+      if (found < 0) {
+        return Error{ErrorCode::kDataLoss,
+                     "rank 0 could not read the placement of " + latest.string(), ""};
+      }
+      if (found == 1) {
+        std::vector<int32_t> flat(static_cast<size_t>(L * E));
+        if (rank == 0) {
+          for (int64_t l = 0; l < L; ++l)
+            for (int64_t e = 0; e < E; ++e)
+              flat[static_cast<size_t>(l * E + e)] =
+                  owners[static_cast<size_t>(l)][static_cast<size_t>(e)];
+        }
+        collective_check(parallel_.comm->broadcast(
+            flat.data(), static_cast<int64_t>(flat.size() * sizeof(int32_t)), 0));
+        owners.assign(static_cast<size_t>(L), std::vector<int>(static_cast<size_t>(E)));
+        for (int64_t l = 0; l < L; ++l)
+          for (int64_t e = 0; e < E; ++e)
+            owners[static_cast<size_t>(l)][static_cast<size_t>(e)] =
+                flat[static_cast<size_t>(l * E + e)];
+        restore_placement(owners);
+      }
     }
     if (Status s = checkpoint_load(latest, *model_, &optimizer, &state); !s.ok()) return s;
     if (state.seed != ts.seed) {
