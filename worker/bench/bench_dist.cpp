@@ -9,6 +9,7 @@
 
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
+#include "worker/dist/expert_moves.hpp"
 #include "worker/dist/local_ranks.hpp"
 #include "worker/dist/placement.hpp"
 #include "worker/dist/rank_runner.hpp"
@@ -261,8 +262,8 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
   rep.workers = workers;
   rep.every = every >= 0 ? every : spec.value().placement_every;
   const bool adaptive_possible = m.ffn.kind == "mohge";
-  // The replayed adaptive placement per layer and its moving loads (as Trainer does it).
-  std::vector<ExpertPlacement> current(static_cast<size_t>(m.layers), all.value());
+  // The replayed adaptive placement (per layer once re-planned) and its moving loads.
+  ExpertPlacement current = all.value();
   std::vector<std::vector<double>> ema(static_cast<size_t>(m.layers));
   auto flops_of = [&](std::vector<double> counts) {
     for (size_t e = 0; e < counts.size(); ++e)
@@ -282,19 +283,15 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
     for (const json& l : r["layers"]) {
       const auto counts = l["expert_assignments"].get<std::vector<double>>();
       const size_t layer = l["layer"].get<size_t>();
-      if (layer >= current.size()) continue;
-      const double adaptive = load_imbalance(placement_rank_flops(current[layer], m, counts));
-      std::vector<double>& avg = ema[layer];
-      if (avg.empty()) {
-        avg = counts;
-      } else {
-        for (size_t e = 0; e < avg.size() && e < counts.size(); ++e)
-          avg[e] = 0.9 * avg[e] + 0.1 * counts[e];
-      }
+      if (layer >= ema.size()) continue;
+      const double adaptive =
+          load_imbalance(placement_rank_flops(current.layer(static_cast<int>(layer)), m, counts));
+      placement_average_loads(ema[layer], counts);
       if (!counted) continue;
       if (adaptive_possible) {
-        Result<ExpertPlacement> best = placement_adaptive_layer(m, workers, flops_of(counts));
-        if (best.ok()) rep.oracle += placement_load_imbalance(best.value(), flops_of(counts));
+        const std::vector<double> load = flops_of(counts);
+        Result<ExpertPlacement> best = placement_adaptive_layer(m, workers, load);
+        if (best.ok()) rep.oracle += placement_load_imbalance(best.value(), load);
       }
       // The noise floor: the same number of assignments spread uniformly over the experts.
       double total = 0;
@@ -317,43 +314,17 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
       rep.group_per_rank_max = std::max(rep.group_per_rank_max, g);
       n += 1;
     }
-    // The re-plan after this step, as Trainer::adapt_placement makes it: each layer keeps its
-    // placement unless the plan is better for it; experts move when the layers' mean predicted
-    // imbalance drops by placement_min_gain.
+    // The re-plan after this step, as Trainer::adapt_placement makes it.
     const bool all_seen =
         std::all_of(ema.begin(), ema.end(), [](const auto& a) { return !a.empty(); });
     if (adaptive_possible && rep.every > 0 && step % rep.every == 0 && all_seen) {
-      std::vector<ExpertPlacement> next = current;
-      double before = 0, after = 0;
-      for (size_t layer = 0; layer < current.size(); ++layer) {
-        const std::vector<double> load = flops_of(ema[layer]);
-        Result<ExpertPlacement> p = placement_adaptive_layer(m, workers, load, &current[layer]);
-        if (!p.ok()) return p.error();
-        const double now = placement_load_imbalance(current[layer], load);
-        const double planned = placement_load_imbalance(p.value(), load);
-        before += now;
-        after += std::min(now, planned);
-        if (planned < now) next[layer] = std::move(p).value();
-      }
-      if (before - after >= spec.value().placement_min_gain * before && after < before) {
-        ExpertPlacement from = all.value(), to = all.value();
-        from.layers = current;
-        to.layers = next;
-        // Bytes of the experts whose owner or slot changes: weights and two moments.
-        for (int l = 0; l < m.layers; ++l) {
-          auto slot = [](const ExpertPlacement& p, size_t e) {
-            const std::vector<int>& mine = p.experts[static_cast<size_t>(p.owner[e])];
-            return std::find(mine.begin(), mine.end(), static_cast<int>(e)) - mine.begin();
-          };
-          const ExpertPlacement& a = from.layer(l);
-          const ExpertPlacement& b = to.layer(l);
-          for (size_t e = 0; e < a.owner.size(); ++e) {
-            if (a.owner[e] != b.owner[e] || slot(a, e) != slot(b, e))
-              rep.moved_bytes +=
-                  3.0 * 3.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e)) * 4.0;
-          }
-        }
-        current = std::move(next);
+      Result<PlacementReplan> plan =
+          placement_replan(m, current, ema, spec.value().placement_min_gain);
+      if (!plan.ok()) return plan.error();
+      if (plan.value().worth) {
+        // Weights and both AdamW moments of the experts whose owner or slot changes.
+        rep.moved_bytes += 3.0 * 4.0 * expert_moves_size(m, current, plan.value().next).floats;
+        current = std::move(plan.value().next);
         ++rep.replans;
       }
     }

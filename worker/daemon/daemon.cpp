@@ -567,17 +567,18 @@ Status WorkerDaemon::run() {
   if (m.options.coordinator.rfind(':') == std::string::npos) {
     return invalid_argument("--coordinator", "must be HOST:PORT");
   }
-  if (m.options.devices != "cpu") {
-    // "cuda" or "cuda:N": one GPU per daemon, N among the visible ones.
-    const std::string& d = m.options.devices;
-    const std::string n = d.rfind("cuda:", 0) == 0 ? d.substr(5) : d == "cuda" ? "0" : "";
+  // One device per daemon (worker_main starts one daemon per GPU of a list).
+  const Result<std::vector<std::string>> device = split_devices(m.options.devices);
+  if (!device.ok()) return device.error();
+  if (device.value().size() != 1)
+    return invalid_argument("--devices", "one daemon serves one device, got " + m.options.devices);
+  if (device.value()[0] != "cpu") {
+    m.gpu = std::stoi(device.value()[0].substr(5));  // "cuda:N", checked by split_devices
     const int visible = static_cast<int>(cuda_devices().size());
-    if (n.empty() || n.size() > 4 || n.find_first_not_of("0123456789") != std::string::npos)
-      return invalid_argument("--devices", "must be cpu, cuda or cuda:N (got " + d + ")");
-    m.gpu = std::stoi(n);
     if (m.gpu >= visible) {
-      return invalid_argument("--devices", "GPU " + n + " is not visible here (" +
-                                               std::to_string(visible) + " visible)");
+      return invalid_argument("--devices", "GPU " + std::to_string(m.gpu) +
+                                               " is not visible here (" + std::to_string(visible) +
+                                               " visible)");
     }
     std::string why;
     m.monitor = GpuMonitor::open(m.gpu, &why);

@@ -42,9 +42,14 @@ const char* const kProjections[] = {".gate_proj.weight", ".up_proj.weight", ".do
 
 }  // namespace
 
-int64_t expert_moves_count(const ModelSpec& model, const ExpertPlacement& from,
-                           const ExpertPlacement& to) {
-  return static_cast<int64_t>(moves(model, from, to).size());
+ExpertMoveSize expert_moves_size(const ModelSpec& model, const ExpertPlacement& from,
+                                 const ExpertPlacement& to) {
+  ExpertMoveSize size;
+  for (const Move& m : moves(model, from, to)) {
+    ++size.experts;
+    size.floats += 3 * int64_t{model.d_model} * model.ffn.expert_hidden_width(m.expert);
+  }
+  return size;
 }
 
 Result<ExpertMoves> expert_moves_apply(ParamStore& params, const std::vector<float*>& arenas,
@@ -56,70 +61,56 @@ Result<ExpertMoves> expert_moves_apply(ParamStore& params, const std::vector<flo
   const std::vector<Move> all = moves(model, from, to);
   const int64_t A = static_cast<int64_t>(arenas.size());
   const int64_t D = model.d_model;
-  auto floats = [&](const Move& m) { return A * 3 * D * model.ffn.expert_hidden_width(m.expert); };
 
   // Sizes per peer; the blocks lie in peer order, each in (layer, expert) order.
-  std::vector<int64_t> send_floats(static_cast<size_t>(R), 0),
-      recv_floats(static_cast<size_t>(R), 0);
+  std::vector<int64_t> send_bytes(static_cast<size_t>(R), 0), recv_bytes(static_cast<size_t>(R), 0);
   for (const Move& m : all) {
-    if (m.from == rank) send_floats[static_cast<size_t>(m.to)] += floats(m);
-    if (m.to == rank) recv_floats[static_cast<size_t>(m.from)] += floats(m);
+    const int64_t bytes = A * 3 * D * model.ffn.expert_hidden_width(m.expert) * 4;
+    if (m.from == rank) send_bytes[static_cast<size_t>(m.to)] += bytes;
+    if (m.to == rank) recv_bytes[static_cast<size_t>(m.from)] += bytes;
   }
   int64_t send_total = 0, recv_total = 0;
+  ExpertMoves out;
+  out.experts_moved = static_cast<int64_t>(all.size());
   for (int p = 0; p < R; ++p) {
-    send_total += send_floats[static_cast<size_t>(p)];
-    recv_total += recv_floats[static_cast<size_t>(p)];
+    send_total += send_bytes[static_cast<size_t>(p)] / 4;
+    recv_total += recv_bytes[static_cast<size_t>(p)] / 4;
+    if (p != rank) out.bytes_sent += send_bytes[static_cast<size_t>(p)];
   }
   Buffer<float> send(backend, std::max<int64_t>(send_total, 1));
   Buffer<float> recv(backend, std::max<int64_t>(recv_total, 1));
 
-  // Pack, by the names the slots have now.
-  int64_t at = 0;
-  for (int p = 0; p < R; ++p) {
-    for (const Move& m : all) {
-      if (m.from != rank || m.to != p) continue;
-      const std::string name = ffn_expert_name(model.ffn, m.layer, m.expert);
-      for (const char* proj : kProjections) {
-        const int index = params.find(name + proj);
-        MOHGE_CHECK(index >= 0, "rank " << rank << " does not hold " << name << proj);
-        const ParamInfo& info = params.info(index);
-        for (float* arena : arenas) {
-          backend.copy(send.data() + at, arena + info.offset, info.size);
-          at += info.size;
+  // Visits, in buffer order, every tensor range this rank sends (`sending`) or receives, as
+  // the slots are named at the time of the call: copy(arena range, buffer offset, floats).
+  auto each_range = [&](bool sending, const std::function<void(float*, int64_t, int64_t)>& copy) {
+    int64_t at = 0;
+    for (int p = 0; p < R; ++p) {
+      for (const Move& m : all) {
+        if ((sending ? m.from : m.to) != rank || (sending ? m.to : m.from) != p) continue;
+        const std::string name = ffn_expert_name(model.ffn, m.layer, m.expert);
+        for (const char* proj : kProjections) {
+          const int index = params.find(name + proj);
+          MOHGE_CHECK(index >= 0, "rank " << rank << " has no slot named " << name << proj);
+          const ParamInfo& info = params.info(index);
+          for (float* arena : arenas) {
+            copy(arena + info.offset, at, info.size);
+            at += info.size;
+          }
         }
       }
     }
-  }
-  std::vector<int64_t> send_bytes(static_cast<size_t>(R)), recv_bytes(static_cast<size_t>(R));
-  ExpertMoves out;
-  out.experts_moved = static_cast<int64_t>(all.size());
-  for (int p = 0; p < R; ++p) {
-    send_bytes[static_cast<size_t>(p)] = send_floats[static_cast<size_t>(p)] * 4;
-    recv_bytes[static_cast<size_t>(p)] = recv_floats[static_cast<size_t>(p)] * 4;
-    if (p != rank) out.bytes_sent += send_bytes[static_cast<size_t>(p)];
-  }
+  };
+  // Pack by the names the slots have now; exchange; rename; unpack by the new names.
+  each_range(
+      true, [&](float* range, int64_t at, int64_t n) { backend.copy(send.data() + at, range, n); });
   if (Status s = data.all_to_all_v(send.data(), send_bytes.data(), recv.data(), recv_bytes.data());
       !s.ok()) {
     return s.error();
   }
   rename();
-  // Unpack, by the names the slots have after `to`.
-  at = 0;
-  for (int p = 0; p < R; ++p) {
-    for (const Move& m : all) {
-      if (m.to != rank || m.from != p) continue;
-      const std::string name = ffn_expert_name(model.ffn, m.layer, m.expert);
-      for (const char* proj : kProjections) {
-        const int index = params.find(name + proj);
-        MOHGE_CHECK(index >= 0, "rank " << rank << " has no slot named " << name << proj);
-        const ParamInfo& info = params.info(index);
-        for (float* arena : arenas) {
-          backend.copy(arena + info.offset, recv.data() + at, info.size);
-          at += info.size;
-        }
-      }
-    }
-  }
+  each_range(false, [&](float* range, int64_t at, int64_t n) {
+    backend.copy(range, recv.data() + at, n);
+  });
   backend.synchronize();
   out.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return out;

@@ -27,9 +27,14 @@ struct ExpertMoves {
   double ms = 0.0;            // on this rank, from the first pack to the last unpack
 };
 
-/// The (layer, expert) pairs whose owner or slot differs between the two placements.
-int64_t expert_moves_count(const ModelSpec& model, const ExpertPlacement& from,
-                           const ExpertPlacement& to);
+struct ExpertMoveSize {
+  int64_t experts = 0;  // (layer, expert) pairs whose owner or slot differs
+  int64_t floats = 0;   // their parameters (per arena: times 3 with the two AdamW moments)
+};
+
+/// What going from `from` to `to` moves, without moving it.
+ExpertMoveSize expert_moves_size(const ModelSpec& model, const ExpertPlacement& from,
+                                 const ExpertPlacement& to);
 
 /// Moves the experts that change between `from` and `to` (every layer) in each of `arenas`
 /// (base pointers of arenas laid out like `params`). `rename` runs after this rank's experts

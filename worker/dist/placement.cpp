@@ -302,6 +302,48 @@ Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int wor
   return p;
 }
 
+void placement_average_loads(std::vector<double>& average, const std::vector<double>& counts) {
+  if (average.empty()) {
+    average = counts;
+    return;
+  }
+  for (size_t e = 0; e < average.size() && e < counts.size(); ++e)
+    average[e] = 0.9 * average[e] + 0.1 * counts[e];
+}
+
+Result<PlacementReplan> placement_replan(const ModelSpec& model, const ExpertPlacement& current,
+                                         const std::vector<std::vector<double>>& average_counts,
+                                         double min_gain) {
+  PlacementReplan out;
+  out.next = current;
+  out.next.layers.clear();
+  for (int l = 0; l < model.layers; ++l) {
+    std::vector<double> flops(average_counts.at(static_cast<size_t>(l)));
+    for (size_t e = 0; e < flops.size(); ++e)
+      flops[e] *= 6.0 * model.d_model * model.ffn.expert_hidden_width(static_cast<int>(e));
+    const ExpertPlacement& now = current.layer(l);
+    Result<ExpertPlacement> plan = placement_adaptive_layer(model, current.world, flops, &now);
+    if (!plan.ok()) return plan.error();
+    const double imbalance_now = placement_load_imbalance(now, flops);
+    const double planned = placement_load_imbalance(plan.value(), flops);
+    out.before += imbalance_now;
+    if (planned < imbalance_now) {
+      out.after += planned;
+      out.next.layers.push_back(std::move(plan).value());
+    } else {
+      out.after += imbalance_now;
+      ExpertPlacement keep = now;
+      keep.layers.clear();
+      keep.kind = "all-size-adaptive";
+      out.next.layers.push_back(std::move(keep));
+    }
+  }
+  out.before /= model.layers;
+  out.after /= model.layers;
+  out.worth = out.after < out.before && out.before - out.after >= min_gain * out.before;
+  return out;
+}
+
 double placement_load_imbalance(const ExpertPlacement& p, const std::vector<double>& load) {
   std::vector<double> r(static_cast<size_t>(p.world), 0.0);
   for (size_t e = 0; e < load.size() && e < p.owner.size(); ++e)

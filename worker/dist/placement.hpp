@@ -50,6 +50,25 @@ Result<ExpertPlacement> placement_adaptive_layer(const ModelSpec& model, int wor
                                                  const std::vector<double>& load,
                                                  const ExpertPlacement* current = nullptr);
 
+/// Folds one step's expert token counts (E, summed over ranks) into their moving average
+/// (weight 0.1 for the newest step; the first step starts it).
+void placement_average_loads(std::vector<double>& average, const std::vector<double>& counts);
+
+/// A re-plan of every layer of an all-size-adaptive placement, as the trainer makes it and
+/// `bench balance` replays it.
+struct PlacementReplan {
+  ExpertPlacement next;  // per-layer placements (`layers` filled)
+  double before = 0.0;   // mean over layers of the predicted imbalance now
+  double after = 0.0;    // and with `next`
+  bool worth = false;    // after < before, by at least min_gain of before
+};
+
+/// Plans each layer on its expected FLOPs (average_counts: layers × E token averages × 6·D·W);
+/// a layer keeps its placement unless the plan is strictly better for it.
+Result<PlacementReplan> placement_replan(const ModelSpec& model, const ExpertPlacement& current,
+                                         const std::vector<std::vector<double>>& average_counts,
+                                         double min_gain);
+
 /// Largest rank load over the mean for `load` (E) under placement `p`.
 double placement_load_imbalance(const ExpertPlacement& p, const std::vector<double>& load);
 

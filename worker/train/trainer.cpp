@@ -291,51 +291,19 @@ Result<json> Trainer::adapt_placement(int64_t step, AdamW& optimizer) {
   if (load_ema_.empty()) load_ema_.assign(routing.size(), {});
   // The tokens of each expert (summed over ranks: the same numbers on every rank), averaged
   // over about the last ten steps.
-  for (size_t l = 0; l < routing.size(); ++l) {
-    if (routing[l] == nullptr) continue;
-    const std::vector<double>& now = routing[l]->expert_assignments;
-    std::vector<double>& ema = load_ema_[l];
-    if (ema.empty()) {
-      ema = now;
-    } else {
-      for (size_t e = 0; e < ema.size(); ++e) ema[e] = 0.9 * ema[e] + 0.1 * now[e];
-    }
-  }
+  for (size_t l = 0; l < routing.size(); ++l)
+    if (routing[l] != nullptr)
+      placement_average_loads(load_ema_[l], routing[l]->expert_assignments);
   if (spec_.placement_every <= 0 || step % spec_.placement_every != 0) return json(nullptr);
 
-  // Plan every layer on its expected FLOPs; a layer keeps its placement unless the plan is
-  // strictly better for it, and experts move only when the layers' mean predicted imbalance
-  // drops by placement_min_gain.
-  ExpertPlacement next = *placement_;
-  next.layers.clear();
-  double before = 0.0, after = 0.0;
-  for (int l = 0; l < m.layers; ++l) {
-    std::vector<double> flops(load_ema_[static_cast<size_t>(l)]);
-    for (size_t e = 0; e < flops.size(); ++e)
-      flops[e] *= 6.0 * m.d_model * m.ffn.expert_hidden_width(static_cast<int>(e));
-    Result<ExpertPlacement> p =
-        placement_adaptive_layer(m, placement_->world, flops, &placement_->layer(l));
-    if (!p.ok()) return p.error();
-    const double now = placement_load_imbalance(placement_->layer(l), flops);
-    const double planned = placement_load_imbalance(p.value(), flops);
-    before += now;
-    if (planned < now) {
-      after += planned;
-      next.layers.push_back(std::move(p).value());
-    } else {
-      after += now;
-      ExpertPlacement keep = placement_->layer(l);
-      keep.layers.clear();
-      keep.kind = "all-size-adaptive";
-      next.layers.push_back(std::move(keep));
-    }
-  }
-  before /= m.layers;
-  after /= m.layers;
-  if (before - after < spec_.placement_min_gain * before) return json(nullptr);
-
+  Result<PlacementReplan> plan =
+      placement_replan(m, *placement_, load_ema_, spec_.placement_min_gain);
+  if (!plan.ok()) return plan.error();
+  if (!plan.value().worth) return json(nullptr);
+  const ExpertPlacement& next = plan.value().next;
+  const double before = plan.value().before, after = plan.value().after;
   const ExpertPlacement from = *placement_;
-  const int64_t moved_experts = expert_moves_count(m, from, next);
+  const int64_t moved_experts = expert_moves_size(m, from, next).experts;
   if (moved_experts == 0) return json(nullptr);
   Result<ExpertMoves> moved = expert_moves_apply(
       model_->params(),
