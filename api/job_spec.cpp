@@ -118,6 +118,28 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
 
 }  // namespace
 
+ParamCounts model_param_counts(const ModelSpec& m) {
+  const int64_t D = m.d_model, V = m.vocab_size, L = m.layers;
+  const FfnSpec& f = m.ffn;
+  ParamCounts c;
+  int64_t per_layer_other = 4 * D * D + 2 * D;  // q, k, v, o; two norms
+  int64_t per_layer_ffn = 0;
+  if (f.kind == "dense") {
+    per_layer_ffn = 3 * D * f.width;
+  } else {
+    const int E = f.num_experts();
+    int64_t routed = 0;
+    for (int e = 0; e < E; ++e) routed += 3 * D * f.expert_hidden_width(e);
+    c.routed = L * routed;
+    per_layer_ffn = routed + static_cast<int64_t>(f.shared_experts) * 3 * D * f.shared_width;
+    per_layer_other += D * E + (f.kind == "mohge" ? D * f.groups : 0);  // routers
+    if (f.balance == "bias") per_layer_other += E;                        // expert_bias
+  }
+  c.ffn = L * per_layer_ffn;
+  c.total = V * D * (m.tie_embeddings ? 1 : 2) + D + L * (per_layer_other + per_layer_ffn);
+  return c;
+}
+
 Result<JobSpec> parse_job_spec(const json& j) {
   std::vector<Error> errors;
   JobSpec s;

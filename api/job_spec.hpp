@@ -112,6 +112,15 @@ struct JobSpec {
   int max_restarts = 3;  // recoveries after lost workers before the job FAILS
 };
 
+/// Parameter counts of a model, as the worker's Transformer builds it (checked against it by
+/// tests/worker/test_model.cpp): every rank's experts counted once.
+struct ParamCounts {
+  int64_t total = 0;   // every parameter (embeddings, attention, norms, routers, FFNs)
+  int64_t ffn = 0;     // FFN weights: routed + shared experts (dense: the FFN)
+  int64_t routed = 0;  // routed experts only
+};
+ParamCounts model_param_counts(const ModelSpec& model);
+
 /// Parses and validates a spec. On failure the Error names the first offending field; all
 /// problems are listed (one per line) in its message.
 Result<JobSpec> parse_job_spec(const nlohmann::json& json);

@@ -574,6 +574,40 @@ struct RestServer::Impl {
       if (n == 3 && p[2] == "checkpoints") return reply(ex, service.job_checkpoints(c, job));
       return ex.error(Error{ErrorCode::kNotFound, "no such resource", ""});
     }
+    if (is({"experiments"})) {
+      if (method == "POST") {
+        Result<json> body = body_json(req);
+        if (!body.ok()) return ex.error(body.error());
+        const std::string key = header(req, "Idempotency-Key");
+        if (key.size() > 200) {
+          return ex.error(invalid_argument("Idempotency-Key", "must be at most 200 characters"));
+        }
+        Result<SubmitResult> r = service.submit_experiment(c, body.value(), key);
+        if (!r.ok()) return ex.error(r.error());
+        return ex.json_body(r.value().created ? 201 : 200, r.value().job);
+      }
+      if (method != "GET") return not_allowed();
+      ExperimentListQuery lq;
+      lq.user = q.text("user");
+      Result<int64_t> offset = q.integer("offset", 0, 0, int64_t{1} << 40);
+      Result<int64_t> limit = q.integer("limit", 50, 1, 1000);
+      if (!offset.ok()) return ex.error(offset.error());
+      if (!limit.ok()) return ex.error(limit.error());
+      lq.offset = offset.value();
+      lq.limit = limit.value();
+      return reply(ex, service.list_experiments(c, lq));
+    }
+    if ((n == 2 || n == 3) && p[0] == "experiments") {
+      Result<int64_t> id = rest_parse_id(p[1], "experiment");
+      if (!id.ok()) return ex.error(id.error());
+      if (n == 2) {
+        if (method != "GET") return not_allowed();
+        return reply(ex, service.get_experiment(c, id.value()));
+      }
+      if (p[2] != "cancel") return ex.error(Error{ErrorCode::kNotFound, "no such resource", ""});
+      if (method != "POST") return not_allowed();
+      return reply(ex, service.cancel_experiment(c, id.value()));
+    }
     if (n == 3 && p[0] == "checkpoints") {
       if (method != "GET") return not_allowed();
       Result<int64_t> id = rest_parse_id(p[1], "checkpoint");

@@ -35,6 +35,12 @@ struct JobListQuery {
   int64_t limit = 50;
 };
 
+struct ExperimentListQuery {
+  std::optional<std::string> user;  // admin only: another user's experiments
+  int64_t offset = 0;
+  int64_t limit = 50;
+};
+
 struct MetricsQuery {
   std::vector<std::string> names;  // empty: all
   int64_t since = 0;               // steps > since
@@ -75,6 +81,19 @@ class ApiService {
   /// the REST threads, once however many ask at the same time), or at once when it exists.
   virtual void checkpoint_download(const Caller& caller, int64_t checkpoint,
                                    std::function<void(Result<std::filesystem::path>)> done) = 0;
+  /// An experiment (api/experiment_spec.hpp): every expanded spec is validated before anything
+  /// is created, then the experiment and all its jobs are stored at once (QUEUED). The same
+  /// Idempotency-Key with the same request returns the first (created = false); with another
+  /// request kFailedPrecondition.
+  virtual Result<SubmitResult> submit_experiment(const Caller& caller, const nlohmann::json& body,
+                                                 const std::string& idempotency_key) = 0;
+  virtual Result<nlohmann::json> list_experiments(const Caller& caller,
+                                                  const ExperimentListQuery& query) = 0;
+  /// The experiment with its jobs and comparison table (coordinator/experiment_table.hpp).
+  virtual Result<nlohmann::json> get_experiment(const Caller& caller, int64_t experiment) = 0;
+  /// Cancels every job of the experiment that has not finished.
+  virtual Result<nlohmann::json> cancel_experiment(const Caller& caller, int64_t experiment) = 0;
+
   virtual Result<nlohmann::json> list_workers(const Caller& caller) = 0;
   virtual Result<nlohmann::json> cluster(const Caller& caller) = 0;
 

@@ -15,10 +15,12 @@
 #include <shared_mutex>
 #include <thread>
 
+#include "api/experiment_spec.hpp"
 #include "api/job_spec.hpp"
 #include "api/protocol.hpp"
 #include "api/rest_server.hpp"
 #include "coordinator/checkpoint_registry.hpp"
+#include "coordinator/experiment_table.hpp"
 #include "coordinator/job_views.hpp"
 #include "coordinator/metric_rows.hpp"
 #include "coordinator/metrics_sink.hpp"
@@ -164,21 +166,8 @@ struct Coordinator::Impl : ApiService {
     return c;
   }
 
-  Result<SubmitResult> submit_job(const Caller& c, const json& body,
-                                  const std::string& key) override {
-    if (!body.is_object()) return invalid_argument("body", "must be a JSON object (a job spec)");
-    Result<JobSpec> spec = parse_job_spec(body);
-    if (!spec.ok()) return spec.error();
-    const JobSpec& s = spec.value();
-    Result<int> quota = scheduler->ask<int>(
-        [&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
-    if (!quota.ok()) return quota.error();
-    if (quota.value() > 0 && s.resources.workers > quota.value()) {
-      return Error{ErrorCode::kUnprocessable,
-                   "asks for " + std::to_string(s.resources.workers) + " workers but " + c.user +
-                       "'s quota is " + std::to_string(quota.value()) + " concurrent workers",
-                   "resources.workers"};
-    }
+  /// The stored form of a validated spec submitted by `c`.
+  db::JobRow job_row(const Caller& c, const JobSpec& s, const std::string& key, double now) {
     db::JobRow row;
     row.user_id = c.user_id;
     row.user = c.user;
@@ -189,9 +178,36 @@ struct Coordinator::Impl : ApiService {
     row.workers = s.resources.workers;
     row.device = s.resources.device;
     row.idempotency_key = key;
-    row.submitted_at = hub.now();
+    row.submitted_at = now;
     row.max_restarts = s.max_restarts;
     row.steps = s.train.steps;
+    return row;
+  }
+
+  /// kUnprocessable (naming `field`) when one job of `workers` exceeds the caller's quota.
+  Status check_quota(const Caller& c, int workers, const std::string& field,
+                     const std::string& what) {
+    Result<int> quota = scheduler->ask<int>(
+        [&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
+    if (!quota.ok()) return quota.error();
+    if (quota.value() > 0 && workers > quota.value()) {
+      return Error{ErrorCode::kUnprocessable,
+                   what + "asks for " + std::to_string(workers) + " workers but " + c.user +
+                       "'s quota is " + std::to_string(quota.value()) + " concurrent workers",
+                   field};
+    }
+    return {};
+  }
+
+  Result<SubmitResult> submit_job(const Caller& c, const json& body,
+                                  const std::string& key) override {
+    if (!body.is_object()) return invalid_argument("body", "must be a JSON object (a job spec)");
+    Result<JobSpec> spec = parse_job_spec(body);
+    if (!spec.ok()) return spec.error();
+    const JobSpec& s = spec.value();
+    if (Status q = check_quota(c, s.resources.workers, "resources.workers", ""); !q.ok())
+      return q.error();
+    const db::JobRow row = job_row(c, s, key, hub.now());
     Result<db::JobRow> inserted = store->call<db::JobRow>(
         [row, now = row.submitted_at](db::Repository& r) {
           return r.insert_job(row, "submitted by " + row.user, now);
@@ -219,6 +235,203 @@ struct Coordinator::Impl : ApiService {
         scheduler->ask<json>([&, c, id] { return scheduler->job_json(c, id); }, kAskTimeout);
     if (!job.ok()) return job.error();
     return SubmitResult{job.value(), created};
+  }
+
+  // ---- experiments ------------------------------------------------------------------------
+  Result<SubmitResult> submit_experiment(const Caller& c, const json& body,
+                                         const std::string& key) override {
+    if (!body.is_object()) return invalid_argument("body", "must be a JSON object (an experiment)");
+    Result<ExperimentPlan> plan = parse_experiment(body);
+    if (!plan.ok()) return plan.error();
+    const ExperimentPlan& p = plan.value();
+    const double now = hub.now();
+    db::ExperimentRow row;
+    row.user_id = c.user_id;
+    row.user = c.user;
+    row.name = p.name;
+    row.request = p.request;
+    row.max_parallel = p.max_parallel;
+    row.idempotency_key = key;
+    row.created_at = now;
+    std::vector<db::JobRow> jobs;
+    for (const ExperimentPoint& point : p.points) {
+      const std::string where = "job " + std::to_string(point.index) + " (" + point.spec.name + ") ";
+      if (Status q = check_quota(c, point.spec.resources.workers, "resources.workers", where);
+          !q.ok())
+        return q.error();
+      db::JobRow job = job_row(c, point.spec, "", now);
+      job.experiment_point = {{"index", point.index},
+                              {"variant", point.variant},
+                              {"group", point.group},
+                              {"coords", point.coords}};
+      jobs.push_back(std::move(job));
+    }
+    using Stored = std::pair<db::ExperimentRow, std::vector<db::JobRow>>;
+    Result<Stored> inserted = store->call<Stored>(
+        [row, jobs, now](db::Repository& r) {
+          return r.insert_experiment(row, jobs, "submitted by " + row.user + " in experiment " + row.name,
+                                     now);
+        },
+        kAskTimeout);
+    bool created = true;
+    int64_t id = 0;
+    if (!inserted.ok() && inserted.error().code == ErrorCode::kAlreadyExists && !key.empty()) {
+      Result<std::optional<db::ExperimentRow>> prior = read<std::optional<db::ExperimentRow>>(
+          [&](db::Repository& r) { return r.find_experiment_by_key(c.user_id, key); });
+      if (!prior.ok()) return prior.error();
+      if (!prior.value()) return inserted.error();
+      if (prior.value()->request != row.request) {
+        return Error{ErrorCode::kFailedPrecondition,
+                     "this Idempotency-Key was already used for experiment " +
+                         std::to_string(prior.value()->id) + " with a different request",
+                     "Idempotency-Key"};
+      }
+      id = prior.value()->id;
+      created = false;
+    } else if (!inserted.ok()) {
+      return inserted.error();
+    } else {
+      id = inserted.value().first.id;
+      scheduler->add_experiment(id, row.max_parallel, std::move(inserted.value().second));
+    }
+    Result<json> view = get_experiment(c, id);
+    if (!view.ok()) return view.error();
+    return SubmitResult{view.value(), created};
+  }
+
+  /// RUNNING while any job is placed, QUEUED while others wait; when all are finished,
+  /// SUCCEEDED if all succeeded, FAILED if any failed, CANCELED otherwise.
+  static std::string experiment_state(const json& states) {
+    auto count = [&](const char* s) { return states.value(s, 0); };
+    if (count("STARTING") + count("RUNNING") + count("RECOVERING") > 0) return "RUNNING";
+    if (count("QUEUED") + count("PREEMPTED") > 0) return "QUEUED";
+    if (count("FAILED") > 0) return "FAILED";
+    if (count("CANCELED") > 0) return "CANCELED";
+    return "SUCCEEDED";
+  }
+
+  static json experiment_summary(const db::ExperimentRow& e, const json& states) {
+    int jobs = 0;
+    for (const auto& [state, n] : states.items()) jobs += n.get<int>();
+    return {{"id", e.id},
+            {"name", e.name},
+            {"user", e.user},
+            {"description", e.request.value("description", "")},
+            {"created_at", e.created_at},
+            {"max_parallel", e.max_parallel},
+            {"num_jobs", jobs},
+            {"states", states},
+            {"state", experiment_state(states)}};
+  }
+
+  Result<json> list_experiments(const Caller& c, const ExperimentListQuery& q) override {
+    std::optional<int64_t> user;
+    if (!c.admin) user = c.user_id;
+    if (q.user && !c.admin && *q.user != c.user) {
+      return Error{ErrorCode::kPermissionDenied,
+                   "only an admin may list another user's experiments", "user"};
+    }
+    if (q.user && c.admin) {
+      Result<std::optional<db::UserRow>> u = read<std::optional<db::UserRow>>(
+          [&](db::Repository& r) { return r.get_user_by_name(*q.user); });
+      if (!u.ok()) return u.error();
+      if (!u.value()) return json{{"experiments", json::array()}, {"total", 0},
+                                  {"offset", q.offset}, {"limit", q.limit}};
+      user = u.value()->id;
+    }
+    using Page = std::pair<std::vector<db::ExperimentRow>, int64_t>;
+    Result<Page> page = read<Page>(
+        [&](db::Repository& r) { return r.list_experiments(user, q.offset, q.limit); });
+    if (!page.ok()) return page.error();
+    std::vector<int64_t> ids;
+    for (const db::ExperimentRow& e : page.value().first) ids.push_back(e.id);
+    Result<json> states = scheduler->ask<json>(
+        [&, ids] { return scheduler->experiment_states(ids); }, kAskTimeout);
+    if (!states.ok()) return states.error();
+    json out = json::array();
+    for (const db::ExperimentRow& e : page.value().first)
+      out.push_back(experiment_summary(e, states.value()[std::to_string(e.id)]));
+    return json{{"experiments", out},
+                {"total", page.value().second},
+                {"offset", q.offset},
+                {"limit", q.limit}};
+  }
+
+  /// The experiment if the caller may see it (kNotFound otherwise, as for jobs).
+  Result<db::ExperimentRow> visible_experiment(const Caller& c, int64_t id) {
+    Result<std::optional<db::ExperimentRow>> e = read<std::optional<db::ExperimentRow>>(
+        [&](db::Repository& r) { return r.get_experiment(id); });
+    if (!e.ok()) return e.error();
+    if (!e.value() || (!c.admin && e.value()->user_id != c.user_id))
+      return Error{ErrorCode::kNotFound, "no experiment with id " + std::to_string(id), ""};
+    return *e.value();
+  }
+
+  Result<json> get_experiment(const Caller& c, int64_t id) override {
+    Result<db::ExperimentRow> e = visible_experiment(c, id);
+    if (!e.ok()) return e.error();
+    Result<json> jobs =
+        scheduler->ask<json>([&, c, id] { return scheduler->experiment_jobs(c, id); }, kAskTimeout);
+    if (!jobs.ok()) return jobs.error();
+    // Each job's series for the table, read from SQLite (the REST thread's read connection).
+    std::vector<ExperimentJobData> data;
+    json states = json::object();
+    for (json& j : jobs.value()) {
+      ExperimentJobData d;
+      d.id = j.value("id", int64_t{0});
+      d.state = j.value("state", "");
+      states[d.state] = states.value(d.state, 0) + 1;
+      const json point = j.value("experiment", json::object());
+      d.variant = point.value("variant", "");
+      d.group = point.value("group", "");
+      d.coords = point.value("coords", json::object());
+      Result<JobSpec> spec = parse_job_spec(j.value("spec", json::object()));
+      if (spec.ok()) {
+        d.steps = spec.value().train.steps;
+        d.params = model_param_counts(spec.value().model);
+      }
+      j.erase("spec");
+      Result<bool> got = read<bool>([&](db::Repository& r) -> Result<bool> {
+        Result<std::vector<std::string>> names = r.metric_names(d.id);
+        if (!names.ok()) return names.error();
+        for (const std::string& name : names.value()) {
+          const bool wanted = name.starts_with("difficulty.") ||
+                              std::find(experiment_table_metrics().begin(),
+                                        experiment_table_metrics().end(),
+                                        name) != experiment_table_metrics().end();
+          if (!wanted) continue;
+          Result<std::vector<db::MetricPoint>> series = r.metric_series(d.id, name, 0, 0);
+          if (!series.ok()) return series.error();
+          if (name.starts_with("difficulty.") && !series.value().empty()) {
+            d.series[name] = {series.value().back()};
+          } else {
+            d.series[name] = std::move(series).value();
+          }
+        }
+        return true;
+      });
+      if (!got.ok()) return got.error();
+      data.push_back(std::move(d));
+    }
+    json table = experiment_table(data);
+    // Per-job figures beside each job.
+    for (json& j : jobs.value()) {
+      for (const json& f : table["jobs"]) {
+        if (f["id"] == j["id"]) j["figures"] = f;
+      }
+    }
+    json out = experiment_summary(e.value(), states);
+    out["request"] = e.value().request;
+    out["jobs"] = jobs.value();
+    out["groups"] = table["groups"];
+    return out;
+  }
+
+  Result<json> cancel_experiment(const Caller& c, int64_t id) override {
+    Result<db::ExperimentRow> e = visible_experiment(c, id);
+    if (!e.ok()) return e.error();
+    return scheduler->ask<json>([&, c, id] { return scheduler->cancel_experiment(c, id); },
+                                kAskTimeout);
   }
 
   Result<json> list_jobs(const Caller& c, const JobListQuery& q) override {

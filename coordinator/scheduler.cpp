@@ -68,6 +68,9 @@ Status Scheduler::load(db::Repository& repo) {
     }
     if (static_cast<int64_t>(page.value().first.size()) < 1000) break;
   }
+  Result<std::vector<std::pair<int64_t, int>>> limits = repo.experiment_limits();
+  if (!limits.ok()) return limits.error();
+  for (const auto& [id, limit] : limits.value()) experiment_limits_[id] = limit;
   for (const auto& [id, e] : jobs_) publish(e);
   for (auto& [id, e] : jobs_) {
     const std::string& s = e.row.state;
@@ -95,6 +98,57 @@ void Scheduler::add_job(db::JobRow row) {
     publish(e);
     reschedule();
   });
+}
+
+void Scheduler::add_experiment(int64_t id, int max_parallel, std::vector<db::JobRow> rows) {
+  post([this, id, max_parallel, rows = std::move(rows)]() mutable {
+    experiment_limits_[id] = max_parallel;
+    for (db::JobRow& row : rows) {
+      JobEntry& e = jobs_[row.id];
+      e.row = std::move(row);
+      e.queued_at = e.row.submitted_at;
+      e.progress = {{"step", 0}};
+      publish(e);
+    }
+    reschedule();
+  });
+}
+
+Result<json> Scheduler::experiment_jobs(const Caller& caller, int64_t experiment) {
+  json out = json::array();
+  for (const auto& [id, e] : jobs_) {
+    if (e.row.experiment_id != experiment) continue;
+    if (!caller.admin && e.row.user_id != caller.user_id) continue;
+    json j = to_json(e);
+    j["spec"] = e.row.spec;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+Result<json> Scheduler::experiment_states(const std::vector<int64_t>& experiments) {
+  json out = json::object();
+  for (const int64_t x : experiments) out[std::to_string(x)] = json::object();
+  for (const auto& [id, e] : jobs_) {
+    if (e.row.experiment_id == 0) continue;
+    const std::string key = std::to_string(e.row.experiment_id);
+    if (!out.contains(key)) continue;
+    json& states = out[key];
+    states[e.row.state] = states.value(e.row.state, 0) + 1;
+  }
+  return out;
+}
+
+Result<json> Scheduler::cancel_experiment(const Caller& caller, int64_t experiment) {
+  json canceled = json::array();
+  for (auto& [id, e] : jobs_) {
+    if (e.row.experiment_id != experiment || job_state_terminal(e.row.state)) continue;
+    if (!caller.admin && e.row.user_id != caller.user_id) continue;
+    if (e.cancel_requested) continue;
+    Result<json> r = cancel(caller, id);
+    if (r.ok()) canceled.push_back(id);
+  }
+  return json{{"id", experiment}, {"canceled", canceled}};
 }
 
 void Scheduler::set_user(const db::UserRow& user) {
@@ -141,6 +195,12 @@ json Scheduler::to_json(const JobEntry& e) const {
             {"assigned", r.assigned},
             {"run_dir", r.run_dir},
             {"progress", progress}};
+  if (r.experiment_id != 0) {
+    j["experiment"] = {{"id", r.experiment_id},
+                       {"variant", r.experiment_point.value("variant", "")},
+                       {"group", r.experiment_point.value("group", "")},
+                       {"coords", r.experiment_point.value("coords", json::object())}};
+  }
   if (e.pending) {
     j["queue_position"] = e.pending->position;
     j["pending_reason"] = e.pending->reason;
@@ -484,12 +544,12 @@ void Scheduler::reschedule() {
   std::map<int64_t, double> running_usage;
   for (const auto& [id, e] : jobs_) {
     if (e.supervisor) {
-      snap.running.push_back(
-          {id, e.row.user_id, e.row.priority, e.row.assigned, e.usage_from, e.preempting});
+      snap.running.push_back({id, e.row.user_id, e.row.priority, e.row.assigned, e.usage_from,
+                              e.preempting, e.row.experiment_id});
       running_usage[e.row.user_id] += e.row.workers * (now - e.usage_from);
     } else if (e.row.state == "QUEUED" || e.row.state == "RECOVERING") {
-      snap.queued.push_back(
-          {id, e.row.user_id, e.row.priority, e.row.workers, e.row.device, e.queued_at});
+      snap.queued.push_back({id, e.row.user_id, e.row.priority, e.row.workers, e.row.device,
+                             e.queued_at, e.row.experiment_id});
     } else {
       continue;
     }
@@ -502,6 +562,8 @@ void Scheduler::reschedule() {
       snap.users[user.id] = user;
     }
   }
+  for (const auto& [id, limit] : experiment_limits_)
+    if (limit > 0) snap.experiment_limits[id] = limit;
   for (auto& [id, u] : snap.users) u.recent_usage = usage_.usage(id, now) + running_usage[id];
   const sched::Decision d = sched::schedule(snap);
   for (auto& [id, e] : jobs_) {

@@ -47,6 +47,15 @@ class Scheduler : public Actor {
   // ---- from the REST edge (through ask) ----------------------------------------------------
   /// Adds a job that the Store has just inserted (state QUEUED).
   void add_job(db::JobRow row);
+  /// Adds an experiment's jobs that the Store has just inserted (all QUEUED); at most
+  /// `max_parallel` (> 0) of them are placed at once.
+  void add_experiment(int64_t id, int max_parallel, std::vector<db::JobRow> rows);
+  /// Job counts by state of each experiment: {"<id>": {"RUNNING": 1, "QUEUED": 3}, …}.
+  Result<nlohmann::json> experiment_states(const std::vector<int64_t>& experiments);
+  /// The caller's jobs of an experiment as GET /jobs lists them (with "spec"), in id order.
+  Result<nlohmann::json> experiment_jobs(const Caller& caller, int64_t experiment);
+  /// Cancels every job of the experiment that is not finished: {"id", "canceled": [job ids]}.
+  Result<nlohmann::json> cancel_experiment(const Caller& caller, int64_t experiment);
   Result<nlohmann::json> job_json(const Caller& caller, int64_t id);
   Result<nlohmann::json> list_jobs(const Caller& caller, const JobListQuery& q);
   Result<nlohmann::json> cancel(const Caller& caller, int64_t id);
@@ -106,6 +115,7 @@ class Scheduler : public Actor {
   boost::asio::io_context& io_;
   std::map<int64_t, JobEntry> jobs_;
   std::map<int64_t, db::UserRow> users_;
+  std::map<int64_t, int> experiment_limits_;  // experiment → max_parallel (0 = no limit)
   std::map<std::string, WorkerView> workers_;
   sched::UsageLedger usage_;
   boost::asio::steady_timer progress_timer_;

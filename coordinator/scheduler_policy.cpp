@@ -15,7 +15,8 @@
 //  - Victims are taken in order (priority asc, started_at desc, id desc) until the need is
 //    covered: lowest priority wins over the smallest victim count.
 //  - Checks per job, in order: invalid gang size, gang larger than the owner's quota, gang
-//    larger than the device's online workers, quota, free workers.
+//    larger than the device's online workers, quota, the experiment's max_parallel, free
+//    workers.
 #include "coordinator/scheduler_policy.hpp"
 
 #include <algorithm>
@@ -209,8 +210,10 @@ Decision schedule(const Snapshot& snapshot) {
   const std::map<std::string, const Worker*> by_name = index_workers(snapshot);
   std::map<std::string, DevicePool> pools = build_pools(snapshot);
   std::map<int64_t, int> held;  // workers per user: running jobs + starts of this decision
+  std::map<int64_t, int> placed;  // jobs per limited experiment: running + starts
   for (const RunningJob& r : snapshot.running) {
     held[r.user_id] += static_cast<int>(r.workers.size());
+    if (r.experiment != 0) ++placed[r.experiment];
   }
   std::set<int64_t> chosen_victims;
   int position = 0;
@@ -247,6 +250,16 @@ Decision schedule(const Snapshot& snapshot) {
       continue;
     }
 
+    if (job.experiment != 0) {
+      const auto limit = snapshot.experiment_limits.find(job.experiment);
+      if (limit != snapshot.experiment_limits.end() && limit->second > 0 &&
+          placed[job.experiment] >= limit->second) {
+        wait(job, "experiment " + std::to_string(job.experiment) + " runs at most " +
+                      count_of(limit->second, "job") + " at once (max_parallel)");
+        continue;
+      }
+    }
+
     const int num_free = static_cast<int>(pool.free.size());
     if (job.workers <= num_free - pool.num_reserved) {
       // Starts on the first free workers by name beyond the reservation (backfill).
@@ -255,6 +268,7 @@ Decision schedule(const Snapshot& snapshot) {
       decision.starts.push_back(Start{job.id, std::vector<std::string>(first, last)});
       pool.free.erase(first, last);
       held[job.user_id] += job.workers;
+      if (job.experiment != 0) ++placed[job.experiment];
       continue;
     }
 

@@ -19,7 +19,10 @@
 //     priority released their workers, the fewest such jobs are chosen (lowest priority first,
 //     then most recently started) and asked to checkpoint and stop; they come back as queued
 //     jobs. While a preemption is in flight no further preemption is asked for that job.
-//  6. Every queued job that does not start gets a position (1-based, in order) and a reason
+//  6. Experiments: a job of an experiment with `max_parallel` > 0 whose experiment already has
+//     that many placed jobs (running ones plus starts of this decision) waits; it reserves
+//     nothing and preempts nothing, so it never holds back other jobs.
+//  7. Every queued job that does not start gets a position (1-based, in order) and a reason
 //     that a user can act on.
 #pragma once
 
@@ -44,6 +47,7 @@ struct QueuedJob {
   int workers = 1;
   std::string device = "cpu";
   double submitted_at = 0;  // time it (re-)entered the queue
+  int64_t experiment = 0;   // the experiment it belongs to, 0 = none
 };
 
 struct RunningJob {
@@ -53,6 +57,7 @@ struct RunningJob {
   std::vector<std::string> workers;  // held workers (rank order)
   double started_at = 0;
   bool preempting = false;  // already asked to checkpoint and stop
+  int64_t experiment = 0;   // the experiment it belongs to, 0 = none
 };
 
 struct User {
@@ -67,6 +72,8 @@ struct Snapshot {
   std::vector<QueuedJob> queued;
   std::vector<RunningJob> running;  // placed jobs: STARTING, RUNNING, RECOVERING
   std::map<int64_t, User> users;    // by id; every job's owner is present
+  // Experiment id → max_parallel (> 0); experiments without a limit are absent.
+  std::map<int64_t, int> experiment_limits;
 };
 
 struct Start {

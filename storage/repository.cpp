@@ -119,6 +119,24 @@ CREATE TABLE checkpoints (
   UNIQUE (job_id, step)
 );
 )sql",
+    // 2: experiments (a grid of jobs compared as one); a job's experiment and point in it.
+    R"sql(
+CREATE TABLE experiments (
+  id              INTEGER PRIMARY KEY AUTOINCREMENT,
+  user_id         INTEGER NOT NULL REFERENCES users(id),
+  name            TEXT    NOT NULL,
+  request         TEXT    NOT NULL,
+  max_parallel    INTEGER NOT NULL DEFAULT 0,
+  idempotency_key TEXT    NOT NULL DEFAULT '',
+  created_at      REAL    NOT NULL
+);
+CREATE UNIQUE INDEX experiments_user_key ON experiments(user_id, idempotency_key)
+  WHERE idempotency_key <> '';
+CREATE INDEX experiments_user_id ON experiments(user_id, id DESC);
+ALTER TABLE jobs ADD COLUMN experiment_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN experiment_point TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX jobs_experiment ON jobs(experiment_id, id) WHERE experiment_id <> 0;
+)sql",
 };
 
 const int kSchemaVersion = static_cast<int>(kMigrations.size());
@@ -180,7 +198,8 @@ Result<WorkerRow> read_worker(const Statement& s) {
 const std::string kJobSelect =
     "SELECT j.id, j.user_id, u.name, j.name, j.spec, j.state, j.reason, j.priority, j.workers, "
     "j.device, j.idempotency_key, j.submitted_at, j.started_at, j.finished_at, j.restarts, "
-    "j.max_restarts, j.step, j.steps, j.attempt, j.run_dir, j.assigned "
+    "j.max_restarts, j.step, j.steps, j.attempt, j.run_dir, j.assigned, j.experiment_id, "
+    "j.experiment_point "
     "FROM jobs j JOIN users u ON u.id = j.user_id";
 
 Result<JobRow> read_job(const Statement& s) {
@@ -216,7 +235,32 @@ Result<JobRow> read_job(const Statement& s) {
   for (const json& w : assigned.value()) {
     if (w.is_string()) j.assigned.push_back(w.get<std::string>());
   }
+  j.experiment_id = s.column_int64(21);
+  Result<json> point =
+      parse(s.column_text(22), "jobs.experiment_point of job " + std::to_string(j.id));
+  if (!point.ok()) return point.error();
+  j.experiment_point = std::move(point).value();
   return j;
+}
+
+const std::string kExperimentSelect =
+    "SELECT e.id, e.user_id, u.name, e.name, e.request, e.max_parallel, e.idempotency_key, "
+    "e.created_at FROM experiments e JOIN users u ON u.id = e.user_id";
+
+Result<ExperimentRow> read_experiment(const Statement& s) {
+  ExperimentRow e;
+  e.id = s.column_int64(0);
+  e.user_id = s.column_int64(1);
+  e.user = s.column_text(2);
+  e.name = s.column_text(3);
+  Result<json> request =
+      parse(s.column_text(4), "experiments.request of experiment " + std::to_string(e.id));
+  if (!request.ok()) return request.error();
+  e.request = std::move(request).value();
+  e.max_parallel = s.column_int(5);
+  e.idempotency_key = s.column_text(6);
+  e.created_at = s.column_double(7);
+  return e;
 }
 
 constexpr const char* kCheckpointColumns =
@@ -532,19 +576,22 @@ Result<std::vector<WorkerRow>> Repository::list_workers() {
 
 // ---- jobs ------------------------------------------------------------------------------------
 
-Result<JobRow> Repository::insert_job(const JobRow& row, const std::string& reason, double now) {
-  Transaction tx(impl_->db);
-  if (Status st = tx.begin(true); !st) return st.error();
-  Result<int64_t> r = impl_->db.exec(
+namespace {
+
+/// Inserts a job row and its submission event inside the caller's write transaction; its id.
+Result<int64_t> insert_job_row(Database& db, const JobRow& row, const std::string& reason,
+                               double now) {
+  Result<int64_t> r = db.exec(
       "insert job",
       "INSERT INTO jobs(user_id, name, spec, state, reason, priority, workers, device, "
       "idempotency_key, submitted_at, started_at, finished_at, restarts, max_restarts, step, "
-      "steps, attempt, run_dir, assigned) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
-      "?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+      "steps, attempt, run_dir, assigned, experiment_id, experiment_point) VALUES (?1, ?2, ?3, "
+      "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
       row.user_id, row.name, dump(row.spec), row.state, row.reason, row.priority, row.workers,
       row.device, row.idempotency_key, row.submitted_at != 0 ? row.submitted_at : now,
       row.started_at, row.finished_at, row.restarts, row.max_restarts, row.step, row.steps,
-      row.attempt, row.run_dir, dump(json(row.assigned)));
+      row.attempt, row.run_dir, dump(json(row.assigned)), row.experiment_id,
+      dump(row.experiment_point));
   if (!r.ok()) {
     return reword(
         reword(r.error(), ErrorCode::kAlreadyExists,
@@ -552,13 +599,23 @@ Result<JobRow> Repository::insert_job(const JobRow& row, const std::string& reas
                    row.idempotency_key + "'"),
         ErrorCode::kNotFound, "no user with id " + std::to_string(row.user_id));
   }
-  const int64_t id = impl_->db.last_insert_id();
-  Result<int64_t> e = impl_->db.exec("insert job event",
-                                     "INSERT INTO job_events(job_id, at, from_state, to_state, "
-                                     "reason) VALUES (?1, ?2, '', ?3, ?4)",
-                                     id, now, row.state, reason);
+  const int64_t id = db.last_insert_id();
+  Result<int64_t> e = db.exec("insert job event",
+                              "INSERT INTO job_events(job_id, at, from_state, to_state, "
+                              "reason) VALUES (?1, ?2, '', ?3, ?4)",
+                              id, now, row.state, reason);
   if (!e.ok()) return e.error();
-  Result<std::optional<JobRow>> stored = get_job(id);  // as stored, with the owner's name
+  return id;
+}
+
+}  // namespace
+
+Result<JobRow> Repository::insert_job(const JobRow& row, const std::string& reason, double now) {
+  Transaction tx(impl_->db);
+  if (Status st = tx.begin(true); !st) return st.error();
+  Result<int64_t> id = insert_job_row(impl_->db, row, reason, now);
+  if (!id.ok()) return id.error();
+  Result<std::optional<JobRow>> stored = get_job(id.value());  // as stored, with the owner's name
   if (!stored.ok()) return stored.error();
   if (Status st = tx.commit(); !st) return st.error();
   return std::move(*stored.value());
@@ -666,6 +723,89 @@ Result<std::vector<LogRow>> Repository::list_logs(int64_t job_id, int64_t after_
                       s.column_text(4)};
       },
       job_id, after_id, std::clamp<int64_t>(limit, 1, kMaxRowsPage));
+}
+
+// ---- experiments -----------------------------------------------------------------------------
+
+Result<std::pair<ExperimentRow, std::vector<JobRow>>> Repository::insert_experiment(
+    const ExperimentRow& row, const std::vector<JobRow>& jobs, const std::string& reason,
+    double now) {
+  Transaction tx(impl_->db);
+  if (Status st = tx.begin(true); !st) return st.error();
+  Result<int64_t> r = impl_->db.exec(
+      "insert experiment",
+      "INSERT INTO experiments(user_id, name, request, max_parallel, idempotency_key, "
+      "created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+      row.user_id, row.name, dump(row.request), row.max_parallel, row.idempotency_key,
+      row.created_at != 0 ? row.created_at : now);
+  if (!r.ok()) {
+    return reword(
+        reword(r.error(), ErrorCode::kAlreadyExists,
+               "user " + std::to_string(row.user_id) +
+                   " already has an experiment with idempotency key '" + row.idempotency_key +
+                   "'"),
+        ErrorCode::kNotFound, "no user with id " + std::to_string(row.user_id));
+  }
+  const int64_t id = impl_->db.last_insert_id();
+  for (JobRow job : jobs) {
+    job.experiment_id = id;
+    Result<int64_t> j = insert_job_row(impl_->db, job, reason, now);
+    if (!j.ok()) return j.error();
+  }
+  Result<std::optional<ExperimentRow>> stored = get_experiment(id);
+  if (!stored.ok()) return stored.error();
+  Result<std::vector<JobRow>> stored_jobs = list_experiment_jobs(id);
+  if (!stored_jobs.ok()) return stored_jobs.error();
+  if (Status st = tx.commit(); !st) return st.error();
+  return std::make_pair(std::move(*stored.value()), std::move(stored_jobs).value());
+}
+
+Result<std::optional<ExperimentRow>> Repository::find_experiment_by_key(int64_t user_id,
+                                                                        const std::string& key) {
+  if (key.empty()) return std::optional<ExperimentRow>();
+  return impl_->db.row("find experiment by key",
+                       kExperimentSelect +
+                           " WHERE e.user_id = ?1 AND e.idempotency_key = ?2 AND "
+                           "e.idempotency_key <> ''",
+                       read_experiment, user_id, key);
+}
+
+Result<std::optional<ExperimentRow>> Repository::get_experiment(int64_t id) {
+  return impl_->db.row("get experiment", kExperimentSelect + " WHERE e.id = ?1", read_experiment,
+                       id);
+}
+
+Result<std::pair<std::vector<ExperimentRow>, int64_t>> Repository::list_experiments(
+    std::optional<int64_t> user_id, int64_t offset, int64_t limit) {
+  const std::string where = user_id ? " WHERE e.user_id = ?1" : "";
+  Transaction tx(impl_->db);  // one snapshot for the count and the page
+  if (Status st = tx.begin(false); !st) return st.error();
+  Result<std::optional<int64_t>> total = impl_->db.row(
+      "count experiments", "SELECT COUNT(*) FROM experiments e" + where,
+      [](const Statement& s) { return s.column_int64(0); }, user_id);
+  if (!total.ok()) return total.error();
+  Result<std::vector<ExperimentRow>> rows = impl_->db.rows(
+      "list experiments", kExperimentSelect + where + " ORDER BY e.id DESC LIMIT ?2 OFFSET ?3",
+      read_experiment, user_id, std::clamp<int64_t>(limit, 1, kMaxJobsPage),
+      std::max<int64_t>(offset, 0));
+  if (!rows.ok()) return rows.error();
+  if (Status c = tx.commit(); !c) return c.error();
+  return std::make_pair(std::move(rows).value(), total.value().value_or(0));
+}
+
+Result<std::vector<std::pair<int64_t, int>>> Repository::experiment_limits() {
+  return impl_->db.rows("list experiment limits", "SELECT id, max_parallel FROM experiments",
+                        [](const Statement& s) {
+                          return std::make_pair(s.column_int64(0), s.column_int(1));
+                        });
+}
+
+Result<std::vector<JobRow>> Repository::list_experiment_jobs(int64_t experiment_id) {
+  // The `<> 0` term lets SQLite use the partial index jobs_experiment.
+  return impl_->db.rows("list experiment jobs",
+                        kJobSelect +
+                            " WHERE j.experiment_id = ?1 AND j.experiment_id <> 0 ORDER BY j.id",
+                        read_job, experiment_id);
 }
 
 // ---- metrics ---------------------------------------------------------------------------------

@@ -74,6 +74,20 @@ struct JobRow {
   int attempt = 0;                    // incremented on every launch (STARTING)
   std::string run_dir;                // relative to the storage root
   std::vector<std::string> assigned;  // worker names in rank order while placed, else empty
+  int64_t experiment_id = 0;          // the experiment it belongs to, 0 = none
+  // Its point in the experiment: {"index", "variant", "group", "coords": {path: value}}.
+  nlohmann::json experiment_point = nlohmann::json::object();
+};
+
+struct ExperimentRow {
+  int64_t id = 0;  // assigned by insert_experiment
+  int64_t user_id = 0;
+  std::string user;  // the owner's name (filled by reads, ignored by writes)
+  std::string name;
+  nlohmann::json request;  // the validated request, defaults filled in (api/experiment_spec)
+  int max_parallel = 0;    // 0 = no limit
+  std::string idempotency_key;
+  double created_at = 0;
 };
 
 struct JobFilter {
@@ -186,6 +200,24 @@ class Repository {
                                             int64_t limit = 1000);
   Status append_logs(const std::vector<LogRow>& rows);
   Result<std::vector<LogRow>> list_logs(int64_t job_id, int64_t after_id = 0, int64_t limit = 1000);
+
+  // ---- experiments --------------------------------------------------------------------------
+  /// Inserts an experiment and all its jobs (each with experiment_id set and its submission
+  /// event) in one transaction: all or nothing. Returns the stored experiment and jobs.
+  /// kAlreadyExists when (user, idempotency_key) exists: look it up with find_experiment_by_key.
+  Result<std::pair<ExperimentRow, std::vector<JobRow>>> insert_experiment(
+      const ExperimentRow& row, const std::vector<JobRow>& jobs, const std::string& reason,
+      double now);
+  Result<std::optional<ExperimentRow>> find_experiment_by_key(int64_t user_id,
+                                                              const std::string& key);
+  Result<std::optional<ExperimentRow>> get_experiment(int64_t id);
+  /// Experiments (of one user when set), newest first, and the total count matching.
+  Result<std::pair<std::vector<ExperimentRow>, int64_t>> list_experiments(
+      std::optional<int64_t> user_id, int64_t offset, int64_t limit);
+  /// Every experiment's id and max_parallel (for the scheduler at start-up).
+  Result<std::vector<std::pair<int64_t, int>>> experiment_limits();
+  /// The jobs of an experiment in point order.
+  Result<std::vector<JobRow>> list_experiment_jobs(int64_t experiment_id);
 
   // ---- metrics ------------------------------------------------------------------------------
   /// Inserts all rows in one transaction. A row whose (job, name, step) exists is ignored,

@@ -67,6 +67,36 @@ std::string describe(const Decision& d) {
   return out;
 }
 
+// ---- experiments ---------------------------------------------------------------------------
+
+TEST(SchedulerExperiments, MaxParallelCapsAnExperimentsPlacedJobsAndOthersStillStart) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3"), cpu("w4")});
+  s.experiment_limits[7] = 2;
+  add_running(s, RunningJob{.id = 1, .user_id = kAlice, .workers = {"w1"}, .experiment = 7});
+  s.queued = {QueuedJob{.id = 2, .user_id = kAlice, .submitted_at = 1, .experiment = 7},
+              QueuedJob{.id = 3, .user_id = kAlice, .submitted_at = 2, .experiment = 7},
+              QueuedJob{.id = 4, .user_id = kAlice, .submitted_at = 3, .experiment = 7},
+              QueuedJob{.id = 5, .user_id = kBob, .submitted_at = 4}};
+  // One more of experiment 7 fits under its limit of 2; the rest wait without reserving the
+  // free worker, which goes to Bob's job behind them.
+  EXPECT_EQ(describe(schedule(s)),
+            "start 2 on w2\n"
+            "start 5 on w3\n"
+            "wait 3 #1: experiment 7 runs at most 2 jobs at once (max_parallel)\n"
+            "wait 4 #2: experiment 7 runs at most 2 jobs at once (max_parallel)\n");
+}
+
+TEST(SchedulerExperiments, AnExperimentWithoutALimitStartsWhatFits) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2")});
+  s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .submitted_at = 1, .experiment = 3},
+              QueuedJob{.id = 2, .user_id = kAlice, .submitted_at = 2, .experiment = 3},
+              QueuedJob{.id = 3, .user_id = kAlice, .submitted_at = 3, .experiment = 3}};
+  EXPECT_EQ(describe(schedule(s)),
+            "start 1 on w1\n"
+            "start 2 on w2\n"
+            "wait 3 #1: waiting for 1 free cpu worker (0 free of 2 online)\n");
+}
+
 // ---- order --------------------------------------------------------------------------------
 
 TEST(SchedulerOrder, FifoAmongEqualPriority) {

@@ -375,6 +375,106 @@ TEST_F(RepositoryTest, IdempotencyKeysAreUniquePerUser) {
   EXPECT_FALSE(repo->find_job_by_key(alice.id, "").value().has_value());
 }
 
+// ---- experiments ----------------------------------------------------------------------------
+
+TEST_F(RepositoryTest, AnExperimentAndItsJobsAreStoredTogetherOrNotAtAll) {
+  auto repo = open_repo();
+  ASSERT_TRUE(repo);
+  UserRow alice = make_user(*repo, "alice");
+  ExperimentRow e;
+  e.user_id = alice.id;
+  e.name = "cmp";
+  e.request = {{"name", "cmp"}, {"grid", {{"train.seed", {1, 2}}}}};
+  e.max_parallel = 1;
+  e.idempotency_key = "exp-1";
+  std::vector<JobRow> jobs;
+  for (int seed : {1, 2}) {
+    JobRow j = job_for(alice, "cmp/base/seed=" + std::to_string(seed));
+    j.experiment_point = {{"index", seed - 1}, {"variant", "base"}, {"coords", {{"train.seed", seed}}}};
+    jobs.push_back(j);
+  }
+  auto stored = repo->insert_experiment(e, jobs, "submitted", 500.0);
+  ASSERT_TRUE(stored.ok()) << stored.error().to_string();
+  const ExperimentRow& got = stored.value().first;
+  EXPECT_GT(got.id, 0);
+  EXPECT_EQ(got.user, "alice");
+  EXPECT_EQ(got.request, e.request);
+  EXPECT_DOUBLE_EQ(got.created_at, 500.0);
+  ASSERT_EQ(stored.value().second.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(stored.value().second[i].experiment_id, got.id);
+    EXPECT_EQ(stored.value().second[i].experiment_point, jobs[i].experiment_point);
+    EXPECT_EQ(repo->list_events(stored.value().second[i].id).value().size(), 1u);
+  }
+  EXPECT_EQ(repo->list_experiment_jobs(got.id).value().size(), 2u);
+  EXPECT_EQ(repo->get_job(stored.value().second[0].id).value()->experiment_id, got.id);
+
+  // The same key again: kAlreadyExists, and nothing new is left behind.
+  auto dup = repo->insert_experiment(e, jobs, "submitted", 501.0);
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, ErrorCode::kAlreadyExists);
+  EXPECT_EQ(repo->list_jobs(JobFilter{}).value().second, 2);
+  EXPECT_EQ(repo->find_experiment_by_key(alice.id, "exp-1").value()->id, got.id);
+  EXPECT_FALSE(repo->find_experiment_by_key(alice.id, "exp-2").value().has_value());
+
+  // A job that violates the schema (its state) rolls the whole experiment back.
+  ExperimentRow e2 = e;
+  e2.idempotency_key = "exp-2";
+  std::vector<JobRow> bad = jobs;
+  bad[1].state = "DANCING";
+  auto failed = repo->insert_experiment(e2, bad, "submitted", 502.0);
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(repo->list_jobs(JobFilter{}).value().second, 2);
+  EXPECT_EQ(repo->list_experiments(std::nullopt, 0, 50).value().second, 1);
+
+  // Listing: per user, newest first; the limits for the scheduler.
+  UserRow bob = make_user(*repo, "bob");
+  ExperimentRow b = e;
+  b.user_id = bob.id;
+  b.max_parallel = 0;
+  auto bobs = repo->insert_experiment(b, {}, "submitted", 503.0);
+  ASSERT_TRUE(bobs.ok()) << bobs.error().to_string();
+  auto all = repo->list_experiments(std::nullopt, 0, 50);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all.value().second, 2);
+  EXPECT_EQ(all.value().first[0].id, bobs.value().first.id);
+  auto only_alice = repo->list_experiments(alice.id, 0, 50);
+  ASSERT_EQ(only_alice.value().first.size(), 1u);
+  EXPECT_EQ(only_alice.value().first[0].id, got.id);
+  EXPECT_EQ(repo->list_experiments(alice.id, 1, 50).value().first.size(), 0u);
+  auto limits = repo->experiment_limits();
+  ASSERT_TRUE(limits.ok());
+  EXPECT_EQ(limits.value().size(), 2u);
+}
+
+// A database of schema version 1 (before experiments) is migrated in place: its jobs keep
+// their data and belong to no experiment.
+TEST_F(RepositoryTest, AVersionOneDatabaseGainsExperimentsAndKeepsItsJobs) {
+  int64_t id = 0;
+  {
+    auto repo = open_repo();
+    ASSERT_TRUE(repo);
+    UserRow alice = make_user(*repo, "alice");
+    id = insert(*repo, job_for(alice, "old")).id;
+  }
+  {
+    RawDb raw(file_);
+    ASSERT_EQ(raw.exec("DROP INDEX jobs_experiment; ALTER TABLE jobs DROP COLUMN experiment_point;"
+                       "ALTER TABLE jobs DROP COLUMN experiment_id; DROP TABLE experiments;"
+                       "PRAGMA user_version = 1"),
+              SQLITE_OK);
+  }
+  auto repo = open_repo();
+  ASSERT_TRUE(repo);
+  EXPECT_EQ(repo->schema_version(), 2);
+  Result<std::optional<JobRow>> old = repo->get_job(id);
+  ASSERT_TRUE(old.ok() && old.value()) << (old.ok() ? "" : old.error().to_string());
+  EXPECT_EQ(old.value()->name, "old");
+  EXPECT_EQ(old.value()->experiment_id, 0);
+  EXPECT_EQ(old.value()->experiment_point, json::object());
+  EXPECT_TRUE(repo->list_experiments(std::nullopt, 0, 10).ok());
+}
+
 TEST_F(RepositoryTest, ListJobsFiltersPagesAndCounts) {
   auto repo = open_repo();
   ASSERT_TRUE(repo);

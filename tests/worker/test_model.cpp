@@ -115,5 +115,30 @@ TEST(ModelAccounting, ParameterCountsAndActivatedExpertParameters) {
   EXPECT_NEAR(model.activated_expert_params(), expected, 1e-6);
 }
 
+// The coordinator counts parameters from the spec alone (the experiment table): the count must
+// be the model's own, for every kind, untied embeddings and the balance bias included.
+TEST(ModelAccounting, TheSpecsParameterCountIsTheModels) {
+  auto be = make_cpu_backend(1);
+  for (const char* kind : {"dense", "moe", "mohge"}) {
+    for (const bool tied : {true, false}) {
+      for (const char* balance : {"aux", "bias"}) {
+        JobSpec spec = testing::tiny_spec(kind);
+        spec.model.tie_embeddings = tied;
+        if (std::string(kind) != "dense") spec.model.ffn.balance = balance;
+        Transformer model(spec.model, *be);
+        const ParamCounts c = model_param_counts(spec.model);
+        EXPECT_EQ(c.total, model.total_params()) << kind << " tied=" << tied << " " << balance;
+        EXPECT_EQ(c.ffn, model.expert_params()) << kind << " tied=" << tied << " " << balance;
+        if (std::string(kind) == "dense") EXPECT_EQ(c.routed, 0);
+        if (std::string(kind) != "dense") {
+          EXPECT_EQ(c.routed, c.ffn - spec.model.layers * 3LL * spec.model.d_model *
+                                          spec.model.ffn.shared_experts *
+                                          spec.model.ffn.shared_width);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mohge
