@@ -14,8 +14,8 @@ namespace {
 bool valid_variant_name(const std::string& s) {
   if (s.empty() || s.size() > 64) return false;
   for (const char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
-                    c == '-';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     if (!ok) return false;
   }
   return true;
@@ -33,8 +33,8 @@ bool valid_path(const std::string& path) {
       ++segments;
       continue;
     }
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_';
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     if (!ok || ++len > 64) return false;
   }
   return len > 0 && segments <= 8;
@@ -145,11 +145,12 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
   top.reject_unknown();
 
   int64_t num_points = static_cast<int64_t>(plan.variants.size());
-  for (const ExperimentAxis& axis : plan.grid) num_points *= static_cast<int64_t>(axis.values.size());
+  for (const ExperimentAxis& axis : plan.grid)
+    num_points *= static_cast<int64_t>(axis.values.size());
   if (errors.empty() && num_points > kMaxPoints) {
-    errors.push_back(invalid_argument(
-        "grid", "expands to " + std::to_string(num_points) + " jobs; at most " +
-                    std::to_string(kMaxPoints) + " per experiment"));
+    errors.push_back(invalid_argument("grid", "expands to " + std::to_string(num_points) +
+                                                  " jobs; at most " + std::to_string(kMaxPoints) +
+                                                  " per experiment"));
   }
   if (!errors.empty()) {
     std::string all;
@@ -160,8 +161,9 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
   }
 
   // Expansion: variant-major, then the axes in path order (the last axis fastest).
-  const bool has_seed_axis = std::any_of(plan.grid.begin(), plan.grid.end(),
-                                         [](const ExperimentAxis& a) { return a.path == kSeedPath; });
+  const bool has_seed_axis =
+      std::any_of(plan.grid.begin(), plan.grid.end(),
+                  [](const ExperimentAxis& a) { return a.path == kSeedPath; });
   for (const ExperimentVariant& variant : plan.variants) {
     std::vector<size_t> at(plan.grid.size(), 0);
     bool done = false;
@@ -218,15 +220,13 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
   }
 
   json variants = json::array();
-  for (const ExperimentVariant& v : plan.variants) variants.push_back({{"name", v.name}, {"set", v.set}});
+  for (const ExperimentVariant& v : plan.variants)
+    variants.push_back({{"name", v.name}, {"set", v.set}});
   json grid = json::object();
   for (const ExperimentAxis& axis : plan.grid) grid[axis.path] = axis.values;
-  plan.request = {{"name", plan.name},
-                  {"description", description},
-                  {"base", *base},
-                  {"variants", variants},
-                  {"grid", grid},
-                  {"max_parallel", plan.max_parallel}};
+  plan.request = {{"name", plan.name}, {"description", description},
+                  {"base", *base},     {"variants", variants},
+                  {"grid", grid},      {"max_parallel", plan.max_parallel}};
   return plan;
 }
 

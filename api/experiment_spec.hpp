@@ -22,22 +22,22 @@ namespace mohge {
 inline constexpr const char* kSeedPath = "train.seed";
 
 struct ExperimentVariant {
-  std::string name;          // [a-z0-9_.-]{1,64}; "base" when the request names none
-  nlohmann::json set;        // {"model.ffn.alpha_group": 0, …} (spec path → value)
+  std::string name;    // [a-z0-9_.-]{1,64}; "base" when the request names none
+  nlohmann::json set;  // {"model.ffn.alpha_group": 0, …} (spec path → value)
 };
 
 struct ExperimentAxis {
-  std::string path;                       // dotted spec path ("train.seed")
-  std::vector<nlohmann::json> values;     // 1..kMaxAxisValues
+  std::string path;                    // dotted spec path ("train.seed")
+  std::vector<nlohmann::json> values;  // 1..kMaxAxisValues
 };
 
 /// One job of the experiment.
 struct ExperimentPoint {
-  int index = 0;             // 0-based, in expansion order (variant-major, then axes in order)
-  std::string variant;       // the variant's name
-  nlohmann::json coords;     // {"train.seed": 2, …}: the grid values of this point
-  std::string group;         // the variant group: variant name plus the non-seed coordinates
-  JobSpec spec;              // validated; spec.name = "<experiment>/<group>[/seed=<s>]"
+  int index = 0;          // 0-based, in expansion order (variant-major, then axes in order)
+  std::string variant;    // the variant's name
+  nlohmann::json coords;  // {"train.seed": 2, …}: the grid values of this point
+  std::string group;      // the variant group: variant name plus the non-seed coordinates
+  JobSpec spec;           // validated; spec.name = "<experiment>/<group>[/seed=<s>]"
 };
 
 struct ExperimentPlan {

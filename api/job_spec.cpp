@@ -133,7 +133,7 @@ ParamCounts model_param_counts(const ModelSpec& m) {
     c.routed = L * routed;
     per_layer_ffn = routed + static_cast<int64_t>(f.shared_experts) * 3 * D * f.shared_width;
     per_layer_other += D * E + (f.kind == "mohge" ? D * f.groups : 0);  // routers
-    if (f.balance == "bias") per_layer_other += E;                        // expert_bias
+    if (f.balance == "bias") per_layer_other += E;                      // expert_bias
   }
   c.ffn = L * per_layer_ffn;
   c.total = V * D * (m.tie_embeddings ? 1 : 2) + D + L * (per_layer_other + per_layer_ffn);

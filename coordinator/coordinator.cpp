@@ -255,7 +255,8 @@ struct Coordinator::Impl : ApiService {
     row.created_at = now;
     std::vector<db::JobRow> jobs;
     for (const ExperimentPoint& point : p.points) {
-      const std::string where = "job " + std::to_string(point.index) + " (" + point.spec.name + ") ";
+      const std::string where =
+          "job " + std::to_string(point.index) + " (" + point.spec.name + ") ";
       if (Status q = check_quota(c, point.spec.resources.workers, "resources.workers", where);
           !q.ok())
         return q.error();
@@ -269,8 +270,8 @@ struct Coordinator::Impl : ApiService {
     using Stored = std::pair<db::ExperimentRow, std::vector<db::JobRow>>;
     Result<Stored> inserted = store->call<Stored>(
         [row, jobs, now](db::Repository& r) {
-          return r.insert_experiment(row, jobs, "submitted by " + row.user + " in experiment " + row.name,
-                                     now);
+          return r.insert_experiment(
+              row, jobs, "submitted by " + row.user + " in experiment " + row.name, now);
         },
         kAskTimeout);
     bool created = true;
@@ -335,18 +336,19 @@ struct Coordinator::Impl : ApiService {
       Result<std::optional<db::UserRow>> u = read<std::optional<db::UserRow>>(
           [&](db::Repository& r) { return r.get_user_by_name(*q.user); });
       if (!u.ok()) return u.error();
-      if (!u.value()) return json{{"experiments", json::array()}, {"total", 0},
-                                  {"offset", q.offset}, {"limit", q.limit}};
+      if (!u.value())
+        return json{
+            {"experiments", json::array()}, {"total", 0}, {"offset", q.offset}, {"limit", q.limit}};
       user = u.value()->id;
     }
     using Page = std::pair<std::vector<db::ExperimentRow>, int64_t>;
-    Result<Page> page = read<Page>(
-        [&](db::Repository& r) { return r.list_experiments(user, q.offset, q.limit); });
+    Result<Page> page =
+        read<Page>([&](db::Repository& r) { return r.list_experiments(user, q.offset, q.limit); });
     if (!page.ok()) return page.error();
     std::vector<int64_t> ids;
     for (const db::ExperimentRow& e : page.value().first) ids.push_back(e.id);
-    Result<json> states = scheduler->ask<json>(
-        [&, ids] { return scheduler->experiment_states(ids); }, kAskTimeout);
+    Result<json> states =
+        scheduler->ask<json>([&, ids] { return scheduler->experiment_states(ids); }, kAskTimeout);
     if (!states.ok()) return states.error();
     json out = json::array();
     for (const db::ExperimentRow& e : page.value().first)
@@ -395,10 +397,10 @@ struct Coordinator::Impl : ApiService {
         Result<std::vector<std::string>> names = r.metric_names(d.id);
         if (!names.ok()) return names.error();
         for (const std::string& name : names.value()) {
-          const bool wanted = name.starts_with("difficulty.") ||
-                              std::find(experiment_table_metrics().begin(),
-                                        experiment_table_metrics().end(),
-                                        name) != experiment_table_metrics().end();
+          const bool wanted =
+              name.starts_with("difficulty.") ||
+              std::find(experiment_table_metrics().begin(), experiment_table_metrics().end(),
+                        name) != experiment_table_metrics().end();
           if (!wanted) continue;
           Result<std::vector<db::MetricPoint>> series = r.metric_series(d.id, name, 0, 0);
           if (!series.ok()) return series.error();

@@ -1,7 +1,7 @@
 #include "coordinator/experiment_table.hpp"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
@@ -66,10 +66,10 @@ JobFigures figures(const ExperimentJobData& j) {
   f.imbalance = mean_after(series_of(j, "imbalance"), 0.1 * steps);
   if (!f.imbalance) f.imbalance = mean_after(series_of(j, "imbalance"), 0);
   f.activated_expert = mean_after(series_of(j, "activated_expert_params"), 0.9 * steps);
-  if (!f.activated_expert) f.activated_expert = mean_after(series_of(j, "activated_expert_params"), 0);
+  if (!f.activated_expert)
+    f.activated_expert = mean_after(series_of(j, "activated_expert_params"), 0);
   if (f.activated_expert) {
-    f.activated =
-        static_cast<double>(j.params.total - j.params.ffn) + *f.activated_expert;
+    f.activated = static_cast<double>(j.params.total - j.params.ffn) + *f.activated_expert;
   }
   return f;
 }
@@ -105,7 +105,7 @@ std::map<std::string, std::map<int, std::map<int, double>>> difficulty_of(
 
 const std::vector<std::string>& experiment_table_metrics() {
   static const std::vector<std::string> names = {"val_loss", "tokens_per_s", "imbalance",
-                                                  "activated_expert_params", "difficulty.*"};
+                                                 "activated_expert_params", "difficulty.*"};
   return names;
 }
 

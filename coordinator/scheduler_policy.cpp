@@ -209,7 +209,7 @@ Decision schedule(const Snapshot& snapshot) {
   Decision decision;
   const std::map<std::string, const Worker*> by_name = index_workers(snapshot);
   std::map<std::string, DevicePool> pools = build_pools(snapshot);
-  std::map<int64_t, int> held;  // workers per user: running jobs + starts of this decision
+  std::map<int64_t, int> held;    // workers per user: running jobs + starts of this decision
   std::map<int64_t, int> placed;  // jobs per limited experiment: running + starts
   for (const RunningJob& r : snapshot.running) {
     held[r.user_id] += static_cast<int>(r.workers.size());

@@ -742,8 +742,7 @@ Result<std::pair<ExperimentRow, std::vector<JobRow>>> Repository::insert_experim
     return reword(
         reword(r.error(), ErrorCode::kAlreadyExists,
                "user " + std::to_string(row.user_id) +
-                   " already has an experiment with idempotency key '" + row.idempotency_key +
-                   "'"),
+                   " already has an experiment with idempotency key '" + row.idempotency_key + "'"),
         ErrorCode::kNotFound, "no user with id " + std::to_string(row.user_id));
   }
   const int64_t id = impl_->db.last_insert_id();
@@ -794,18 +793,17 @@ Result<std::pair<std::vector<ExperimentRow>, int64_t>> Repository::list_experime
 }
 
 Result<std::vector<std::pair<int64_t, int>>> Repository::experiment_limits() {
-  return impl_->db.rows("list experiment limits", "SELECT id, max_parallel FROM experiments",
-                        [](const Statement& s) {
-                          return std::make_pair(s.column_int64(0), s.column_int(1));
-                        });
+  return impl_->db.rows(
+      "list experiment limits", "SELECT id, max_parallel FROM experiments",
+      [](const Statement& s) { return std::make_pair(s.column_int64(0), s.column_int(1)); });
 }
 
 Result<std::vector<JobRow>> Repository::list_experiment_jobs(int64_t experiment_id) {
   // The `<> 0` term lets SQLite use the partial index jobs_experiment.
-  return impl_->db.rows("list experiment jobs",
-                        kJobSelect +
-                            " WHERE j.experiment_id = ?1 AND j.experiment_id <> 0 ORDER BY j.id",
-                        read_job, experiment_id);
+  return impl_->db.rows(
+      "list experiment jobs",
+      kJobSelect + " WHERE j.experiment_id = ?1 AND j.experiment_id <> 0 ORDER BY j.id", read_job,
+      experiment_id);
 }
 
 // ---- metrics ---------------------------------------------------------------------------------

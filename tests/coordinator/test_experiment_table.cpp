@@ -35,7 +35,7 @@ ExperimentJobData job(int64_t id, const std::string& group, int seed, const std:
 TEST(ExperimentTable, GroupsAverageFinishedSeedsWithSampleStd) {
   std::vector<ExperimentJobData> jobs = {
       job(1, "mohge", 1, "SUCCEEDED", 5.0, 100), job(2, "mohge", 2, "SUCCEEDED", 5.2, 120),
-      job(3, "mohge", 3, "RUNNING", 9.0, 999),  job(4, "dense", 1, "SUCCEEDED", 6.0, 200),
+      job(3, "mohge", 3, "RUNNING", 9.0, 999), job(4, "dense", 1, "SUCCEEDED", 6.0, 200),
       job(5, "dense", 2, "FAILED", 7.0, 300)};
   jobs[0].series["difficulty.frequency.0.0"] = {{100, 0.75}};
   jobs[0].series["difficulty.frequency.0.1"] = {{100, 0.25}};

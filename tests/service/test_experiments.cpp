@@ -81,8 +81,8 @@ TEST_F(Experiments, AGridRunsAsJobsAtMostMaxParallelAtOnceAndIsComparedOverSeeds
             saw_reason = true;
         }
         max_placed = std::max(max_placed, placed);
-        return view.value("state", "") == "SUCCEEDED" &&
-               view["groups"][0]["val_loss"]["n"] == 2 && view["groups"][1]["val_loss"]["n"] == 2;
+        return view.value("state", "") == "SUCCEEDED" && view["groups"][0]["val_loss"]["n"] == 2 &&
+               view["groups"][1]["val_loss"]["n"] == 2;
       },
       240.0))
       << view.dump();
@@ -121,7 +121,8 @@ TEST_F(Experiments, AGridRunsAsJobsAtMostMaxParallelAtOnceAndIsComparedOverSeeds
   JobSpec spec = parse_job_spec([&] {
                    json s = service_job(1, 8);
                    return s;
-                 }()).value();
+                 }())
+                     .value();
   EXPECT_EQ(mohge["params_total"]["mean"].get<double>(),
             static_cast<double>(model_param_counts(spec.model).total));
   // MoHGE activates part of its experts; the dense model all of its FFN.
@@ -207,6 +208,63 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
       << get(path).text;
   for (const json& j : get(path).body["jobs"]) EXPECT_EQ(j["state"], "CANCELED");
   EXPECT_EQ(get(path).body["states"]["CANCELED"], 4);
+}
+
+TEST_F(Experiments, TheCliSubmitsShowsFollowsListsAndCancels) {
+  start_coordinator();
+  start_worker("w1");
+  start_worker("w2");
+  wait_workers_online(2);
+  const fs::path file = root_ / "experiment.json";
+  std::ofstream(file) << small_experiment(8, 2).dump();
+  const std::string env = "MOHGE_URL=" + url() + " MOHGE_TOKEN=" + token_ + " ";
+  auto run = [&](const std::string& args, int* code) {
+    std::string out;
+    FILE* p = ::popen((env + bin("mohge") + " " + args + " 2>&1").c_str(), "r");
+    char buf[4096];
+    while (std::fgets(buf, sizeof(buf), p) != nullptr) out += buf;
+    *code = WEXITSTATUS(::pclose(p));
+    return out;
+  };
+  int code = 0;
+  std::string out = run("experiment submit " + file.string() + " --idempotency-key e1", &code);
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("experiment 1 submitted: 4 jobs"), std::string::npos) << out;
+  out = run("experiment submit " + file.string() + " --idempotency-key e1", &code);
+  EXPECT_NE(out.find("already submitted"), std::string::npos) << out;
+  // Follows until every job has finished; exits 0 because all succeeded.
+  out = run("experiment show 1 --follow --interval 1", &code);
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("experiment 1 svc-exp (admin): SUCCEEDED"), std::string::npos) << out;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        out = run("experiment show 1", &code);
+        return out.find(" 2/2 ") != std::string::npos && out.find("dense") != std::string::npos &&
+               out.find("± ") != std::string::npos;
+      },
+      20.0))
+      << out;
+  EXPECT_NE(out.find("VARIANT"), std::string::npos) << out;
+  EXPECT_NE(out.find("mohge: group share (%) by token frequency"), std::string::npos) << out;
+  EXPECT_NE(out.find("svc-exp/dense/seed=2"), std::string::npos) << out;
+  out = run("experiment show 1 --json", &code);
+  EXPECT_EQ(json::parse(out)["groups"].size(), 2u);
+  out = run("experiment list", &code);
+  EXPECT_NE(out.find("svc-exp"), std::string::npos) << out;
+  EXPECT_NE(out.find("SUCCEEDED 4"), std::string::npos) << out;
+  out = run("experiment cancel 1", &code);
+  EXPECT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("canceled 0 jobs"), std::string::npos) << out;
+  // Bad input: a missing file, invalid JSON, an unknown experiment.
+  out = run("experiment submit " + (root_ / "nope.json").string(), &code);
+  EXPECT_NE(code, 0);
+  EXPECT_NE(out.find("cannot read"), std::string::npos) << out;
+  std::ofstream(root_ / "bad.json") << "{not json";
+  out = run("experiment submit " + (root_ / "bad.json").string(), &code);
+  EXPECT_EQ(code, 2) << out;
+  out = run("experiment show 99", &code);
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("404"), std::string::npos) << out;
 }
 
 }  // namespace

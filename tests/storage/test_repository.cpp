@@ -390,7 +390,8 @@ TEST_F(RepositoryTest, AnExperimentAndItsJobsAreStoredTogetherOrNotAtAll) {
   std::vector<JobRow> jobs;
   for (int seed : {1, 2}) {
     JobRow j = job_for(alice, "cmp/base/seed=" + std::to_string(seed));
-    j.experiment_point = {{"index", seed - 1}, {"variant", "base"}, {"coords", {{"train.seed", seed}}}};
+    j.experiment_point = {
+        {"index", seed - 1}, {"variant", "base"}, {"coords", {{"train.seed", seed}}}};
     jobs.push_back(j);
   }
   auto stored = repo->insert_experiment(e, jobs, "submitted", 500.0);

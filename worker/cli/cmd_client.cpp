@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "worker/cli/client.hpp"
 #include "worker/cli/commands.hpp"
 
 namespace mohge::cli {
@@ -22,26 +23,14 @@ namespace mohge::cli {
 namespace http = web::http;
 using nlohmann::json;
 
-namespace {
-
-struct ClientFlags {
-  std::string url;
-  std::string token;
-};
-
 void add_client_flags(CLI::App* cmd, ClientFlags& f) {
   cmd->add_option("--url", f.url, "Coordinator URL (default $MOHGE_URL or http://127.0.0.1:8080)");
   cmd->add_option("--token", f.token, "API token (default $MOHGE_TOKEN)");
 }
 
-struct Response {
-  int status = 0;
-  json body;
-};
-
-Result<Response> request(const ClientFlags& f, const std::string& method, const std::string& path,
-                         const json* body = nullptr,
-                         const std::map<std::string, std::string>& headers = {}) {
+Result<ClientResponse> request(const ClientFlags& f, const std::string& method,
+                               const std::string& path, const json* body,
+                               const std::map<std::string, std::string>& headers) {
   std::string url = f.url;
   if (url.empty()) {
     const char* env = std::getenv("MOHGE_URL");
@@ -62,7 +51,7 @@ Result<Response> request(const ClientFlags& f, const std::string& method, const 
     for (const auto& [k, v] : headers) req.headers().add(k, v);
     if (body != nullptr) req.set_body(body->dump(), "application/json");
     http::http_response resp = client.request(req).get();
-    Response out;
+    ClientResponse out;
     out.status = resp.status_code();
     const std::string text = resp.extract_utf8string(true).get();
     out.body = json::parse(text, nullptr, false);
@@ -91,6 +80,20 @@ std::string fmt_time(const json& t) {
   return buf;
 }
 
+bool terminal(const std::string& s) {
+  return s == "SUCCEEDED" || s == "FAILED" || s == "CANCELED";
+}
+
+Result<json> read_json_file(const std::string& path, const char* field) {
+  std::ifstream in(path);
+  if (!in) return Error{ErrorCode::kNotFound, "cannot read " + path, field};
+  const json j = json::parse(in, nullptr, false);
+  if (j.is_discarded()) return invalid_argument(field, path + " is not valid JSON");
+  return j;
+}
+
+namespace {
+
 void print_job_line(const json& j) {
   const json p = j.value("progress", json::object());
   std::printf("%-6lld %-24s %-10s %-11s %6lld/%-6lld %s\n",
@@ -102,10 +105,6 @@ void print_job_line(const json& j) {
                                               " " + j.value("pending_reason", ""))
                                                  .c_str()
                                            : j.value("reason", "").c_str());
-}
-
-bool terminal(const std::string& s) {
-  return s == "SUCCEEDED" || s == "FAILED" || s == "CANCELED";
 }
 
 }  // namespace
@@ -131,7 +130,7 @@ void add_client(CLI::App& app, int& exit_code) {
       }
       std::map<std::string, std::string> h;
       if (!key.empty()) h["Idempotency-Key"] = key;
-      Result<Response> r = request(flags, "POST", "/api/v1/jobs", &spec, h);
+      Result<ClientResponse> r = request(flags, "POST", "/api/v1/jobs", &spec, h);
       if (!r.ok()) {
         exit_code = report(r.error());
         return;
@@ -154,7 +153,7 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->callback([&exit_code] {
       std::string path = "/api/v1/jobs?limit=" + std::to_string(limit);
       if (!state.empty()) path += "&state=" + state;
-      Result<Response> r = request(flags, "GET", path);
+      Result<ClientResponse> r = request(flags, "GET", path);
       if (!r.ok()) {
         exit_code = report(r.error());
         return;
@@ -170,7 +169,7 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->add_option("id", id, "Job id")->required();
     add_client_flags(cmd, flags);
     cmd->callback([&exit_code] {
-      Result<Response> r = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id));
+      Result<ClientResponse> r = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id));
       if (!r.ok()) {
         exit_code = report(r.error());
         return;
@@ -190,7 +189,7 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->callback([&exit_code] {
       int64_t since_log = 0, since_event = 0;
       for (;;) {
-        Result<Response> ev = request(
+        Result<ClientResponse> ev = request(
             flags, "GET",
             "/api/v1/jobs/" + std::to_string(id) + "/events?since=" + std::to_string(since_event));
         if (!ev.ok()) {
@@ -202,7 +201,7 @@ void add_client(CLI::App& app, int& exit_code) {
                       e.value("reason", "").c_str());
         }
         since_event = ev.value().body.value("next", since_event);
-        Result<Response> lg = request(
+        Result<ClientResponse> lg = request(
             flags, "GET",
             "/api/v1/jobs/" + std::to_string(id) + "/logs?since=" + std::to_string(since_log));
         if (!lg.ok()) {
@@ -216,7 +215,7 @@ void add_client(CLI::App& app, int& exit_code) {
         since_log = lg.value().body.value("next", since_log);
         std::fflush(stdout);
         if (!follow) return;
-        Result<Response> job = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id));
+        Result<ClientResponse> job = request(flags, "GET", "/api/v1/jobs/" + std::to_string(id));
         if (job.ok() && terminal(job.value().body.value("state", ""))) {
           if (ev.value().body.value("events", json::array()).empty() &&
               lg.value().body.value("logs", json::array()).empty())
@@ -233,7 +232,8 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->add_option("id", id, "Job id")->required();
     add_client_flags(cmd, flags);
     cmd->callback([&exit_code] {
-      Result<Response> r = request(flags, "POST", "/api/v1/jobs/" + std::to_string(id) + "/cancel");
+      Result<ClientResponse> r =
+          request(flags, "POST", "/api/v1/jobs/" + std::to_string(id) + "/cancel");
       if (!r.ok()) {
         exit_code = report(r.error());
         return;
@@ -249,7 +249,7 @@ void add_client(CLI::App& app, int& exit_code) {
     cmd->add_option("id", id, "Job id")->required();
     add_client_flags(cmd, flags);
     cmd->callback([&exit_code] {
-      Result<Response> r =
+      Result<ClientResponse> r =
           request(flags, "GET", "/api/v1/jobs/" + std::to_string(id) + "/checkpoints");
       if (!r.ok()) {
         exit_code = report(r.error());

@@ -15,6 +15,8 @@ void add_generate(CLI::App& app, int& exit_code);
 void add_bench(CLI::App& app, int& exit_code);
 /// submit, jobs, job, logs, cancel, checkpoints, download (the coordinator's REST API).
 void add_client(CLI::App& app, int& exit_code);
+/// experiment submit|show|list|cancel (experiments through the REST API).
+void add_experiment(CLI::App& app, int& exit_code);
 
 /// Prints "error: <field>: <message>" to stderr; returns 2 for bad input, 1 otherwise.
 int report(const Error& error);

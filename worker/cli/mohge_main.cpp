@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   mohge::cli::add_generate(app, exit_code);
   mohge::cli::add_bench(app, exit_code);
   mohge::cli::add_client(app, exit_code);
+  mohge::cli::add_experiment(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
