@@ -7,9 +7,15 @@
 # an Idempotency-Key, so a rerun follows the same job instead of starting a second one; set
 # MOHGE_FRESH=1 to start over).
 #
+# With MOHGE_EXPERIMENT=FILE it submits that experiment instead (a grid of jobs, DESIGN.md §16;
+# deploy/experiments/paper-miniature.json reproduces the paper's comparisons, about 60 minutes
+# on 2 cores), prints its comparison table every minute until every job has finished, and then
+# the final table.
+#
 # Environment: MOHGE_ROOT (storage root, default ./storage-root), MOHGE_HTTP (default
-# 127.0.0.1:8080), MOHGE_CONTROL (default 127.0.0.1:7070), MOHGE_JOB (job spec), MOHGE_WORKERS
-# (default 2), MOHGE_THREADS (compute threads per worker, default 1).
+# 127.0.0.1:8080), MOHGE_CONTROL (default 127.0.0.1:7070), MOHGE_JOB (job spec),
+# MOHGE_EXPERIMENT (experiment file), MOHGE_WORKERS (default 2), MOHGE_THREADS (compute threads
+# per worker, default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="${MOHGE_ROOT:-storage-root}"
@@ -65,6 +71,40 @@ done
 
 export MOHGE_URL="$url" MOHGE_TOKEN
 MOHGE_TOKEN=$(cat "$root/admin.token")
+
+if [[ -n "${MOHGE_EXPERIMENT:-}" ]]; then
+  exp="$MOHGE_EXPERIMENT"
+  key="quickstart-exp-$(basename "$exp" .json)-$(sha256sum "$exp" | cut -c1-12)"
+  submitted=$("$bin/mohge" experiment submit "$exp" --idempotency-key "$key")
+  echo "[quickstart] $submitted"
+  id=$(grep -o 'experiment [0-9]*' <<<"$submitted" | head -n 1 | cut -d' ' -f2)
+  cat <<EOF
+
+  Dashboard:   $url/#/experiments/$id   (paste the token into the field at the top right)
+  Admin token: $MOHGE_TOKEN   (also in $root/admin.token)
+  Logs:        $root/logs/   Runs: $root/runs/job-<id>/
+  From another terminal: MOHGE_URL=$url MOHGE_TOKEN=<token> build/bin/mohge experiment show $id
+
+EOF
+  status=0
+  "$bin/mohge" experiment show "$id" --follow --interval 60 >"$root/logs/experiment-$id.log" &
+  follower=$!
+  while kill -0 "$follower" 2>/dev/null; do
+    line=$("$bin/mohge" experiment list |
+      awk -v id="$id" '$1 == id { s = $4 " —"; for (i = 8; i <= NF; i++) s = s " " $i; print s }' || true)
+    printf '\r[quickstart] experiment %s %s   ' "$id" "$line"
+    sleep 15
+  done
+  wait "$follower" || status=$?
+  echo
+  "$bin/mohge" experiment show "$id"
+  echo "[quickstart] the table as it evolved: $root/logs/experiment-$id.log"
+  echo "[quickstart] the dashboard stays up until you press Ctrl-C: $url/#/experiments/$id"
+  [[ $status == 0 ]] || echo "[quickstart] not every job of the experiment succeeded"
+  wait "${pids[0]}"
+  exit 0
+fi
+
 key="quickstart-$(basename "$job" .json)-$(sha256sum "$job" | cut -c1-12)"
 submitted=$("$bin/mohge" submit "$job" --idempotency-key "$key")
 echo "[quickstart] $submitted"
