@@ -88,6 +88,8 @@ function route() {
   document.querySelectorAll('header nav a').forEach(a => a.classList.toggle('active', h.startsWith(a.getAttribute('href'))));
   let m;
   if ((m = h.match(/^#\/jobs\/(\d+)$/))) return jobView(Number(m[1]));
+  if ((m = h.match(/^#\/experiments\/(\d+)$/))) return experimentView(Number(m[1]));
+  if (h.startsWith('#/experiments')) return experimentsView();
   if (h.startsWith('#/cluster')) return clusterView();
   return jobsView();
 }
@@ -170,14 +172,16 @@ async function submitJob(ev) {
   }
   try {
     const job = await api('/jobs', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(spec) });
-    $('#submit-ok').innerHTML = `submitted <a href="#/jobs/${job.id}">job ${job.id}</a> (${esc(job.state)})`;
-  } catch (e) {
-    // The API names the offending field: show it next to the spec with the rule it breaks.
-    const lines = String(e.message).split('\n');
-    out.innerHTML = `<div class="field-error" data-field="${esc(e.field || '')}">` +
-      (e.field ? `<code>${esc(e.field)}</code> ` : '') + esc(lines[0]) + '</div>' +
-      lines.slice(1).map(l => `<div class="field-error">${esc(l)}</div>`).join('');
-  }
+    $('#submit-ok').innerHTML = `submitted <a href="#/jobs/${encodeURIComponent(job.id)}">job ${esc(job.id)}</a> (${esc(job.state)})`;
+  } catch (e) { out.innerHTML = fieldErrorHtml(e); }
+}
+
+// The API names the offending field: show it next to the spec with the rule it breaks.
+function fieldErrorHtml(e) {
+  const lines = String(e.message).split('\n');
+  return `<div class="field-error" data-field="${esc(e.field || '')}">` +
+    (e.field ? `<code>${esc(e.field)}</code> ` : '') + esc(lines[0]) + '</div>' +
+    lines.slice(1).map(l => `<div class="field-error">${esc(l)}</div>`).join('');
 }
 
 // ---- job view --------------------------------------------------------------------------
@@ -232,6 +236,8 @@ async function jobView(id) {
     const p = job.progress || {};
     $('#job-title').innerHTML = `Job ${esc(job.id)}: ${esc(job.name)} ${stateSpan(job.state)}`;
     $('#job-kv').innerHTML = [
+      ...(job.experiment ? [['experiment', `<a id="job-experiment" href="#/experiments/${encodeURIComponent(job.experiment.id)}">` +
+        `experiment ${esc(job.experiment.id)}</a> <span class="muted">${esc(job.experiment.group)}</span>`]] : []),
       ['owner', esc(job.user)], ['progress', progressBar(p)], ['loss', fmt(p.loss)], ['validation loss', fmt(p.val_loss)],
       ['tokens/s', fmt(p.tokens_per_s, 0)], ['imbalance', fmt(p.imbalance, 3)], ['workers', esc((job.assigned || []).join(', ') || job.workers)],
       ['restarts', `${esc(job.restarts)}/${esc(job.max_restarts)}`],
@@ -392,6 +398,285 @@ async function download(ev) {
     setTimeout(() => URL.revokeObjectURL(url), 60000);
     a.textContent = 'download safetensors';
   } catch (e) { a.textContent = 'download failed: ' + e.message; }
+}
+
+// ---- experiments -----------------------------------------------------------------------
+// An experiment is a grid of jobs compared as one (DESIGN.md §16): the API's comparison table
+// has one row per variant group (a grid point minus the seed axis), each figure the mean ± std
+// over the group's finished seeds.
+const FINISHED = ['SUCCEEDED', 'FAILED', 'CANCELED'];
+const STATE_ORDER = ['RUNNING', 'STARTING', 'RECOVERING', 'QUEUED', 'PREEMPTED', 'SUCCEEDED', 'FAILED', 'CANCELED'];
+const GROUP_COLORS = ['#2f6fdb', '#d9480f', '#2e7d32', '#8e44ad', '#b26a00', '#00838f', '#c2185b', '#5d4037', '#455a64', '#7cb342'];
+
+function jobsByState(states) {
+  const order = s => (STATE_ORDER.indexOf(s) + 1) || 99;
+  return Object.entries(states || {}).filter(([, n]) => n > 0).sort((a, b) => order(a[0]) - order(b[0]))
+    .map(([s, n]) => `${esc(n)} ${stateSpan(s)}`).join(', ');
+}
+// Parameter counts in k / M / G (std in the mean's unit).
+function countUnit(x) {
+  const a = Math.abs(x);
+  return a >= 1e9 ? [1e9, ' G'] : a >= 1e6 ? [1e6, ' M'] : a >= 1e3 ? [1e3, ' k'] : [1, ''];
+}
+// A table figure {"mean", "std", "n"}: "mean ± std" (std only with two or more finished seeds).
+function figure(f, digits, { counts = false, std = true } = {}) {
+  if (!f || f.mean === null || f.mean === undefined) return '<span class="muted">–</span>';
+  const [scale, unit] = counts ? countUnit(f.mean) : [1, ''];
+  const d = counts ? (scale === 1 ? 0 : 2) : digits;
+  let s = (f.mean / scale).toFixed(d);
+  if (std && f.std !== null && f.std !== undefined) s += ' ± ' + (f.std / scale).toFixed(d);
+  return esc(s + unit);
+}
+
+async function experimentsView() {
+  const v = $('#view');
+  if (v.dataset.view !== 'experiments') {
+    v.dataset.view = 'experiments';
+    v.innerHTML = `<h2>Experiments</h2><table id="experiments"></table>
+      <h3>Submit an experiment</h3>
+      <p class="muted">A base job spec (without a name), named variants (spec path → value) and a grid of spec paths;
+        <code>train.seed</code> is the seed axis, averaged over in the comparison table.</p>
+      <form id="exp-submit"><textarea id="exp-spec" spellcheck="false"></textarea>
+      <div id="exp-submit-error"></div><button type="submit">Submit</button> <span id="exp-submit-ok"></span></form>`;
+    // Prefilled from the Brown example: MoHGE against itself without the group-wise loss, 3 seeds.
+    fetch('examples/brown-mohge.json').then(r => r.json()).then(base => {
+      delete base.name;
+      base.resources = Object.assign({}, base.resources, { workers: 1 });
+      const el = $('#exp-spec');
+      if (el && !el.value) {
+        el.value = JSON.stringify({
+          name: 'brown-compare', description: 'MoHGE with and without the group-wise loss L_G, 3 seeds each',
+          max_parallel: 2, base,
+          variants: [{ name: 'mohge' }, { name: 'mohge-no-lg', set: { 'model.ffn.alpha_group': 0 } }],
+          grid: { 'train.seed': [1, 2, 3] },
+        }, null, 2);
+      }
+    }).catch(() => {});
+    $('#exp-submit').addEventListener('submit', submitExperiment);
+  }
+  try {
+    const r = await api('/experiments?limit=100');
+    if (v.dataset.view !== 'experiments') return;
+    $('#experiments').innerHTML = '<tr><th>id</th><th>name</th><th>owner</th><th>state</th><th>jobs</th><th>created</th><th>description</th></tr>' +
+      (r.experiments.length ? r.experiments.map(e => {
+        const href = `#/experiments/${encodeURIComponent(e.id)}`;
+        return `<tr><td><a href="${href}">${esc(e.id)}</a></td><td><a href="${href}">${esc(e.name)}</a></td><td>${esc(e.user)}</td>` +
+          `<td>${stateSpan(e.state)}</td><td>${esc(e.num_jobs)}: ${jobsByState(e.states)}</td><td>${age(e.created_at)} ago</td>` +
+          `<td class="muted description-cell">${esc(e.description)}</td></tr>`;
+      }).join('')
+        : '<tr><td colspan="7" class="muted">no experiments yet</td></tr>');
+  } catch (e) { return showError(e); }
+  poll(experimentsView);
+}
+
+async function submitExperiment(ev) {
+  ev.preventDefault();
+  const out = $('#exp-submit-error');
+  out.innerHTML = '';
+  $('#exp-submit-ok').textContent = '';
+  let request;
+  try { request = JSON.parse($('#exp-spec').value); } catch (e) {
+    out.innerHTML = `<div class="field-error" data-field="body">the experiment is not valid JSON: ${esc(e.message)}</div>`;
+    return;
+  }
+  try {
+    const e = await api('/experiments', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(request) });
+    $('#exp-submit-ok').innerHTML = `submitted <a href="#/experiments/${encodeURIComponent(e.id)}">experiment ${esc(e.id)}</a> ` +
+      `(${esc(e.num_jobs)} jobs, ${esc(e.state)})`;
+  } catch (e) { out.innerHTML = fieldErrorHtml(e); }
+}
+
+async function experimentView(id) {
+  const v = $('#view');
+  const key = 'experiment-' + id;
+  let st = v._state;
+  if (v.dataset.view !== key) {
+    v.dataset.view = key;
+    // curves: job id → its val_loss series; finishedPolls: polls since the experiment finished.
+    st = v._state = { curves: new Map(), finishedPolls: 0, chartKey: '' };
+    v.innerHTML = `<h2 id="exp-title">Experiment ${esc(id)}</h2><div class="kv" id="exp-kv"></div>
+      <p id="exp-description" class="description"></p>
+      <div id="exp-actions"><button id="exp-cancel" hidden>Cancel its unfinished jobs</button> <span id="exp-cancel-out"></span></div>
+      <h3>Comparison <span class="muted">(per variant group: mean ± std over its finished seeds; activated parameters per token)</span></h3>
+      <table id="exp-table"></table>
+      <h3>Validation loss <span class="muted">(every job, thin; per group the mean across its seeds with a ± std band)</span></h3>
+      <div class="card"><div id="chart-exp-val" class="chart tall"></div></div>
+      <h3>Difficulty routing <span class="muted">(group share in % of each bucket's assignments, validation; mean over the finished seeds' last evaluation)</span></h3>
+      <div class="grid" id="exp-difficulty"></div><p class="muted" id="exp-difficulty-none"></p>
+      <h3>Jobs</h3><table id="exp-jobs"></table>
+      <details><summary>request (with defaults)</summary><pre class="request" id="exp-request"></pre></details>`;
+    $('#exp-cancel').addEventListener('click', () => cancelExperiment(id));
+  }
+  let finished = false;
+  try {
+    const e = await api(`/experiments/${id}`);
+    if (v.dataset.view !== key) return;  // the user moved on while the request ran
+    finished = FINISHED.includes(e.state);
+    $('#exp-title').innerHTML = `Experiment ${esc(e.id)}: ${esc(e.name)} ${stateSpan(e.state)}`;
+    $('#exp-kv').innerHTML = [
+      ['owner', esc(e.user)], ['jobs', `${esc(e.num_jobs)}: ${jobsByState(e.states)}`],
+      ['at once (max_parallel)', e.max_parallel > 0 ? esc(e.max_parallel) : 'no limit'],
+      ['variant groups', esc((e.groups || []).length)], ['created', `${age(e.created_at)} ago`],
+    ].map(([k, x]) => `<div><span>${k}</span>${x}</div>`).join('');
+    $('#exp-description').textContent = e.description || '';
+    $('#exp-cancel').hidden = finished;
+    if (!$('#exp-request').textContent) $('#exp-request').textContent = JSON.stringify(e.request, null, 2);
+    drawComparison(e);
+    drawExperimentJobs(e);
+    drawExperimentDifficulty(e);
+    await loadCurves(e, st);
+    if (v.dataset.view !== key) return;
+    drawExperimentCurves(e, st);
+    // Metrics can land a moment after the last state change: poll a few more times unless
+    // every finished seed's figures are in.
+    const complete = (e.groups || []).every(g => g.val_loss && g.val_loss.n === g.seeds_finished);
+    if (finished && (complete || ++st.finishedPolls > 5)) return;
+  } catch (err) { return showError(err); }
+  poll(() => experimentView(id));
+}
+
+async function cancelExperiment(id) {
+  const out = $('#exp-cancel-out');
+  out.textContent = 'canceling…';
+  try {
+    const r = await api(`/experiments/${id}/cancel`, { method: 'POST' });
+    if (out.isConnected) out.textContent = `cancel requested for ${r.canceled.length} job${r.canceled.length === 1 ? '' : 's'}`;
+  } catch (e) { if (out.isConnected) out.textContent = 'cancel failed: ' + e.message; }
+}
+
+function drawComparison(e) {
+  const groups = e.groups || [];
+  // The lowest mean validation loss is marked when groups can be compared.
+  const losses = groups.map(g => g.val_loss && g.val_loss.mean).filter(x => x !== null && x !== undefined);
+  const best = losses.length > 1 ? Math.min(...losses) : null;
+  $('#exp-table').innerHTML = '<tr><th>group</th><th title="finished seeds / seeds">seeds</th><th class="num">val loss</th>' +
+    '<th class="num">params</th><th class="num">FFN params</th><th class="num" title="routed-expert parameters">routed params</th>' +
+    '<th class="num">activated params / token</th><th class="num">activated FFN params / token</th>' +
+    '<th class="num">tokens/s</th><th class="num" title="rank imbalance: max/mean expert FLOPs">imbalance</th></tr>' +
+    (groups.length ? groups.map((g, i) => {
+      const isBest = best !== null && g.val_loss.mean === best;
+      return `<tr data-group="${esc(g.group)}"><td class="group-cell"><span class="swatch" style="background:${GROUP_COLORS[i % GROUP_COLORS.length]}"></span>` +
+        `<b>${esc(g.group)}</b>${g.group !== g.variant ? ` <span class="muted">variant ${esc(g.variant)}</span>` : ''}</td>` +
+        `<td class="seeds">${esc(g.seeds_finished)}/${esc(g.seeds)}</td>` +
+        `<td class="num${isBest ? ' best' : ''}">${figure(g.val_loss, 4)}</td>` +
+        `<td class="num">${figure(g.params_total, 0, { counts: true, std: false })}</td>` +
+        `<td class="num">${figure(g.params_ffn, 0, { counts: true, std: false })}</td>` +
+        `<td class="num">${figure(g.params_routed, 0, { counts: true, std: false })}</td>` +
+        `<td class="num">${figure(g.activated_params, 0, { counts: true })}</td>` +
+        `<td class="num">${figure(g.activated_expert_params, 0, { counts: true })}</td>` +
+        `<td class="num">${figure(g.tokens_per_s, 0)}</td><td class="num">${figure(g.imbalance, 3)}</td></tr>`;
+    }).join('')
+      : '<tr><td colspan="10" class="muted">no jobs</td></tr>');
+}
+
+function drawExperimentJobs(e) {
+  const color = new Map((e.groups || []).map((g, i) => [g.group, GROUP_COLORS[i % GROUP_COLORS.length]]));
+  $('#exp-jobs').innerHTML = '<tr><th>id</th><th>name</th><th>group</th><th>state</th><th>progress</th>' +
+    '<th class="num">val loss</th><th class="num">tokens/s</th><th class="num">imbalance</th><th>reason</th></tr>' +
+    (e.jobs || []).map(j => {
+      const f = j.figures || {};
+      const g = (j.experiment && j.experiment.group) || '';
+      const href = `#/jobs/${encodeURIComponent(j.id)}`;
+      return `<tr><td><a href="${href}">${esc(j.id)}</a></td><td><a href="${href}">${esc(j.name)}</a></td>` +
+        `<td><span class="swatch" style="background:${color.get(g) || '#999'}"></span>${esc(g)}</td><td>${stateSpan(j.state)}</td>` +
+        `<td>${progressBar(j.progress)}</td><td class="num">${fmt(f.val_loss)}</td><td class="num">${fmt(f.tokens_per_s, 0)}</td>` +
+        `<td class="num">${fmt(f.imbalance, 3)}</td>` +
+        `<td class="muted">${esc(j.pending_reason ? '#' + j.queue_position + ' ' + j.pending_reason : j.reason)}</td></tr>`;
+    }).join('');
+}
+
+// Each job's validation curve (GET /jobs/{id}/metrics): fetched while the job may still add
+// points, and once more when its last value is not yet the one the table reports.
+async function loadCurves(e, st) {
+  const todo = (e.jobs || []).filter(j => {
+    const have = st.curves.get(j.id);
+    if (!have) return j.state !== 'QUEUED' || (j.progress && j.progress.step > 0);
+    if (!FINISHED.includes(j.state)) return true;
+    const last = have.values.length ? have.values[have.values.length - 1] : null;
+    const want = j.figures ? j.figures.val_loss : null;
+    return want !== null && want !== undefined && last !== want;
+  });
+  // A few requests at a time: an experiment can hold hundreds of jobs.
+  const queue = todo.slice();
+  const fetchOne = async () => {
+    for (let j; (j = queue.shift());) {
+      const r = await api(`/jobs/${j.id}/metrics?names=val_loss&max_points=1000`);
+      st.curves.set(j.id, (r.metrics && r.metrics.val_loss) || { steps: [], values: [] });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(6, queue.length) }, fetchOne));
+}
+
+function drawExperimentCurves(e, st) {
+  const series = [];
+  (e.groups || []).forEach((g, i) => {
+    const color = GROUP_COLORS[i % GROUP_COLORS.length];
+    const c = g.val_curve || { steps: [], mean: [], std: [] };
+    const std = k => (c.std && c.std[k] !== null && c.std[k] !== undefined ? c.std[k] : 0);
+    // Every series of a group carries its name, so its legend entry shows or hides them all.
+    series.push({ id: 'mean:' + g.group, name: g.group, data: c.steps.map((s, k) => [s, c.mean[k], c.std ? c.std[k] : null]),
+                  showSymbol: true, symbolSize: 6, z: 4, color, lineStyle: { width: 2.5 } });
+    // The ± std band: one polygon through mean + std forwards and mean − std backwards.
+    const upper = c.steps.map((s, k) => [s, c.mean[k] + std(k)]);
+    const lower = c.steps.map((s, k) => [s, c.mean[k] - std(k)]);
+    series.push({
+      id: 'band:' + g.group, name: g.group, type: 'custom', silent: true, z: 1, color, tooltip: { show: false },
+      data: c.steps.map((s, k) => [s, lower[k][1], upper[k][1]]), encode: { x: 0, y: [1, 2] },
+      renderItem: (params, api) => (params.dataIndex !== 0 || upper.length < 2 ? null : {
+        type: 'polygon', silent: true,
+        shape: { points: upper.map(p => api.coord(p)).concat(lower.slice().reverse().map(p => api.coord(p))) },
+        style: { fill: color, opacity: 0.16 },
+      }),
+    });
+    for (const jobId of g.jobs) {
+      const curve = st.curves.get(jobId);
+      series.push({ id: 'job:' + jobId, name: g.group, data: pairs(curve), z: 2, color,
+                    lineStyle: { width: 1, opacity: 0.5 }, emphasis: { disabled: true } });
+    }
+  });
+  // Redraw only when the data changed, keeping the legend's selection.
+  const dataKey = JSON.stringify(series.map(s => [s.id, s.data]));
+  if (dataKey === st.chartKey && charts.has('chart-exp-val')) return;
+  st.chartKey = dataKey;
+  const prev = charts.get('chart-exp-val');
+  const selected = prev ? ((prev.getOption().legend || [])[0] || {}).selected : undefined;
+  const opt = lineOption('Validation loss', series, 'loss');
+  opt.animation = false;  // redrawn whole when evaluations arrive: no replayed entrance animation
+  opt.legend.data = (e.groups || []).map(g => g.group);
+  if (selected) opt.legend.selected = selected;
+  opt.tooltip.formatter = ps => {
+    const rows = ps.filter(p => String(p.seriesId).startsWith('mean:'));
+    if (!rows.length) return '';
+    return `step ${esc(rows[0].value[0])}<br>` + rows.map(p => `${p.marker}${esc(p.seriesName)}: ${fmt(p.value[1])}` +
+      (p.value[2] !== null && p.value[2] !== undefined ? ` ± ${fmt(p.value[2])}` : '')).join('<br>');
+  };
+  chart('chart-exp-val', opt);
+}
+
+// One card per variant group with its two difficulty tables (buckets × expert groups).
+function drawExperimentDifficulty(e) {
+  const withTables = (e.groups || []).filter(g => g.difficulty);
+  const table = (g, kind, labels, title) => {
+    const rows = (g.difficulty[kind] || []);
+    const numGroups = Math.max(0, ...rows.map(r => r.length));
+    const top = Math.max(1e-9, ...rows.flat());
+    return `<table class="diff" data-group="${esc(g.group)}" data-kind="${esc(kind)}"><caption>${title}</caption>` +
+      `<tr><th></th>${Array.from({ length: numGroups }, (_, k) => `<th class="num">group ${k}</th>`).join('')}</tr>` +
+      rows.map((r, b) => `<tr><th>${esc(labels[b] ?? 'bucket ' + b)}</th>` +
+        // A bucket without tokens (all shares 0) has no shares to show.
+        (!r.some(x => Number(x) > 0) ? Array.from({ length: numGroups }, () => '<td class="num muted">–</td>').join('') :
+        Array.from({ length: numGroups }, (_, k) => {
+          const x = Number(r[k] ?? 0);
+          return `<td class="num" style="background:rgba(47,111,219,${(0.05 + 0.55 * x / top).toFixed(3)})">${(100 * x).toFixed(1)}</td>`;
+        }).join('')) + '</tr>').join('') + '</table>';
+  };
+  $('#exp-difficulty').innerHTML = withTables.map(g =>
+    `<div class="card diff-card" data-group="${esc(g.group)}"><h4>${esc(g.group)}</h4>` +
+    table(g, 'frequency', FREQ_BUCKETS, 'by token frequency (Table 4)') +
+    table(g, 'token_loss', LOSS_BUCKETS, 'by per-token loss (Table 5)') + '</div>').join('');
+  const without = (e.groups || []).filter(g => !g.difficulty).map(g => g.group);
+  $('#exp-difficulty-none').textContent = without.length
+    ? `No tables for ${without.join(', ')}: a model without expert groups, or no finished seed yet.` : '';
 }
 
 // ---- start -----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 // localhost, a short job submitted through the REST API, and Debian's Chromium driven by
 // playwright-core. Asserts that the job view's loss chart and balance heatmap hold data from
 // that job, that a checkpoint downloads, and that a bad spec in the submit form shows the
-// field's error. Screenshots go to ARTIFACTS (argv[3]).
+// field's error; then a small experiment (MoHGE against dense, two seeds each): its list entry,
+// its page's comparison table, overlaid validation curves with each group's mean ± std and
+// difficulty tables. Screenshots go to ARTIFACTS (argv[3]).
 //
 //   node tests/web/dashboard.test.mjs BUILD_BIN_DIR ARTIFACTS_DIR
 import { chromium } from 'playwright-core';
@@ -191,6 +193,113 @@ async function main() {
     const text = await page.textContent('#submit-error');
     check(field === 'model.layers' && text.includes('model.layers'), `the form shows the field error: "${text.trim()}"`);
     await page.screenshot({ path: path.join(artifacts, 'submit-error.png'), fullPage: true });
+
+    // An experiment: the same tiny model, MoHGE against a dense FFN, two seeds each, two jobs
+    // at a time. Its page shows the comparison table, every job's validation curve with each
+    // group's mean ± std, and the difficulty-routing tables of the grouped model.
+    const { name: _name, placement_every: _every, placement_min_gain: _gain, ...base } = spec;
+    const expBase = { ...base, train: { ...spec.train, steps: 40, eval_every: 10 }, resources: { workers: 1, device: 'cpu' },
+                      placement: 'all-size', checkpoint: { every: 0, keep: 1 } };
+    const expSub = await fetch(url + '/api/v1/experiments', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'web-exp', description: 'MoHGE against a dense FFN, 2 seeds each', base: expBase,
+                             variants: [{ name: 'mohge' }, { name: 'dense', set: { 'model.ffn': { kind: 'dense', width: 24 } } }],
+                             grid: { 'train.seed': [1, 2] }, max_parallel: 2 }) });
+    check(expSub.status === 201, `the experiment is submitted (${expSub.status})`);
+    const exp = await expSub.json();
+    const getExp = async (id) => (await fetch(`${url}/api/v1/experiments/${id}`, { headers: auth })).json();
+    // Metrics may land a moment after the last state change: wait for both groups' two seeds.
+    const expDone = await waitFor(async () => {
+      const e = await getExp(exp.id);
+      return e.state === 'SUCCEEDED' && e.groups.length === 2 && e.groups.every((g) => g.val_loss.n === 2) && e;
+    }, 180000, 'the experiment to succeed');
+    check(expDone.jobs.length === 4, `the experiment ran its 4 jobs (${expDone.jobs.map((j) => j.name).join(', ')})`);
+
+    await page.goto(url + '/#/experiments');
+    await page.waitForFunction(() => document.querySelector('#experiments') && document.querySelector('#experiments').textContent.includes('web-exp'),
+                               null, { timeout: 10000 });
+    const expRow = await page.evaluate((id) => {
+      const a = document.querySelector(`#experiments a[href="#/experiments/${id}"]`);
+      return a ? a.closest('tr').textContent : '';
+    }, exp.id);
+    check(expRow.includes('web-exp') && expRow.includes('SUCCEEDED') && expRow.includes('4 SUCCEEDED'),
+          `the experiments table lists it with its jobs by state: "${expRow.replace(/\s+/g, ' ').trim()}"`);
+
+    // A bad point in the submit form: the API's error names the spec field and the point.
+    await page.fill('#exp-spec', JSON.stringify({ name: 'web-exp-bad', base: expBase,
+      variants: [{ name: 'mohge' }, { name: 'dense', set: { 'model.ffn': { kind: 'dense', width: 'wide' } } }] }, null, 2));
+    await page.click('#exp-submit button');
+    await page.waitForSelector('#exp-submit-error .field-error', { timeout: 10000 });
+    const expField = await page.getAttribute('#exp-submit-error .field-error', 'data-field');
+    const expError = await page.textContent('#exp-submit-error');
+    check(expField === 'model.ffn.width' && expError.includes('variant "dense"'), `the experiment form shows the bad point's field: "${expError.trim()}"`);
+
+    await page.click(`#experiments a[href="#/experiments/${exp.id}"]`);
+    await page.waitForFunction(() => {
+      const c = window.mohgeCharts && window.mohgeCharts.get('chart-exp-val');
+      const jobs = c ? c.getOption().series.filter((s) => String(s.id).startsWith('job:')) : [];
+      return jobs.length > 0 && jobs.every((s) => s.data.length > 0);
+    }, null, { timeout: 15000 });
+    const overlay = await page.evaluate(() => window.mohgeCharts.get('chart-exp-val').getOption().series.map((s) => ({
+      id: String(s.id), name: s.name, data: s.data })));
+    const jobCurves = overlay.filter((s) => s.id.startsWith('job:'));
+    check(jobCurves.length === 4 && jobCurves.every((s) => s.data.map((d) => d[0]).join() === '10,20,30,40'),
+          `the overlay holds every job's validation curve, evaluations at steps 10..40 (${jobCurves.map((s) => s.data.length).join(', ')} points)`);
+    check(expDone.jobs.every((j) => {
+      const s = jobCurves.find((c) => c.id === 'job:' + j.id);
+      return s && s.name === j.experiment.group && s.data[s.data.length - 1][1] === j.figures.val_loss;
+    }), "each job's curve is coloured by its group and ends at the job's final val loss");
+    const meansMatch = expDone.groups.map((g) => {
+      const s = overlay.find((c) => c.id === 'mean:' + g.group);
+      return !!s && s.data.map((d) => d[0]).join() === g.val_curve.steps.join() &&
+             s.data.every((d, k) => d[1] === g.val_curve.mean[k]);
+    });
+    check(meansMatch.length === 2 && meansMatch.every(Boolean) && expDone.groups.every((g) => overlay.some((c) => c.id === 'band:' + g.group)),
+          `a mean line (the API's val_curve.mean) and a ± std band per group (${expDone.groups.map((g) => g.group).join(', ')})`);
+    const cmp = await page.evaluate(() => [...document.querySelectorAll('#exp-table tr[data-group]')].map((tr) => ({
+      group: tr.dataset.group, seeds: tr.querySelector('.seeds').textContent, text: tr.textContent.replace(/\s+/g, ' ') })));
+    check(cmp.length === 2 && cmp.every((r) => r.seeds === '2/2' && r.text.includes('±')) &&
+          cmp.every((r) => r.text.includes(expDone.groups.find((g) => g.group === r.group).val_loss.mean.toFixed(4))),
+          `the comparison table has both groups, 2/2 seeds, mean ± std (${cmp.map((r) => r.text.trim()).join(' | ')})`);
+    const diffTables = await page.evaluate(() => [...document.querySelectorAll('#exp-difficulty table.diff')].map((t) => ({
+      group: t.dataset.group, kind: t.dataset.kind,
+      rows: [...t.querySelectorAll('tr')].slice(1).map((tr) => [...tr.querySelectorAll('td')].map((td) => Number(td.textContent))) })));
+    const mohgeFreq = diffTables.find((t) => t.group === 'mohge' && t.kind === 'frequency');
+    check(diffTables.filter((t) => t.group === 'mohge').length === 2 && !diffTables.some((t) => t.group === 'dense'),
+          'two difficulty tables for the mohge group, none for dense');
+    check(mohgeFreq && mohgeFreq.rows.length === 4 && mohgeFreq.rows.every((r) => r.length === 4 && Math.abs(r.reduce((a, x) => a + x, 0) - 100) < 0.5),
+          'its frequency table: 4 buckets × 4 groups, each bucket adds up to 100 %');
+    await page.screenshot({ path: path.join(artifacts, 'experiment.png'), fullPage: true });
+
+    // A job of the experiment links back to it.
+    await page.goto(`${url}/#/jobs/${expDone.jobs[0].id}`);
+    await page.waitForSelector('#job-experiment', { timeout: 10000 });
+    check(await page.getAttribute('#job-experiment', 'href') === `#/experiments/${exp.id}`, "a job's page links to its experiment");
+
+    // An experiment whose description is markup (it cannot run: 8 workers): shown as text, and
+    // canceled from its page.
+    const hostileExp = await fetch(url + '/api/v1/experiments', { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name: 'web-exp-queued', description: '<img src=x onerror="window.__xss=7">',
+                             base: { ...expBase, resources: { workers: 8, device: 'cpu' },
+                                     model: { ...spec.model, ffn: { ...spec.model.ffn, experts_per_group: 8 } } } }) });
+    check(hostileExp.status === 201, 'an experiment described with markup is queued');
+    const hostile = await hostileExp.json();
+    await page.goto(url + '/#/experiments');
+    await page.waitForFunction(() => document.querySelector('#experiments') && document.querySelector('#experiments').textContent.includes('web-exp-queued'),
+                               null, { timeout: 10000 });
+    check(await page.evaluate(() => document.querySelector('#experiments').textContent.includes('<img src=x onerror="window.__xss=7">') &&
+                                    document.querySelectorAll('#view img').length === 0 && window.__xss === undefined),
+          'the experiments table shows the hostile description as text');
+    await page.screenshot({ path: path.join(artifacts, 'experiments.png'), fullPage: true });
+    await page.click(`#experiments a[href="#/experiments/${hostile.id}"]`);
+    await page.waitForFunction(() => document.querySelector('#exp-title') && document.querySelector('#exp-title').textContent.includes('QUEUED'),
+                               null, { timeout: 10000 });
+    check(await page.evaluate(() => document.querySelector('#exp-description').textContent === '<img src=x onerror="window.__xss=7">' &&
+                                    document.querySelectorAll('#view img').length === 0 && window.__xss === undefined),
+          "the experiment's page shows it as text too");
+    await page.click('#exp-cancel');
+    await page.waitForFunction(() => document.querySelector('#exp-title').textContent.includes('CANCELED') &&
+                                     document.querySelector('#exp-cancel').hidden, null, { timeout: 10000 });
+    check((await getExp(hostile.id)).state === 'CANCELED', 'its Cancel button cancels it');
 
     // Hostile values: a worker that has the join secret registers with markup as its host and
     // its GPU's model, and a user queues a job whose name is markup. Both must render as text, and nothing runs.

@@ -96,8 +96,8 @@ namespace {
 
 void print_job_line(const json& j) {
   const json p = j.value("progress", json::object());
-  std::printf("%-6lld %-24s %-10s %-11s %6lld/%-6lld %s\n",
-              static_cast<long long>(j.value("id", 0)), j.value("name", "").substr(0, 24).c_str(),
+  std::printf("%-6lld %-36s %-10s %-11s %6lld/%-6lld %s\n",
+              static_cast<long long>(j.value("id", 0)), j.value("name", "").substr(0, 36).c_str(),
               j.value("user", "").c_str(), j.value("state", "").c_str(),
               static_cast<long long>(p.value("step", 0)),
               static_cast<long long>(p.value("steps", 0)),
@@ -158,7 +158,7 @@ void add_client(CLI::App& app, int& exit_code) {
         exit_code = report(r.error());
         return;
       }
-      std::printf("%-6s %-24s %-10s %-11s %13s %s\n", "ID", "NAME", "USER", "STATE", "STEP",
+      std::printf("%-6s %-36s %-10s %-11s %13s %s\n", "ID", "NAME", "USER", "STATE", "STEP",
                   "REASON");
       for (const json& j : r.value().body.value("jobs", json::array())) print_job_line(j);
     });
