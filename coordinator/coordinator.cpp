@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include <algorithm>
@@ -109,6 +110,13 @@ struct Coordinator::Impl : ApiService {
   boost::asio::thread_pool downloads_pool{1};
   std::mutex downloads_mu;
   std::map<int64_t, std::vector<std::function<void(Result<fs::path>)>>> downloads_waiting;
+
+  // Running sums of each experiment job's windowed series, by (job, metric): GET
+  // /experiments/{id} reads only the rows added since the previous request. REST threads share
+  // it; a lock held while the few new rows are summed is the simple correct choice (these
+  // requests are rare next to job reads, and each costs a handful of index lookups).
+  std::mutex windows_mu;
+  std::map<std::pair<int64_t, std::string>, db::MetricWindow> windows;
 
   // Read-only connections for the REST threads' reads (WAL readers never block the writer).
   std::mutex readers_mu;  // guards the free list only
@@ -393,25 +401,8 @@ struct Coordinator::Impl : ApiService {
         d.params = model_param_counts(spec.value().model);
       }
       j.erase("spec");
-      Result<bool> got = read<bool>([&](db::Repository& r) -> Result<bool> {
-        Result<std::vector<std::string>> names = r.metric_names(d.id);
-        if (!names.ok()) return names.error();
-        for (const std::string& name : names.value()) {
-          const bool wanted =
-              name.starts_with("difficulty.") ||
-              std::find(experiment_table_metrics().begin(), experiment_table_metrics().end(),
-                        name) != experiment_table_metrics().end();
-          if (!wanted) continue;
-          Result<std::vector<db::MetricPoint>> series = r.metric_series(d.id, name, 0, 0);
-          if (!series.ok()) return series.error();
-          if (name.starts_with("difficulty.") && !series.value().empty()) {
-            d.series[name] = {series.value().back()};
-          } else {
-            d.series[name] = std::move(series).value();
-          }
-        }
-        return true;
-      });
+      Result<bool> got =
+          read<bool>([&](db::Repository& r) -> Result<bool> { return read_job_figures(r, d); });
       if (!got.ok()) return got.error();
       data.push_back(std::move(d));
     }
@@ -427,6 +418,46 @@ struct Coordinator::Impl : ApiService {
     out["jobs"] = jobs.value();
     out["groups"] = table["groups"];
     return out;
+  }
+
+  /// Fills a job's figures for the table. The windowed series are read incrementally: each
+  /// job keeps running sums in `windows` and only rows past its last read step are summed
+  /// (by SQLite) on the next request; the validation curve is read downsampled, the last
+  /// evaluation and its difficulty tables as single rows.
+  Result<bool> read_job_figures(db::Repository& r, ExperimentJobData& d) {
+    const std::vector<std::string>& windowed = experiment_windowed_metrics();
+    {
+      std::lock_guard<std::mutex> lock(windows_mu);
+      for (const std::string& name : windowed) {
+        auto [it, fresh] = windows.try_emplace({d.id, name});
+        db::MetricWindow& acc = it->second;
+        if (fresh) acc.last_step = experiment_window_start(name, d.steps);
+        Result<db::MetricWindow> more = r.metric_window(d.id, name, acc.last_step);
+        if (!more.ok()) return more.error();
+        acc.sum += more.value().sum;
+        acc.count += more.value().count;
+        acc.last_step = more.value().last_step;
+        d.windowed.push_back(acc);
+      }
+    }
+    Result<std::vector<db::MetricPoint>> curve = r.metric_series(d.id, "val_loss", 0, 200);
+    if (!curve.ok()) return curve.error();
+    d.val_curve = std::move(curve).value();
+    Result<std::optional<db::MetricPoint>> last = r.metric_last(d.id, "val_loss");
+    if (!last.ok()) return last.error();
+    if (last.value() && std::isfinite(last.value()->value)) d.val_loss = last.value()->value;
+    if (!last.value()) return true;
+    // The difficulty tables of that evaluation (grouped models only).
+    Result<std::vector<std::string>> names = r.metric_names(d.id);
+    if (!names.ok()) return names.error();
+    for (const std::string& name : names.value()) {
+      if (!name.starts_with("difficulty.")) continue;
+      Result<std::optional<db::MetricPoint>> v = r.metric_last(d.id, name);
+      if (!v.ok()) return v.error();
+      if (v.value() && v.value()->step == last.value()->step && std::isfinite(v.value()->value))
+        d.difficulty[name] = v.value()->value;
+    }
+    return true;
   }
 
   Result<json> cancel_experiment(const Caller& c, int64_t id) override {

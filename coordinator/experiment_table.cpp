@@ -31,43 +31,22 @@ json summary(const std::vector<double>& v) {
   return {{"mean", mean}, {"std", std_json}, {"n", v.size()}};
 }
 
-const std::vector<db::MetricPoint>& series_of(const ExperimentJobData& j, const std::string& name) {
-  static const std::vector<db::MetricPoint> none;
-  const auto it = j.series.find(name);
-  return it == j.series.end() ? none : it->second;
-}
-
-/// Mean of the points with step > `after`; nullopt when there are none.
-std::optional<double> mean_after(const std::vector<db::MetricPoint>& s, double after) {
-  double sum = 0;
-  int64_t n = 0;
-  for (const db::MetricPoint& p : s) {
-    if (static_cast<double>(p.step) > after && std::isfinite(p.value)) {
-      sum += p.value;
-      ++n;
-    }
-  }
-  if (n == 0) return std::nullopt;
-  return sum / static_cast<double>(n);
-}
-
 /// The per-job figures (null where the job has no data for one).
 struct JobFigures {
   std::optional<double> val_loss, tokens_per_s, imbalance, activated_expert, activated;
 };
 
+std::optional<double> window_mean(const ExperimentJobData& j, size_t k) {
+  if (k >= j.windowed.size() || j.windowed[k].count == 0) return std::nullopt;
+  return j.windowed[k].sum / static_cast<double>(j.windowed[k].count);
+}
+
 JobFigures figures(const ExperimentJobData& j) {
   JobFigures f;
-  const auto& val = series_of(j, "val_loss");
-  if (!val.empty() && std::isfinite(val.back().value)) f.val_loss = val.back().value;
-  const double steps = static_cast<double>(std::max<int64_t>(j.steps, 1));
-  f.tokens_per_s = mean_after(series_of(j, "tokens_per_s"), 0.1 * steps);
-  if (!f.tokens_per_s) f.tokens_per_s = mean_after(series_of(j, "tokens_per_s"), 0);
-  f.imbalance = mean_after(series_of(j, "imbalance"), 0.1 * steps);
-  if (!f.imbalance) f.imbalance = mean_after(series_of(j, "imbalance"), 0);
-  f.activated_expert = mean_after(series_of(j, "activated_expert_params"), 0.9 * steps);
-  if (!f.activated_expert)
-    f.activated_expert = mean_after(series_of(j, "activated_expert_params"), 0);
+  f.val_loss = j.val_loss;
+  f.tokens_per_s = window_mean(j, 0);
+  f.imbalance = window_mean(j, 1);
+  f.activated_expert = window_mean(j, 2);
   if (f.activated_expert) {
     f.activated = static_cast<double>(j.params.total - j.params.ffn) + *f.activated_expert;
   }
@@ -82,8 +61,8 @@ json optional_json(const std::optional<double>& v) {
 std::map<std::string, std::map<int, std::map<int, double>>> difficulty_of(
     const ExperimentJobData& j) {
   std::map<std::string, std::map<int, std::map<int, double>>> out;
-  for (const auto& [name, points] : j.series) {
-    if (!name.starts_with(kDifficulty) || points.empty()) continue;
+  for (const auto& [name, value] : j.difficulty) {
+    if (!name.starts_with(kDifficulty)) continue;
     // difficulty.<kind>.<bucket>.<group>
     const std::string rest = name.substr(kDifficulty.size());
     const size_t a = rest.find('.');
@@ -96,16 +75,20 @@ std::map<std::string, std::map<int, std::map<int, double>>> difficulty_of(
     if (end != rest.c_str() + b) continue;
     const long group = std::strtol(rest.c_str() + b + 1, &end, 10);
     if (*end != '\0' || bucket < 0 || bucket > 64 || group < 0 || group > 1024) continue;
-    out[kind][static_cast<int>(bucket)][static_cast<int>(group)] = points.back().value;
+    out[kind][static_cast<int>(bucket)][static_cast<int>(group)] = value;
   }
   return out;
 }
 
 }  // namespace
 
-const std::vector<std::string>& experiment_table_metrics() {
-  static const std::vector<std::string> names = {"val_loss", "tokens_per_s", "imbalance",
-                                                 "activated_expert_params", "difficulty.*"};
+int64_t experiment_window_start(const std::string& metric, int64_t steps) {
+  return metric == "activated_expert_params" ? steps * 9 / 10 : steps / 10;
+}
+
+const std::vector<std::string>& experiment_windowed_metrics() {
+  static const std::vector<std::string> names = {"tokens_per_s", "imbalance",
+                                                 "activated_expert_params"};
   return names;
 }
 
@@ -139,7 +122,7 @@ json experiment_table(const std::vector<ExperimentJobData>& jobs) {
                          {"imbalance", optional_json(f.imbalance)},
                          {"activated_params", optional_json(f.activated)},
                          {"activated_expert_params", optional_json(f.activated_expert)}});
-      for (const db::MetricPoint& p : series_of(*j, "val_loss"))
+      for (const db::MetricPoint& p : j->val_curve)
         if (std::isfinite(p.value)) curve[p.step].push_back(p.value);
       if (j->state != "SUCCEEDED") continue;
       ++finished;
@@ -192,13 +175,18 @@ json experiment_table(const std::vector<ExperimentJobData>& jobs) {
     if (diff_n > 0) {
       json diff = json::object();
       for (const auto& [kind, buckets] : diff_sum) {
+        // Rows for buckets 0..last and columns for groups 0..last: a bucket or group some job
+        // did not report is zeros, so every row stays under its bucket's label.
+        int num_groups = 0;
+        for (const auto& [b, shares] : buckets)
+          num_groups = std::max(num_groups, shares.rbegin()->first + 1);
         json rows = json::array();
-        for (const auto& [b, shares] : buckets) {
+        for (int b = 0; b <= buckets.rbegin()->first; ++b) {
           json r = json::array();
-          int expect = 0;
-          for (const auto& [grp, v] : shares) {
-            while (expect++ < grp) r.push_back(0.0);
-            r.push_back(v / diff_n);
+          const auto it = buckets.find(b);
+          for (int grp = 0; grp < num_groups; ++grp) {
+            const bool has = it != buckets.end() && it->second.contains(grp);
+            r.push_back(has ? it->second.at(grp) / diff_n : 0.0);
           }
           rows.push_back(r);
         }

@@ -1,7 +1,9 @@
 // The comparison table of an experiment (DESIGN.md §16): one row per variant group (a grid
 // point minus the seed axis), each figure as mean ± standard deviation over the group's
-// finished seeds. A pure function of the jobs' states and metric series, so tests build the
-// input by hand and assert the exact table; the coordinator reads the series from SQLite.
+// finished seeds. A pure function of the jobs' states and figures, so tests build the input by
+// hand and assert the exact table; the coordinator reads the figures from SQLite, keeping a
+// running sum per job and windowed series so that each request reads only the rows added since
+// the last one (a dashboard polls this while hundreds of long jobs run).
 //
 // Per job (the figures a row averages):
 //   final val loss     the val_loss of the last evaluation, for SUCCEEDED jobs only;
@@ -10,6 +12,7 @@
 //   imbalance          the mean rank imbalance (max/mean expert FLOPs) after the first 10 %;
 //   activated params   per token: total − FFN + the mean activated FFN parameters of the last
 //                      10 % of steps (MoHGE's varies as L_G acts; dense: every parameter);
+//                      (the windows: experiment_window_start);
 //   params             total, FFN and routed-expert counts from the spec (model_param_counts).
 // The standard deviation is the sample one (n − 1); with one finished seed it is null. A group
 // with no finished seed has null figures and counts its seeds anyway.
@@ -17,6 +20,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,21 +31,27 @@
 
 namespace mohge::coord {
 
+/// The step after which a windowed figure is averaged ("tokens_per_s", "imbalance":
+/// steps / 10; "activated_expert_params": 9 · steps / 10).
+int64_t experiment_window_start(const std::string& metric, int64_t steps);
+/// The series averaged over a window, in the order ExperimentJobData::windowed holds them.
+const std::vector<std::string>& experiment_windowed_metrics();
+
 struct ExperimentJobData {
   int64_t id = 0;
   std::string state;    // the job's lifecycle state
   std::string variant;  // the variant's name
   std::string group;    // the variant group (variant plus non-seed coordinates)
   nlohmann::json coords = nlohmann::json::object();
-  int64_t steps = 0;   // spec.train.steps
-  ParamCounts params;  // from the spec
-  // Series by metric name: val_loss, tokens_per_s, imbalance, activated_expert_params; and the
-  // last evaluation's difficulty.<kind>.<bucket>.<group> values (one point each).
-  std::map<std::string, std::vector<db::MetricPoint>> series;
+  int64_t steps = 0;                       // spec.train.steps
+  ParamCounts params;                      // from the spec
+  std::vector<db::MetricPoint> val_curve;  // validation loss (possibly downsampled)
+  std::optional<double> val_loss;          // the last evaluation's, when finite
+  // Window sums of experiment_windowed_metrics(), in that order (count 0: no data yet).
+  std::vector<db::MetricWindow> windowed;
+  // The last evaluation's difficulty.<kind>.<bucket>.<group> values by name.
+  std::map<std::string, double> difficulty;
 };
-
-/// The metric names (and "difficulty." prefix) the table reads for each job.
-const std::vector<std::string>& experiment_table_metrics();
 
 /// {"groups": [row per variant group, in first-appearance order], "jobs": [per-job figures]}.
 /// A row: {"group", "variant", "coords", "jobs", "seeds", "seeds_finished", "val_loss",

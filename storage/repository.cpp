@@ -876,6 +876,33 @@ Result<std::vector<std::string>> Repository::metric_names(int64_t job_id) {
       [](const Statement& s) { return s.column_text(0); }, job_id);
 }
 
+Result<MetricWindow> Repository::metric_window(int64_t job_id, const std::string& name,
+                                               int64_t after) {
+  // NaN is stored as NULL; infinities are left out like NaN (abs(±inf) is not < 1e308).
+  Result<std::optional<MetricWindow>> w = impl_->db.row(
+      "metric window",
+      "SELECT COALESCE(SUM(CASE WHEN abs(value) < 1e308 THEN value END), 0.0), "
+      "COUNT(CASE WHEN abs(value) < 1e308 THEN 1 END), COALESCE(MAX(step), ?3) "
+      "FROM metrics WHERE job_id = ?1 AND name = ?2 AND step > ?3",
+      [](const Statement& s) {
+        return MetricWindow{s.column_double(0), s.column_int64(1), s.column_int64(2)};
+      },
+      job_id, name, after);
+  if (!w.ok()) return w.error();
+  return w.value().value_or(MetricWindow{0.0, 0, after});
+}
+
+Result<std::optional<MetricPoint>> Repository::metric_last(int64_t job_id,
+                                                           const std::string& name) {
+  return impl_->db.row(
+      "metric last",
+      "SELECT step, value FROM metrics WHERE job_id = ?1 AND name = ?2 ORDER BY step DESC LIMIT 1",
+      [](const Statement& s) {
+        return MetricPoint{s.column_int64(0), s.column_double(1)};
+      },
+      job_id, name);
+}
+
 Status Repository::set_routing(int64_t job_id, int64_t step, const json& record) {
   return impl_->set_routing(job_id, step, record);
 }

@@ -126,6 +126,13 @@ struct MetricPoint {
   double value = 0;
 };
 
+/// A window of one series: the sum and count of its finite values, and the last step read.
+struct MetricWindow {
+  double sum = 0;
+  int64_t count = 0;
+  int64_t last_step = 0;
+};
+
 struct CheckpointFile {
   std::string name;  // relative to the checkpoint folder
   int64_t bytes = 0;
@@ -229,6 +236,12 @@ class Repository {
   Result<std::vector<MetricPoint>> metric_series(int64_t job_id, const std::string& name,
                                                  int64_t since, int64_t max_points);
   Result<std::vector<std::string>> metric_names(int64_t job_id);
+  /// The finite values of a series with step > `after`: their sum and count, and the highest
+  /// step among them (`after` when there is none), so a caller can keep a running mean and
+  /// read only the rows added since. One range scan of the primary key, summed in SQLite.
+  Result<MetricWindow> metric_window(int64_t job_id, const std::string& name, int64_t after);
+  /// The point of a series with the highest step (its value NaN when not finite), if any.
+  Result<std::optional<MetricPoint>> metric_last(int64_t job_id, const std::string& name);
   /// The latest routing record of a job (the per-layer JSON of a metrics.jsonl line); a record
   /// with a lower step than the stored one is ignored.
   Status set_routing(int64_t job_id, int64_t step, const nlohmann::json& record);

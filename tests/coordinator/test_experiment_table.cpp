@@ -12,6 +12,8 @@ namespace {
 
 using nlohmann::json;
 
+/// A job whose windows hold the given means: tokens/s `tps`, imbalance 1.25, activated FFN
+/// parameters 300 (what the coordinator's running sums would give).
 ExperimentJobData job(int64_t id, const std::string& group, int seed, const std::string& state,
                       double val, double tps) {
   ExperimentJobData j;
@@ -22,14 +24,18 @@ ExperimentJobData job(int64_t id, const std::string& group, int seed, const std:
   j.coords = {{"train.seed", seed}};
   j.steps = 100;
   j.params = ParamCounts{1000, 600, 500};
-  j.series["val_loss"] = {{50, val + 1.0}, {100, val}};
-  // Steps 1..10 are warm-up (excluded): a huge value there must not move the mean.
-  for (int64_t s = 1; s <= 100; ++s) j.series["tokens_per_s"].push_back({s, s <= 10 ? 1e9 : tps});
-  for (int64_t s = 1; s <= 100; ++s) j.series["imbalance"].push_back({s, s <= 10 ? 9.0 : 1.25});
-  // Activated FFN parameters: 400 before the last 10 % of steps, 300 in it.
-  for (int64_t s = 1; s <= 100; ++s)
-    j.series["activated_expert_params"].push_back({s, s <= 90 ? 400.0 : 300.0});
+  j.val_curve = {{50, val + 1.0}, {100, val}};
+  j.val_loss = val;
+  j.windowed = {{tps * 90, 90, 100}, {1.25 * 90, 90, 100}, {300.0 * 10, 10, 100}};
   return j;
+}
+
+TEST(ExperimentTable, WindowsStartAfterTheFirstTenthAndInTheLastTenthOfSteps) {
+  EXPECT_EQ(experiment_window_start("tokens_per_s", 300), 30);
+  EXPECT_EQ(experiment_window_start("imbalance", 300), 30);
+  EXPECT_EQ(experiment_window_start("activated_expert_params", 300), 270);
+  EXPECT_EQ(experiment_windowed_metrics(),
+            (std::vector<std::string>{"tokens_per_s", "imbalance", "activated_expert_params"}));
 }
 
 TEST(ExperimentTable, GroupsAverageFinishedSeedsWithSampleStd) {
@@ -37,10 +43,10 @@ TEST(ExperimentTable, GroupsAverageFinishedSeedsWithSampleStd) {
       job(1, "mohge", 1, "SUCCEEDED", 5.0, 100), job(2, "mohge", 2, "SUCCEEDED", 5.2, 120),
       job(3, "mohge", 3, "RUNNING", 9.0, 999), job(4, "dense", 1, "SUCCEEDED", 6.0, 200),
       job(5, "dense", 2, "FAILED", 7.0, 300)};
-  jobs[0].series["difficulty.frequency.0.0"] = {{100, 0.75}};
-  jobs[0].series["difficulty.frequency.0.1"] = {{100, 0.25}};
-  jobs[1].series["difficulty.frequency.0.0"] = {{100, 0.25}};
-  jobs[1].series["difficulty.frequency.0.1"] = {{100, 0.75}};
+  jobs[0].difficulty["difficulty.frequency.0.0"] = 0.75;
+  jobs[0].difficulty["difficulty.frequency.0.1"] = 0.25;
+  jobs[1].difficulty["difficulty.frequency.0.0"] = 0.25;
+  jobs[1].difficulty["difficulty.frequency.0.1"] = 0.75;
   const json t = experiment_table(jobs);
   ASSERT_EQ(t["groups"].size(), 2u);
   const json& m = t["groups"][0];
@@ -77,7 +83,9 @@ TEST(ExperimentTable, GroupsAverageFinishedSeedsWithSampleStd) {
 
 TEST(ExperimentTable, AGroupWithoutFinishedSeedsHasNullFigures) {
   std::vector<ExperimentJobData> jobs = {job(1, "moe", 1, "QUEUED", 0, 0)};
-  jobs[0].series.clear();
+  jobs[0].val_curve.clear();
+  jobs[0].val_loss.reset();
+  jobs[0].windowed = {{0, 0, 10}, {0, 0, 10}, {0, 0, 90}};
   const json t = experiment_table(jobs);
   const json& g = t["groups"][0];
   EXPECT_EQ(g["seeds_finished"], 0);
@@ -88,13 +96,15 @@ TEST(ExperimentTable, AGroupWithoutFinishedSeedsHasNullFigures) {
 
 TEST(ExperimentTable, MalformedDifficultyNamesAreIgnored) {
   std::vector<ExperimentJobData> jobs = {job(1, "mohge", 1, "SUCCEEDED", 5.0, 100)};
-  jobs[0].series["difficulty.frequency.x.0"] = {{100, 1.0}};
-  jobs[0].series["difficulty.other.0.0"] = {{100, 1.0}};
-  jobs[0].series["difficulty.frequency.0.99999999999"] = {{100, 1.0}};
-  jobs[0].series["difficulty.token_loss.1.2"] = {{100, 0.5}};
+  jobs[0].difficulty["difficulty.frequency.x.0"] = 1.0;
+  jobs[0].difficulty["difficulty.other.0.0"] = 1.0;
+  jobs[0].difficulty["difficulty.frequency.0.99999999999"] = 1.0;
+  jobs[0].difficulty["difficulty.token_loss.1.2"] = 0.5;
   const json t = experiment_table(jobs);
-  // Only the well-formed one; groups before it in its bucket are zeros.
-  EXPECT_EQ(t["groups"][0]["difficulty"], json::parse(R"({"token_loss": [[0.0, 0.0, 0.5]]})"));
+  // Only the well-formed one; the bucket and groups before it are zeros, so every row stays
+  // under its own bucket's label.
+  EXPECT_EQ(t["groups"][0]["difficulty"],
+            json::parse(R"({"token_loss": [[0.0, 0.0, 0.0], [0.0, 0.0, 0.5]]})"));
 }
 
 }  // namespace

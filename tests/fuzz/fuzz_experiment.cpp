@@ -29,10 +29,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     d.params = mohge::model_param_counts(p.spec.model);
     // Series from the request's own numbers and names (what a hostile worker could report).
     const double x = static_cast<double>(size) / 7.0;
-    d.series["val_loss"] = {{1, x}, {d.steps, x / 2}};
-    d.series["tokens_per_s"] = {{d.steps, x * 100}};
-    d.series["difficulty.frequency." + p.variant + "." + p.group] = {{d.steps, x}};
-    d.series["difficulty.token_loss.0." + std::to_string(p.index)] = {{d.steps, x}};
+    d.val_curve = {{1, x}, {d.steps, x / 2}};
+    d.val_loss = x / 2;
+    d.windowed = {{x * 100, 1, d.steps}, {x, p.index % 3, d.steps}};
+    d.difficulty["difficulty.frequency." + p.variant + "." + p.group] = x;
+    d.difficulty["difficulty.token_loss.0." + std::to_string(p.index)] = x;
     jobs.push_back(std::move(d));
   }
   (void)mohge::coord::experiment_table(jobs).dump();

@@ -114,6 +114,29 @@ TEST_F(Experiments, AGridRunsAsJobsAtMostMaxParallelAtOnceAndIsComparedOverSeeds
     EXPECT_EQ(g["val_curve"]["steps"], json::array({4, 8}));
     EXPECT_EQ(g["val_curve"]["n"], json::array({2, 2}));
   }
+  // Each job's windowed figures were summed incrementally over the many polls above: they
+  // must equal a full read of its series (tokens/s after step 8/10 = 0, activated FFN
+  // parameters after step 8·9/10 = 7).
+  for (const json& j : view["jobs"]) {
+    const std::string base = "/api/v1/jobs/" + std::to_string(j["id"].get<int64_t>());
+    const json m =
+        get(base + "/metrics?names=tokens_per_s,activated_expert_params&max_points=100000").body;
+    auto mean_after = [&](const char* name, int64_t after) {
+      double sum = 0;
+      int n = 0;
+      const json& series = m["metrics"][name];
+      for (size_t i = 0; i < series["steps"].size(); ++i) {
+        if (series["steps"][i].get<int64_t>() <= after) continue;
+        sum += series["values"][i].get<double>();
+        ++n;
+      }
+      return sum / n;
+    };
+    EXPECT_NEAR(j["figures"]["tokens_per_s"].get<double>(), mean_after("tokens_per_s", 0),
+                1e-6 * mean_after("tokens_per_s", 0));
+    EXPECT_NEAR(j["figures"]["activated_expert_params"].get<double>(),
+                mean_after("activated_expert_params", 7), 1e-6);
+  }
   const json& mohge = view["groups"][0];
   const json& dense = view["groups"][1];
   EXPECT_EQ(mohge["group"], "mohge");
@@ -208,6 +231,37 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
       << get(path).text;
   for (const json& j : get(path).body["jobs"]) EXPECT_EQ(j["state"], "CANCELED");
   EXPECT_EQ(get(path).body["states"]["CANCELED"], 4);
+}
+
+// A coordinator killed while an experiment waits comes back with it: its jobs, their points
+// and its max_parallel (read from SQLite at start-up) still hold.
+TEST_F(Experiments, ACoordinatorRestartKeepsTheExperimentAndItsLimit) {
+  start_coordinator();
+  const HttpResult sub = post("/api/v1/experiments", small_experiment(8, 1));
+  ASSERT_EQ(sub.status, 201) << sub.text;
+  const std::string path = "/api/v1/experiments/" + std::to_string(sub.body["id"].get<int64_t>());
+  kill9(coordinator_);
+  start_coordinator();
+  start_worker("w1");
+  start_worker("w2");
+  int max_placed = 0;
+  json view;
+  ASSERT_TRUE(wait_for(
+      [&] {
+        view = get(path).body;
+        int placed = 0;
+        for (const json& j : view["jobs"]) {
+          const std::string st = j.value("state", "");
+          placed += st == "STARTING" || st == "RUNNING" || st == "RECOVERING";
+        }
+        max_placed = std::max(max_placed, placed);
+        return view.value("state", "") == "SUCCEEDED" && view["groups"][1]["val_loss"]["n"] == 2;
+      },
+      240.0))
+      << view.dump();
+  EXPECT_EQ(max_placed, 1);
+  EXPECT_EQ(view["jobs"][3]["experiment"]["group"], "dense");
+  EXPECT_EQ(view["groups"][0]["seeds_finished"], 2);
 }
 
 TEST_F(Experiments, TheCliSubmitsShowsFollowsListsAndCancels) {

@@ -666,6 +666,39 @@ TEST_F(RepositoryTest, MetricValuesMayBeNonFinite) {
   EXPECT_EQ(s[1].value, inf);
 }
 
+TEST_F(RepositoryTest, MetricWindowsSumFiniteValuesAfterAStepAndMetricLastFindsTheEnd) {
+  auto repo = open_repo();
+  ASSERT_TRUE(repo);
+  JobRow j = insert(*repo, job_for(make_user(*repo, "alice"), "a"));
+  const double inf = std::numeric_limits<double>::infinity();
+  ASSERT_TRUE(repo->insert_metrics({{j.id, "tps", 1, 100.0},
+                                    {j.id, "tps", 2, 2.0},
+                                    {j.id, "tps", 3, std::nan("")},
+                                    {j.id, "tps", 4, inf},
+                                    {j.id, "tps", 5, 4.0},
+                                    {j.id, "other", 9, 1000.0}})
+                  .ok());
+  MetricWindow w = repo->metric_window(j.id, "tps", 1).value();
+  EXPECT_EQ(w.sum, 6.0);  // 2 + 4: NaN and inf left out, step 1 before the window
+  EXPECT_EQ(w.count, 2);
+  EXPECT_EQ(w.last_step, 5);
+  // Read again from the last step: nothing new, the caller's running sums stay.
+  w = repo->metric_window(j.id, "tps", 5).value();
+  EXPECT_EQ(w.count, 0);
+  EXPECT_EQ(w.sum, 0.0);
+  EXPECT_EQ(w.last_step, 5);
+  ASSERT_TRUE(repo->insert_metrics({{j.id, "tps", 6, 8.0}}).ok());
+  w = repo->metric_window(j.id, "tps", 5).value();
+  EXPECT_EQ(w.sum, 8.0);
+  EXPECT_EQ(w.last_step, 6);
+  EXPECT_EQ(repo->metric_window(j.id, "none", 0).value().last_step, 0);
+  std::optional<MetricPoint> last = repo->metric_last(j.id, "tps").value();
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(last->step, 6);
+  EXPECT_EQ(last->value, 8.0);
+  EXPECT_FALSE(repo->metric_last(j.id, "none").value().has_value());
+}
+
 TEST_F(RepositoryTest, MetricSeriesFiltersBySinceAndDownsamplesInBuckets) {
   auto repo = open_repo();
   ASSERT_TRUE(repo);
