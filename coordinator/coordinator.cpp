@@ -192,12 +192,13 @@ struct Coordinator::Impl : ApiService {
     return row;
   }
 
-  /// kUnprocessable (naming `field`) when one job of `workers` exceeds the caller's quota.
-  Status check_quota(const Caller& c, int workers, const std::string& field,
-                     const std::string& what) {
+  /// kUnprocessable (naming resources.workers) when a job of the largest gang in `workers`
+  /// exceeds the caller's quota; `what` names that job in the message.
+  Status check_quota(const Caller& c, int workers, const std::string& what) {
     Result<int> quota = scheduler->ask<int>(
         [&, uid = c.user_id] { return scheduler->user_quota(uid); }, kAskTimeout);
     if (!quota.ok()) return quota.error();
+    const std::string field = "resources.workers";
     if (quota.value() > 0 && workers > quota.value()) {
       return Error{ErrorCode::kUnprocessable,
                    what + "asks for " + std::to_string(workers) + " workers but " + c.user +
@@ -213,8 +214,7 @@ struct Coordinator::Impl : ApiService {
     Result<JobSpec> spec = parse_job_spec(body);
     if (!spec.ok()) return spec.error();
     const JobSpec& s = spec.value();
-    if (Status q = check_quota(c, s.resources.workers, "resources.workers", ""); !q.ok())
-      return q.error();
+    if (Status q = check_quota(c, s.resources.workers, ""); !q.ok()) return q.error();
     const db::JobRow row = job_row(c, s, key, hub.now());
     Result<db::JobRow> inserted = store->call<db::JobRow>(
         [row, now = row.submitted_at](db::Repository& r) {
@@ -261,13 +261,14 @@ struct Coordinator::Impl : ApiService {
     row.max_parallel = p.max_parallel;
     row.idempotency_key = key;
     row.created_at = now;
+    const ExperimentPoint* largest = &p.points.front();  // the point with the largest gang
+    for (const ExperimentPoint& point : p.points)
+      if (point.spec.resources.workers > largest->spec.resources.workers) largest = &point;
+    if (Status q = check_quota(c, largest->spec.resources.workers, largest->spec.name + " ");
+        !q.ok())
+      return q.error();
     std::vector<db::JobRow> jobs;
     for (const ExperimentPoint& point : p.points) {
-      const std::string where =
-          "job " + std::to_string(point.index) + " (" + point.spec.name + ") ";
-      if (Status q = check_quota(c, point.spec.resources.workers, "resources.workers", where);
-          !q.ok())
-        return q.error();
       db::JobRow job = job_row(c, point.spec, "", now);
       job.experiment_point = {{"index", point.index},
                               {"variant", point.variant},

@@ -198,7 +198,7 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
   start_worker("w1");
   wait_workers_online(1);
   const HttpResult alice = post("/api/v1/users", {{"name", "alice"}});
-  const HttpResult bob = post("/api/v1/users", {{"name", "bob"}});
+  const HttpResult bob = post("/api/v1/users", {{"name", "bob"}, {"max_workers", 1}});
   ASSERT_EQ(alice.status, 201);
   ASSERT_EQ(bob.status, 201);
   auto token_for = [&](const HttpResult& u) {
@@ -215,6 +215,15 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
   ASSERT_TRUE(wait_for([&] { return get(path).body.value("state", "") == "RUNNING"; }, 60.0));
 
   token_ = tb;
+  // Bob's quota is one worker: an experiment with a two-worker point is refused whole.
+  json big = small_experiment(8, 1);
+  big["grid"]["resources.workers"] = {1, 2};
+  const HttpResult refused = post("/api/v1/experiments", big);
+  EXPECT_EQ(refused.status, 422) << refused.text;
+  EXPECT_EQ(refused.body["error"]["field"], "resources.workers");
+  EXPECT_NE(refused.text.find("svc-exp/mohge,resources.workers=2/seed=1"), std::string::npos)
+      << refused.text;
+  EXPECT_EQ(get("/api/v1/jobs").body["total"], 0);
   EXPECT_EQ(get(path).status, 404);
   EXPECT_EQ(post(path + "/cancel", json::object()).status, 404);
   EXPECT_EQ(get("/api/v1/experiments").body["total"], 0);
