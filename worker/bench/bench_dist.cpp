@@ -262,6 +262,7 @@ Result<BalanceReport> bench_balance(const fs::path& run_dir, int workers, int64_
   rep.workers = workers;
   rep.every = every >= 0 ? every : spec.value().placement_every;
   const bool adaptive_possible = m.ffn.kind == "mohge";
+  rep.grouped = adaptive_possible;
   // The replayed adaptive placement (per layer once re-planned) and its moving loads.
   ExpertPlacement current = all.value();
   std::vector<std::vector<double>> ema(static_cast<size_t>(m.layers));

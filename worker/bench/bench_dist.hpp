@@ -65,6 +65,9 @@ struct BalanceReport {
   // The best any All-size placement could do if it knew each step's loads in advance (the
   // planner on the step's own counts): what is left is the router's, not the placement's.
   double oracle = 0;
+  // The adaptive replay and the oracle need expert groups (MoHGE); for other models they are
+  // not computed (and the adaptive figures are static All-size's).
+  bool grouped = false;
 };
 
 /// Rank imbalance of each placement over R ranks for the routing a run recorded in its

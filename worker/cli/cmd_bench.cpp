@@ -87,7 +87,7 @@ int run_bench_balance(const BenchArgs& a) {
   Result<BalanceReport> r = bench_balance(a.run, a.workers, a.skip, a.every);
   if (!r.ok()) return report(r.error());
   const BalanceReport& b = r.value();
-  const nlohmann::json out = {{"bench", "balance"},
+  nlohmann::json out = {{"bench", "balance"},
                               {"run", a.run},
                               {"workers", b.workers},
                               {"steps", b.steps},
@@ -103,6 +103,12 @@ int run_bench_balance(const BenchArgs& a) {
                               {"adaptive_moved_bytes", b.moved_bytes},
                               {"noise_floor", b.noise_floor},
                               {"oracle_all_size", b.oracle}};
+  if (!b.grouped) {
+    // Without expert groups there is no adaptive All-size to replay and no oracle.
+    for (const char* k : {"imbalance_all_size_adaptive", "worst_all_size_adaptive",
+                          "adaptive_replans", "adaptive_moved_bytes", "oracle_all_size"})
+      out[k] = nullptr;
+  }
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
