@@ -1,6 +1,7 @@
 #include "api/experiment_spec.hpp"
 
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include "api/field_reader.hpp"
@@ -44,10 +45,16 @@ constexpr const char* kPathRule =
     "must be a dotted spec path (\"train.seed\", \"model.ffn\"): 1–8 segments of letters, "
     "digits and '_'";
 
-/// "train.seed=2" (strings without quotes, other values as compact JSON, at most 40 bytes).
+/// "train.seed=2": strings without quotes, other values as compact JSON, cut to at most 40
+/// bytes at a UTF-8 character boundary (a job name must stay valid UTF-8). Two different values
+/// may give the same text; parse_experiment refuses points whose job names collide.
 std::string coordinate_text(const std::string& path, const json& value) {
   std::string v = value.is_string() ? value.get<std::string>() : value.dump();
-  if (v.size() > 40) v = v.substr(0, 37) + "...";
+  if (v.size() > 40) {
+    size_t cut = 37;
+    while (cut > 0 && (static_cast<unsigned char>(v[cut]) & 0xC0) == 0x80) --cut;
+    v = v.substr(0, cut) + "...";
+  }
   return path + "=" + v;
 }
 
@@ -144,9 +151,10 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
   }
   top.reject_unknown();
 
+  // (Stops growing past the limit: many axes of many values cannot overflow it.)
   int64_t num_points = static_cast<int64_t>(plan.variants.size());
   for (const ExperimentAxis& axis : plan.grid)
-    num_points *= static_cast<int64_t>(axis.values.size());
+    if (num_points <= kMaxPoints) num_points *= static_cast<int64_t>(axis.values.size());
   if (errors.empty() && num_points > kMaxPoints) {
     errors.push_back(invalid_argument("grid", "expands to " + std::to_string(num_points) +
                                                   " jobs; at most " + std::to_string(kMaxPoints) +
@@ -164,6 +172,7 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
   const bool has_seed_axis =
       std::any_of(plan.grid.begin(), plan.grid.end(),
                   [](const ExperimentAxis& a) { return a.path == kSeedPath; });
+  std::map<std::string, int> names;  // job name → point index
   for (const ExperimentVariant& variant : plan.variants) {
     std::vector<size_t> at(plan.grid.size(), 0);
     bool done = false;
@@ -206,6 +215,15 @@ Result<ExperimentPlan> parse_experiment(const json& request) {
         return e;
       }
       p.spec = std::move(parsed).value();
+      // Job names identify the points (and their text, the variant groups): two points with
+      // one name would be averaged as seeds of one setting.
+      if (const auto [it, fresh] = names.emplace(p.spec.name, p.index); !fresh) {
+        return invalid_argument(
+            "grid", "points " + std::to_string(it->second) + " and " + std::to_string(p.index) +
+                        " would both be named \"" + p.spec.name +
+                        "\" (values that differ only past 40 characters, or a string and a "
+                        "number with the same text); make them differ early or use variants");
+      }
       plan.points.push_back(std::move(p));
       // Next combination (odometer, last axis fastest); done when every axis wrapped.
       done = true;

@@ -1,5 +1,7 @@
 #include "api/job_spec.hpp"
 
+#include <cstdint>
+
 #include "api/field_reader.hpp"
 #include "api/paths.hpp"
 
@@ -119,24 +121,33 @@ void parse_ffn(const FieldReader& r, FfnSpec& f, std::vector<Error>& errors) {
 }  // namespace
 
 ParamCounts model_param_counts(const ModelSpec& m) {
-  const int64_t D = m.d_model, V = m.vocab_size, L = m.layers;
+  // In 128 bits and saturated: the largest specs the validator accepts exceed int64 (a count
+  // that large is reported as INT64_MAX). One pass over the groups, not over the experts.
+  __extension__ typedef __int128 Wide;
+  const Wide D = m.d_model, V = m.vocab_size, L = m.layers;
   const FfnSpec& f = m.ffn;
-  ParamCounts c;
-  int64_t per_layer_other = 4 * D * D + 2 * D;  // q, k, v, o; two norms
-  int64_t per_layer_ffn = 0;
+  Wide per_layer_other = 4 * D * D + 2 * D;  // q, k, v, o; two norms
+  Wide per_layer_ffn = 0, routed = 0;
   if (f.kind == "dense") {
     per_layer_ffn = 3 * D * f.width;
   } else {
     const int E = f.num_experts();
-    int64_t routed = 0;
-    for (int e = 0; e < E; ++e) routed += 3 * D * f.expert_hidden_width(e);
-    c.routed = L * routed;
-    per_layer_ffn = routed + static_cast<int64_t>(f.shared_experts) * 3 * D * f.shared_width;
+    if (f.kind == "mohge") {
+      for (int g = 0; g < f.groups; ++g)
+        routed +=
+            Wide{3} * D * f.experts_per_group * f.expert_hidden_width(g * f.experts_per_group);
+    } else {
+      routed = Wide{3} * D * E * f.expert_width;
+    }
+    per_layer_ffn = routed + Wide{f.shared_experts} * 3 * D * f.shared_width;
     per_layer_other += D * E + (f.kind == "mohge" ? D * f.groups : 0);  // routers
     if (f.balance == "bias") per_layer_other += E;                      // expert_bias
   }
-  c.ffn = L * per_layer_ffn;
-  c.total = V * D * (m.tie_embeddings ? 1 : 2) + D + L * (per_layer_other + per_layer_ffn);
+  const auto narrow = [](Wide v) { return v > INT64_MAX ? INT64_MAX : static_cast<int64_t>(v); };
+  ParamCounts c;
+  c.routed = narrow(L * routed);
+  c.ffn = narrow(L * per_layer_ffn);
+  c.total = narrow(V * D * (m.tie_embeddings ? 1 : 2) + D + L * (per_layer_other + per_layer_ffn));
   return c;
 }
 

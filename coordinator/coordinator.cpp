@@ -298,6 +298,12 @@ struct Coordinator::Impl : ApiService {
       }
       id = prior.value()->id;
       created = false;
+      // The first submit may have committed after its caller gave up waiting, before its
+      // jobs reached the scheduler: hand them over again (it keeps the ones it holds).
+      Result<std::vector<db::JobRow>> stored = read<std::vector<db::JobRow>>(
+          [&](db::Repository& r) { return r.list_experiment_jobs(id); });
+      if (!stored.ok()) return stored.error();
+      scheduler->add_experiment(id, prior.value()->max_parallel, std::move(stored).value());
     } else if (!inserted.ok()) {
       return inserted.error();
     } else {
@@ -309,12 +315,13 @@ struct Coordinator::Impl : ApiService {
     return SubmitResult{view.value(), created};
   }
 
-  /// RUNNING while any job is placed, QUEUED while others wait; when all are finished,
-  /// SUCCEEDED if all succeeded, FAILED if any failed, CANCELED otherwise.
+  /// RUNNING while any job is placed or recovering, QUEUED while others wait (or before the
+  /// scheduler has its jobs); when all are finished, SUCCEEDED if all succeeded, FAILED if any
+  /// failed, CANCELED otherwise.
   static std::string experiment_state(const json& states) {
     auto count = [&](const char* s) { return states.value(s, 0); };
     if (count("STARTING") + count("RUNNING") + count("RECOVERING") > 0) return "RUNNING";
-    if (count("QUEUED") + count("PREEMPTED") > 0) return "QUEUED";
+    if (count("QUEUED") + count("PREEMPTED") > 0 || states.empty()) return "QUEUED";
     if (count("FAILED") > 0) return "FAILED";
     if (count("CANCELED") > 0) return "CANCELED";
     return "SUCCEEDED";
@@ -400,6 +407,7 @@ struct Coordinator::Impl : ApiService {
       if (spec.ok()) {
         d.steps = spec.value().train.steps;
         d.params = model_param_counts(spec.value().model);
+        if (spec.value().model.ffn.kind == "mohge") d.groups = spec.value().model.ffn.groups;
       }
       j.erase("spec");
       Result<bool> got =

@@ -74,7 +74,9 @@ std::map<std::string, std::map<int, std::map<int, double>>> difficulty_of(
     const long bucket = std::strtol(rest.c_str() + a + 1, &end, 10);
     if (end != rest.c_str() + b) continue;
     const long group = std::strtol(rest.c_str() + b + 1, &end, 10);
-    if (*end != '\0' || bucket < 0 || bucket > 64 || group < 0 || group > 1024) continue;
+    if (*end != '\0' || bucket < 0 || bucket >= kDifficultyBuckets || group < 0 ||
+        group >= j.groups)
+      continue;
     out[kind][static_cast<int>(bucket)][static_cast<int>(group)] = value;
   }
   return out;

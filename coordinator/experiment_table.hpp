@@ -37,6 +37,10 @@ int64_t experiment_window_start(const std::string& metric, int64_t steps);
 /// The series averaged over a window, in the order ExperimentJobData::windowed holds them.
 const std::vector<std::string>& experiment_windowed_metrics();
 
+/// Buckets of each difficulty kind (the trainer's DifficultyRouting::kBuckets: frequency
+/// quartiles, loss ranges [0,2), [2,4), [4,6), [6,∞)).
+inline constexpr int kDifficultyBuckets = 4;
+
 struct ExperimentJobData {
   int64_t id = 0;
   std::string state;    // the job's lifecycle state
@@ -49,8 +53,11 @@ struct ExperimentJobData {
   std::optional<double> val_loss;          // the last evaluation's, when finite
   // Window sums of experiment_windowed_metrics(), in that order (count 0: no data yet).
   std::vector<db::MetricWindow> windowed;
-  // The last evaluation's difficulty.<kind>.<bucket>.<group> values by name.
+  // The last evaluation's difficulty.<kind>.<bucket>.<group> values by name; only buckets
+  // below kDifficultyBuckets and groups below `groups` count (a worker reports these names,
+  // and one out-of-range name must not blow up every row).
   std::map<std::string, double> difficulty;
+  int groups = 0;  // model.ffn.groups of a MoHGE model, 0 otherwise
 };
 
 /// {"groups": [row per variant group, in first-appearance order], "jobs": [per-job figures]}.

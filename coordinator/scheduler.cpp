@@ -104,6 +104,7 @@ void Scheduler::add_experiment(int64_t id, int max_parallel, std::vector<db::Job
   post([this, id, max_parallel, rows = std::move(rows)]() mutable {
     experiment_limits_[id] = max_parallel;
     for (db::JobRow& row : rows) {
+      if (jobs_.contains(row.id)) continue;  // a re-submit that found them stored
       JobEntry& e = jobs_[row.id];
       e.row = std::move(row);
       e.queued_at = e.row.submitted_at;
@@ -212,7 +213,10 @@ json Scheduler::to_json(const JobEntry& e) const {
 void Scheduler::publish(const JobEntry& e) {
   json j = to_json(e);
   j["spec"] = e.row.spec;
-  hub_.views->publish(e.row.id, e.row.user_id, j.dump());
+  // Stored names and specs are valid UTF-8 (the validators keep them so), but a throw here, on
+  // the strand, would stop the coordinator at every start: replace, never throw.
+  hub_.views->publish(e.row.id, e.row.user_id,
+                      j.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
 Result<json> Scheduler::job_json(const Caller& caller, int64_t id) {

@@ -47,8 +47,10 @@ class Scheduler : public Actor {
   // ---- from the REST edge (through ask) ----------------------------------------------------
   /// Adds a job that the Store has just inserted (state QUEUED).
   void add_job(db::JobRow row);
-  /// Adds an experiment's jobs that the Store has just inserted (all QUEUED); at most
-  /// `max_parallel` (> 0) of them are placed at once.
+  /// Adds an experiment's jobs that the Store has inserted (all QUEUED); at most
+  /// `max_parallel` (> 0) of them are placed at once. Jobs it already holds are left as they
+  /// are (an idempotent re-submit passes them again in case the first submit timed out after
+  /// its commit).
   void add_experiment(int64_t id, int max_parallel, std::vector<db::JobRow> rows);
   /// Job counts by state of each experiment: {"<id>": {"RUNNING": 1, "QUEUED": 3}, …}.
   Result<nlohmann::json> experiment_states(const std::vector<int64_t>& experiments);

@@ -5,7 +5,7 @@
 # ends (about 10-15 minutes on 2 cores). Ctrl-C stops the local cluster cleanly. A second run
 # reuses the build, the prepared corpus and the cluster's database (the job is submitted with
 # an Idempotency-Key, so a rerun follows the same job instead of starting a second one; set
-# MOHGE_FRESH=1 to start over).
+# MOHGE_FRESH=1 to start over with a new database: earlier runs are moved to runs.before-<time>/).
 #
 # With MOHGE_EXPERIMENT=FILE it submits that experiment instead (a grid of jobs, DESIGN.md §16;
 # deploy/experiments/paper-miniature.json reproduces the paper's comparisons, about 60 minutes
@@ -36,6 +36,12 @@ else
 fi
 if [[ "${MOHGE_FRESH:-0}" == 1 ]]; then
   rm -f "$root"/mohge.db "$root"/mohge.db-* "$root"/admin.token
+  # The new database numbers jobs from 1 again: keep the earlier runs, out of the new ones' way.
+  if [[ -d "$root/runs" ]]; then
+    kept="$root/runs.before-$(date +%Y%m%d-%H%M%S)"
+    mv "$root/runs" "$kept"
+    echo "[quickstart] earlier runs moved to $kept"
+  fi
 fi
 mkdir -p "$root/logs"
 

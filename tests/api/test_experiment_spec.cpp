@@ -148,6 +148,29 @@ TEST(ExperimentSpec, TheRequestsOwnFieldsAreCheckedWithTheirPaths) {
   EXPECT_NE(through.error().message.find("variant \"no-lg\""), std::string::npos);
 }
 
+// Long values are cut for the job names at a character boundary (names stay valid UTF-8), and
+// points whose names would collide are refused instead of being averaged as one setting.
+TEST(ExperimentSpec, LongValuesAreCutAtACharacterAndCollidingNamesAreRefused) {
+  json r = request();
+  r["grid"] = {{"data.train", {"d/" + std::string(34, 'a') + "\u00e9\u00e9.bin"}}};
+  r["variants"] = {{{"name", "v"}}};
+  Result<ExperimentPlan> plan = parse_experiment(r);
+  ASSERT_TRUE(plan.ok()) << plan.error().to_string();
+  const std::string name = plan.value().points[0].spec.name;
+  EXPECT_EQ(name, "cmp/v,data.train=d/" + std::string(34, 'a') + "...");
+  EXPECT_NO_THROW((void)json(name).dump());  // strict UTF-8 check
+  // Two values that differ only past the cut, and a string and a number with the same text.
+  r["grid"] = {{"data.train",
+                {"d/" + std::string(40, 'a') + "1.bin", "d/" + std::string(40, 'a') + "2.bin"}}};
+  plan = parse_experiment(r);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_EQ(plan.error().field, "grid");
+  EXPECT_NE(plan.error().message.find("points 0 and 1"), std::string::npos) << plan.error().message;
+  r["grid"] = {{"train.batch_size", {2, "2"}}};
+  plan = parse_experiment(r);
+  ASSERT_FALSE(plan.ok());  // "2" is no integer either: refused, whichever check sees it first
+}
+
 TEST(ExperimentSpec, SetPathCreatesObjectsAndRefusesToWalkThroughValues) {
   json doc = {{"a", {{"b", 1}}}};
   ASSERT_TRUE(json_set_path(doc, "a.c.d", 2).ok());

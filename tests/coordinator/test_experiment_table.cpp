@@ -27,6 +27,7 @@ ExperimentJobData job(int64_t id, const std::string& group, int seed, const std:
   j.val_curve = {{50, val + 1.0}, {100, val}};
   j.val_loss = val;
   j.windowed = {{tps * 90, 90, 100}, {1.25 * 90, 90, 100}, {300.0 * 10, 10, 100}};
+  j.groups = 4;
   return j;
 }
 
@@ -100,6 +101,10 @@ TEST(ExperimentTable, MalformedDifficultyNamesAreIgnored) {
   jobs[0].difficulty["difficulty.other.0.0"] = 1.0;
   jobs[0].difficulty["difficulty.frequency.0.99999999999"] = 1.0;
   jobs[0].difficulty["difficulty.token_loss.1.2"] = 0.5;
+  // Out of range for the model (4 buckets, 4 groups): a worker's report cannot grow the rows.
+  jobs[0].difficulty["difficulty.frequency.64.1024"] = 1.0;
+  jobs[0].difficulty["difficulty.frequency.4.0"] = 1.0;
+  jobs[0].difficulty["difficulty.frequency.0.4"] = 1.0;
   const json t = experiment_table(jobs);
   // Only the well-formed one; the bucket and groups before it are zeros, so every row stays
   // under its own bucket's label.

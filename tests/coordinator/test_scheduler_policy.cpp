@@ -86,6 +86,23 @@ TEST(SchedulerExperiments, MaxParallelCapsAnExperimentsPlacedJobsAndOthersStillS
             "wait 4 #2: experiment 7 runs at most 2 jobs at once (max_parallel)\n");
 }
 
+TEST(SchedulerExperiments, AJobHeldByMaxParallelNeitherPreemptsNorReserves) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2")});
+  s.experiment_limits[7] = 1;
+  add_running(
+      s,
+      RunningJob{.id = 1, .user_id = kAlice, .priority = 90, .workers = {"w1"}, .experiment = 7});
+  add_running(s, RunningJob{.id = 2, .user_id = kBob, .priority = 10, .workers = {"w2"}});
+  s.queued = {
+      QueuedJob{.id = 3, .user_id = kAlice, .priority = 90, .submitted_at = 1, .experiment = 7},
+      QueuedJob{.id = 4, .user_id = kBob, .priority = 10, .workers = 1, .submitted_at = 2}};
+  // Job 3 outranks job 2 but its experiment is at its limit: no preemption of 2, and job 4
+  // behind it is not held back by a reservation (it waits for a free worker like any job).
+  EXPECT_EQ(describe(schedule(s)),
+            "wait 3 #1: experiment 7 runs at most 1 job at once (max_parallel)\n"
+            "wait 4 #2: waiting for 1 free cpu worker (0 free of 2 online)\n");
+}
+
 TEST(SchedulerExperiments, AnExperimentWithoutALimitStartsWhatFits) {
   Snapshot s = cluster({cpu("w1"), cpu("w2")});
   s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .submitted_at = 1, .experiment = 3},

@@ -27,6 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     d.coords = p.coords;
     d.steps = p.spec.train.steps;
     d.params = mohge::model_param_counts(p.spec.model);
+    d.groups = p.spec.model.ffn.groups;
     // Series from the request's own numbers and names (what a hostile worker could report).
     const double x = static_cast<double>(size) / 7.0;
     d.val_curve = {{1, x}, {d.steps, x / 2}};

@@ -27,6 +27,21 @@ json small_experiment(int steps, int max_parallel) {
 
 class Experiments : public LocalCluster {
  protected:
+  /// The jobs' run intervals (STARTING … SUCCEEDED, from their events) do not overlap.
+  void expect_runs_one_at_a_time(const json& jobs) {
+    std::vector<std::pair<double, double>> spans;
+    for (const json& j : jobs) {
+      double from = 0, to = 0;
+      for (const json& e : get("/api/v1/jobs/" + std::to_string(j["id"].get<int64_t>()) + "/events")
+                               .body["events"]) {
+        if (e["to"] == "STARTING") from = e["at"];
+        if (e["to"] == "SUCCEEDED") to = e["at"];
+      }
+      spans.push_back({from, to});
+    }
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) EXPECT_LE(spans[i - 1].second, spans[i].first);
+  }
   double final_val(int64_t job) {
     const HttpResult m = get("/api/v1/jobs/" + std::to_string(job) + "/metrics?names=val_loss");
     return m.body["metrics"]["val_loss"]["values"].back().get<double>();
@@ -88,18 +103,7 @@ TEST_F(Experiments, AGridRunsAsJobsAtMostMaxParallelAtOnceAndIsComparedOverSeeds
       << view.dump();
   EXPECT_EQ(max_placed, 1);
   EXPECT_TRUE(saw_reason);
-  // The jobs' run intervals (STARTING … SUCCEEDED) do not overlap.
-  std::vector<std::pair<double, double>> spans;
-  for (int64_t j : ids) {
-    double from = 0, to = 0;
-    for (const json& e : get("/api/v1/jobs/" + std::to_string(j) + "/events").body["events"]) {
-      if (e["to"] == "STARTING") from = e["at"];
-      if (e["to"] == "SUCCEEDED") to = e["at"];
-    }
-    spans.push_back({from, to});
-  }
-  std::sort(spans.begin(), spans.end());
-  for (size_t i = 1; i < spans.size(); ++i) EXPECT_LE(spans[i - 1].second, spans[i].first);
+  expect_runs_one_at_a_time(view["jobs"]);
 
   // The table: each group's mean and sample std are those of its own jobs' last val_loss.
   ASSERT_EQ(view["groups"].size(), 2u);
@@ -209,7 +213,8 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
   };
   const std::string ta = token_for(alice), tb = token_for(bob);
   token_ = ta;
-  const HttpResult sub = post("/api/v1/experiments", small_experiment(4000, 1));
+  // Long enough that no machine finishes a job before the cancel below.
+  const HttpResult sub = post("/api/v1/experiments", small_experiment(1000000, 1));
   ASSERT_EQ(sub.status, 201) << sub.text;
   const std::string path = "/api/v1/experiments/" + std::to_string(sub.body["id"].get<int64_t>());
   ASSERT_TRUE(wait_for([&] { return get(path).body.value("state", "") == "RUNNING"; }, 60.0));
@@ -269,6 +274,7 @@ TEST_F(Experiments, ACoordinatorRestartKeepsTheExperimentAndItsLimit) {
       240.0))
       << view.dump();
   EXPECT_EQ(max_placed, 1);
+  expect_runs_one_at_a_time(view["jobs"]);
   EXPECT_EQ(view["jobs"][3]["experiment"]["group"], "dense");
   EXPECT_EQ(view["groups"][0]["seeds_finished"], 2);
 }
