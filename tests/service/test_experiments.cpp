@@ -32,8 +32,10 @@ class Experiments : public LocalCluster {
     std::vector<std::pair<double, double>> spans;
     for (const json& j : jobs) {
       double from = 0, to = 0;
-      for (const json& e : get("/api/v1/jobs/" + std::to_string(j["id"].get<int64_t>()) + "/events")
-                               .body["events"]) {
+      // (The response is kept: a loop over a member of a temporary would read freed memory.)
+      const HttpResult events =
+          get("/api/v1/jobs/" + std::to_string(j["id"].get<int64_t>()) + "/events");
+      for (const json& e : events.body["events"]) {
         if (e["to"] == "STARTING") from = e["at"];
         if (e["to"] == "SUCCEEDED") to = e["at"];
       }
@@ -243,7 +245,8 @@ TEST_F(Experiments, CancelStopsEveryJobAndAnotherUserSeesNothing) {
   EXPECT_EQ(c.body["canceled"].size(), 4u);
   ASSERT_TRUE(wait_for([&] { return get(path).body.value("state", "") == "CANCELED"; }, 60.0))
       << get(path).text;
-  for (const json& j : get(path).body["jobs"]) EXPECT_EQ(j["state"], "CANCELED");
+  const HttpResult canceled = get(path);
+  for (const json& j : canceled.body["jobs"]) EXPECT_EQ(j["state"], "CANCELED");
   EXPECT_EQ(get(path).body["states"]["CANCELED"], 4);
 }
 
