@@ -461,6 +461,32 @@ struct RestServer::Impl {
     ex.json_body(ok_status, r.value());
   }
 
+  /// POST of a job or an experiment: the JSON body and the Idempotency-Key header handed to
+  /// `call`; 201 when it created something, 200 when the key found an earlier submit.
+  template <class Call>
+  static void submit(const Exchange& ex, const Request& req, Call&& call) {
+    Result<json> body = body_json(req);
+    if (!body.ok()) return ex.error(body.error());
+    const std::string key = header(req, "Idempotency-Key");
+    if (key.size() > 200) {
+      return ex.error(invalid_argument("Idempotency-Key", "must be at most 200 characters"));
+    }
+    Result<SubmitResult> r = call(body.value(), key);
+    if (!r.ok()) return ex.error(r.error());
+    ex.json_body(r.value().created ? 201 : 200, r.value().job);
+  }
+
+  /// The `offset` and `limit` of a listing (limit 1..1000, default 50).
+  static Status read_page(const RestQuery& q, int64_t& offset, int64_t& limit) {
+    Result<int64_t> o = q.integer("offset", 0, 0, int64_t{1} << 40);
+    if (!o.ok()) return o.error();
+    Result<int64_t> l = q.integer("limit", 50, 1, 1000);
+    if (!l.ok()) return l.error();
+    offset = o.value();
+    limit = l.value();
+    return {};
+  }
+
   static void method_not_allowed(const Exchange& ex, const std::string& method) {
     ex.json_body(405,
                  error_body(Error{ErrorCode::kInvalidArgument,
@@ -504,26 +530,16 @@ struct RestServer::Impl {
 
     if (is({"jobs"})) {
       if (method == "POST") {
-        Result<json> body = body_json(req);
-        if (!body.ok()) return ex.error(body.error());
-        const std::string key = header(req, "Idempotency-Key");
-        if (key.size() > 200) {
-          return ex.error(invalid_argument("Idempotency-Key", "must be at most 200 characters"));
-        }
-        Result<SubmitResult> r = service.submit_job(c, body.value(), key);
-        if (!r.ok()) return ex.error(r.error());
-        return ex.json_body(r.value().created ? 201 : 200, r.value().job);
+        return submit(ex, req, [&](const json& body, const std::string& key) {
+          return service.submit_job(c, body, key);
+        });
       }
       if (method != "GET") return not_allowed();
       JobListQuery lq;
       lq.state = q.text("state");
       lq.user = q.text("user");
-      Result<int64_t> offset = q.integer("offset", 0, 0, int64_t{1} << 40);
-      Result<int64_t> limit = q.integer("limit", 50, 1, 1000);
-      if (!offset.ok()) return ex.error(offset.error());
-      if (!limit.ok()) return ex.error(limit.error());
-      lq.offset = offset.value();
-      lq.limit = limit.value();
+      if (Status page = read_page(q, lq.offset, lq.limit); !page.ok())
+        return ex.error(page.error());
       return reply(ex, service.list_jobs(c, lq));
     }
     if (n >= 2 && p[0] == "jobs") {
@@ -576,25 +592,15 @@ struct RestServer::Impl {
     }
     if (is({"experiments"})) {
       if (method == "POST") {
-        Result<json> body = body_json(req);
-        if (!body.ok()) return ex.error(body.error());
-        const std::string key = header(req, "Idempotency-Key");
-        if (key.size() > 200) {
-          return ex.error(invalid_argument("Idempotency-Key", "must be at most 200 characters"));
-        }
-        Result<SubmitResult> r = service.submit_experiment(c, body.value(), key);
-        if (!r.ok()) return ex.error(r.error());
-        return ex.json_body(r.value().created ? 201 : 200, r.value().job);
+        return submit(ex, req, [&](const json& body, const std::string& key) {
+          return service.submit_experiment(c, body, key);
+        });
       }
       if (method != "GET") return not_allowed();
       ExperimentListQuery lq;
       lq.user = q.text("user");
-      Result<int64_t> offset = q.integer("offset", 0, 0, int64_t{1} << 40);
-      Result<int64_t> limit = q.integer("limit", 50, 1, 1000);
-      if (!offset.ok()) return ex.error(offset.error());
-      if (!limit.ok()) return ex.error(limit.error());
-      lq.offset = offset.value();
-      lq.limit = limit.value();
+      if (Status page = read_page(q, lq.offset, lq.limit); !page.ok())
+        return ex.error(page.error());
       return reply(ex, service.list_experiments(c, lq));
     }
     if ((n == 2 || n == 3) && p[0] == "experiments") {

@@ -416,11 +416,15 @@ struct Coordinator::Impl : ApiService {
       data.push_back(std::move(d));
     }
     json table = experiment_table(data);
-    // Per-job figures beside each job.
+    // Per-job figures beside each job (the table lists them by group, not in job order).
+    std::map<int64_t, json> figures_by_id;
+    for (json& f : table["jobs"]) {
+      const int64_t job = f.value("id", int64_t{0});
+      figures_by_id[job] = std::move(f);
+    }
     for (json& j : jobs.value()) {
-      for (const json& f : table["jobs"]) {
-        if (f["id"] == j["id"]) j["figures"] = f;
-      }
+      const auto f = figures_by_id.find(j.value("id", int64_t{0}));
+      if (f != figures_by_id.end()) j["figures"] = std::move(f->second);
     }
     json out = experiment_summary(e.value(), states);
     out["request"] = e.value().request;

@@ -89,13 +89,18 @@ Status Scheduler::load(db::Repository& repo) {
   return {};
 }
 
+void Scheduler::admit(db::JobRow row) {
+  if (jobs_.contains(row.id)) return;  // a re-submit that found it stored
+  JobEntry& e = jobs_[row.id];
+  e.row = std::move(row);
+  e.queued_at = e.row.submitted_at;
+  e.progress = {{"step", 0}};
+  publish(e);
+}
+
 void Scheduler::add_job(db::JobRow row) {
   post([this, row = std::move(row)]() mutable {
-    JobEntry& e = jobs_[row.id];
-    e.row = std::move(row);
-    e.queued_at = e.row.submitted_at;
-    e.progress = {{"step", 0}};
-    publish(e);
+    admit(std::move(row));
     reschedule();
   });
 }
@@ -103,14 +108,7 @@ void Scheduler::add_job(db::JobRow row) {
 void Scheduler::add_experiment(int64_t id, int max_parallel, std::vector<db::JobRow> rows) {
   post([this, id, max_parallel, rows = std::move(rows)]() mutable {
     experiment_limits_[id] = max_parallel;
-    for (db::JobRow& row : rows) {
-      if (jobs_.contains(row.id)) continue;  // a re-submit that found them stored
-      JobEntry& e = jobs_[row.id];
-      e.row = std::move(row);
-      e.queued_at = e.row.submitted_at;
-      e.progress = {{"step", 0}};
-      publish(e);
-    }
+    for (db::JobRow& row : rows) admit(std::move(row));
     reschedule();
   });
 }

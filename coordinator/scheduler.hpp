@@ -101,6 +101,8 @@ class Scheduler : public Actor {
     int64_t job = 0;
   };
 
+  /// Takes a newly stored QUEUED job (ignored when already held) and publishes it.
+  void admit(db::JobRow row);
   /// Serialises the job for the REST edge (JobViews); after every change of a job.
   void publish(const JobEntry& e);
   void end_attempt(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason);

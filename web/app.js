@@ -588,7 +588,7 @@ function drawExperimentJobs(e) {
 // Each job's validation curve (GET /jobs/{id}/metrics): fetched while the job may still add
 // points, and once more when its last value is not yet the one the table reports.
 async function loadCurves(e, st) {
-  const todo = (e.jobs || []).filter(j => {
+  const queue = (e.jobs || []).filter(j => {
     const have = st.curves.get(j.id);
     if (!have) return j.state !== 'QUEUED' || (j.progress && j.progress.step > 0);
     if (!FINISHED.includes(j.state)) return true;
@@ -597,7 +597,6 @@ async function loadCurves(e, st) {
     return want !== null && want !== undefined && last !== want;
   });
   // A few requests at a time: an experiment can hold hundreds of jobs.
-  const queue = todo.slice();
   const fetchOne = async () => {
     for (let j; (j = queue.shift());) {
       const r = await api(`/jobs/${j.id}/metrics?names=val_loss&max_points=1000`);

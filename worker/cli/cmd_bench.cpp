@@ -88,21 +88,21 @@ int run_bench_balance(const BenchArgs& a) {
   if (!r.ok()) return report(r.error());
   const BalanceReport& b = r.value();
   nlohmann::json out = {{"bench", "balance"},
-                              {"run", a.run},
-                              {"workers", b.workers},
-                              {"steps", b.steps},
-                              {"imbalance_all_size", b.all_size},
-                              {"imbalance_group_per_rank", b.group_per_rank},
-                              {"imbalance_contiguous", b.contiguous},
-                              {"worst_all_size", b.all_size_max},
-                              {"worst_group_per_rank", b.group_per_rank_max},
-                              {"imbalance_all_size_adaptive", b.adaptive},
-                              {"worst_all_size_adaptive", b.adaptive_max},
-                              {"adaptive_every", b.every},
-                              {"adaptive_replans", b.replans},
-                              {"adaptive_moved_bytes", b.moved_bytes},
-                              {"noise_floor", b.noise_floor},
-                              {"oracle_all_size", b.oracle}};
+                        {"run", a.run},
+                        {"workers", b.workers},
+                        {"steps", b.steps},
+                        {"imbalance_all_size", b.all_size},
+                        {"imbalance_group_per_rank", b.group_per_rank},
+                        {"imbalance_contiguous", b.contiguous},
+                        {"worst_all_size", b.all_size_max},
+                        {"worst_group_per_rank", b.group_per_rank_max},
+                        {"imbalance_all_size_adaptive", b.adaptive},
+                        {"worst_all_size_adaptive", b.adaptive_max},
+                        {"adaptive_every", b.every},
+                        {"adaptive_replans", b.replans},
+                        {"adaptive_moved_bytes", b.moved_bytes},
+                        {"noise_floor", b.noise_floor},
+                        {"oracle_all_size", b.oracle}};
   if (!b.grouped) {
     // Without expert groups there is no adaptive All-size to replay and no oracle.
     for (const char* k : {"imbalance_all_size_adaptive", "worst_all_size_adaptive",
