@@ -352,6 +352,26 @@ Result<Launch> decode_launch(const json& m) {
     r.fail("run_dir", "must be a relative path without \"..\"");
   r.boolean("resume", l.resume);
   r.real("comm_timeout_s", l.comm_timeout_s, false, 0.1, 86400.0);
+  if (const json* peers = r.array("peers", false, kMaxWorld)) {
+    auto name_ok = [](const json& v) {
+      bool ok = v.is_string() && v.get_ref<const std::string&>().size() <= kMaxPeerNameBytes;
+      if (ok)
+        for (const char c : v.get_ref<const std::string&>()) ok = ok && c >= 0x20 && c < 0x7f;
+      return ok;
+    };
+    for (const json& p : *peers) {
+      if (!p.is_object() || !name_ok(p.value("worker", json())) ||
+          !name_ok(p.value("host", json()))) {
+        r.fail("peers",
+               "must be an array of {\"worker\", \"host\"}, each printable ASCII of at most " +
+                   std::to_string(kMaxPeerNameBytes) + " bytes");
+        break;
+      }
+      l.peers.push_back({p["worker"].get<std::string>(), p["host"].get<std::string>()});
+    }
+    if (errors.empty() && static_cast<int>(l.peers.size()) != l.world)
+      r.fail("peers", "must name every rank (" + std::to_string(l.world) + ")");
+  }
   return first_error_or(errors, std::move(l));
 }
 

@@ -28,6 +28,7 @@ constexpr size_t kMaxLogLines = 1000;         // per log message
 constexpr size_t kMaxRunning = 1024;          // ranks one worker may report running
 constexpr size_t kMaxDevices = 64;            // devices one worker may announce
 constexpr size_t kMaxDeviceNameBytes = 128;   // a device's model name
+constexpr size_t kMaxPeerNameBytes = 128;     // a launch's peers[].worker and .host
 constexpr size_t kMaxBlobBytes = 1 << 20;     // a rendezvous blob (base64 of a UCX address)
 constexpr size_t kMaxRecords = 1000;          // metric records per message
 constexpr size_t kMaxCheckpointFiles = 4096;  // files one rank reports for a checkpoint
@@ -174,6 +175,13 @@ struct Launch {
   std::string run_dir;  // relative to the storage root, no ".."
   bool resume = false;
   double comm_timeout_s = 60.0;
+  // Per rank, the worker that runs it and that worker's host: named in data-plane errors, and
+  // ranks on different hosts never use shared memory. Optional; when present, one entry per
+  // rank, each name printable ASCII of at most kMaxPeerNameBytes.
+  struct Peer {
+    std::string worker, host;
+  };
+  std::vector<Peer> peers;
 };
 struct RvAll {
   int64_t job = 0;

@@ -24,10 +24,14 @@ struct CoordinatorOptions {
   std::filesystem::path web_root;          // dashboard files; empty: none
   double heartbeat_s = 1.0;                // workers heartbeat this often
   double heartbeat_timeout_s = 10.0;       // silent or disconnected this long: lost
-  double hello_timeout_s = 5.0;            // a new control connection must say hello by then
-  double reattach_timeout_s = 20.0;        // after a restart, ranks must report back by then
-  double comm_timeout_s = 60.0;            // data-plane deadline handed to the ranks
-  size_t http_threads = 0;                 // REST thread pool; 0: one per core (2..16)
+  // When none of the online workers (two or more) has been heard for two heartbeats, the
+  // coordinator's own link is the likelier cause: it waits up to this much longer before
+  // declaring any of them lost.
+  double isolation_grace_s = 60.0;
+  double hello_timeout_s = 5.0;      // a new control connection must say hello by then
+  double reattach_timeout_s = 20.0;  // after a restart, ranks must report back by then
+  double comm_timeout_s = 60.0;      // data-plane deadline handed to the ranks
+  size_t http_threads = 0;           // REST thread pool; 0: one per core (2..16)
   bool auth = true;
 };
 

@@ -48,9 +48,17 @@ void JobSupervisor::start() {
                                  {"spec", self->launch_.spec},
                                  {"run_dir", self->launch_.run_dir},
                                  {"resume", self->launch_.resume},
-                                 {"comm_timeout_s", self->hub_.options.comm_timeout_s}});
+                                 {"comm_timeout_s", self->hub_.options.comm_timeout_s},
+                                 {"peers", self->peers_json()}});
     }
   });
+}
+
+json JobSupervisor::peers_json() const {
+  json out = json::array();
+  for (const proto::Launch::Peer& p : launch_.peers)
+    out.push_back({{"worker", p.worker}, {"host", p.host}});
+  return out;
 }
 
 void JobSupervisor::reattach() {
@@ -128,6 +136,8 @@ void JobSupervisor::on_rank_exited(int rank, const proto::RankExited& exited) {
       const std::string why = exited.error_message.empty() ? "unknown error" : exited.error_message;
       if (self->first_failure_.empty()) {
         self->first_failure_ = "rank " + std::to_string(rank) + " failed: " + why;
+        self->first_failure_network_ =
+            exited.error_code == error_code_name(ErrorCode::kUnavailable);
         // Stop the others now rather than at their data-plane deadline.
         self->abort_all(self->first_failure_);
       }
@@ -206,7 +216,9 @@ void JobSupervisor::maybe_finish() {
     outcome = AttemptOutcome::kLost;
     reason = lost_reason_;
   } else if (!first_failure_.empty()) {
-    outcome = AttemptOutcome::kFailed;
+    // A rank that could not reach its peers (a deadline, a transport error) failed because of
+    // the network, not the job: recovered like a lost worker.
+    outcome = first_failure_network_ ? AttemptOutcome::kUnreachable : AttemptOutcome::kFailed;
     reason = first_failure_;
   } else if (preempting_ && stopped_ok_) {
     outcome = AttemptOutcome::kPreempted;

@@ -30,6 +30,7 @@ class JobSupervisor : public Actor, public std::enable_shared_from_this<JobSuper
     nlohmann::json spec;
     std::string run_dir;  // relative to the storage root
     bool resume = false;  // resume from the run's latest checkpoint when one exists
+    std::vector<proto::Launch::Peer> peers;  // rank order: each rank's worker and host
   };
 
   JobSupervisor(boost::asio::io_context& io, Hub& hub, Launch launch);
@@ -50,6 +51,7 @@ class JobSupervisor : public Actor, public std::enable_shared_from_this<JobSuper
  private:
   enum class RankState { kUnknown, kRunning, kExited, kLost };
   void abort_all(const std::string& reason);
+  nlohmann::json peers_json() const;
   void maybe_finish();
 
   Hub& hub_;
@@ -63,6 +65,7 @@ class JobSupervisor : public Actor, public std::enable_shared_from_this<JobSuper
   bool stopped_ok_ = true;  // every exited rank stopped at a preemption checkpoint
   bool finished_ = false;
   std::string first_failure_;
+  bool first_failure_network_ = false;  // it was the data plane (code "unavailable")
   std::string lost_reason_;
   std::string cancel_reason_;
   boost::asio::steady_timer reattach_timer_;

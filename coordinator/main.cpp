@@ -1,6 +1,7 @@
 // mohge-coordinator: the service's coordinator daemon.
 //   mohge-coordinator --http HOST:PORT --control HOST:PORT --storage DIR [--db FILE]
-//                     [--web DIR] [--heartbeat-timeout S] [--http-threads N]
+//                     [--web DIR] [--heartbeat-timeout S] [--isolation-grace S]
+//                     [--reattach-timeout S] [--comm-timeout S] [--http-threads N]
 // Stops cleanly on SIGINT/SIGTERM (buffered metrics are written first).
 #include <spdlog/spdlog.h>
 
@@ -24,6 +25,11 @@ int main(int argc, char** argv) {
                  "Seconds without a heartbeat before a worker is lost")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--isolation-grace", o.isolation_grace_s,
+                 "When every worker falls silent at once (this host's own network is the "
+                 "likelier cause), seconds to wait longer before declaring them lost")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--reattach-timeout", o.reattach_timeout_s,
                  "After a restart, seconds for running ranks to report back")
       ->capture_default_str()

@@ -45,10 +45,13 @@ std::vector<db::MetricRow> metric_rows_from_record(int64_t job, const json& reco
       }
     }
   }
-  // A re-placement of an adaptive run: placement.<figure>.
-  if (const auto p = record.find("placement"); p != record.end() && p->is_object()) {
+  // A re-placement of an adaptive run: placement.<figure>; the rank pairs per transport kind
+  // at the start of an attempt: transport_pairs.<kind>.
+  for (const char* group : {"placement", "transport_pairs"}) {
+    const auto p = record.find(group);
+    if (p == record.end() || !p->is_object()) continue;
     for (const auto& [k, v] : p->items())
-      if (v.is_number()) rows.push_back({job, "placement." + k, step, v.get<double>()});
+      if (v.is_number()) rows.push_back({job, std::string(group) + "." + k, step, v.get<double>()});
   }
   const json& layers = array_at(record, "layers");
   if (layers.empty()) return rows;

@@ -51,7 +51,7 @@ Status Scheduler::load(db::Repository& repo) {
   for (const db::UserRow& u : users.value()) users_[u.id] = u;
   Result<std::vector<db::WorkerRow>> workers = repo.list_workers();
   if (!workers.ok()) return workers.error();
-  for (const db::WorkerRow& w : workers.value()) workers_[w.name] = {w.backend, false, 0};
+  for (const db::WorkerRow& w : workers.value()) workers_[w.name] = {w.backend, w.host, false, 0};
 
   // Every job (the REST reads are served from memory); active ones resume their lifecycle.
   for (int64_t offset = 0;; offset += 1000) {
@@ -302,10 +302,12 @@ Result<json> Scheduler::cluster_json() {
 }
 
 void Scheduler::worker_online(const std::string& name, const std::string& device,
+                              const std::string& host,
                               const std::vector<proto::RunningRank>& running) {
-  post([this, name, device, running] {
+  post([this, name, device, host, running] {
     WorkerView& w = workers_[name];
     w.device = device;
+    w.host = host;
     w.online = true;
     for (const proto::RunningRank& r : running) {
       const auto it = jobs_.find(r.job);
@@ -442,6 +444,11 @@ void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
     JobEntry& e = it->second;
     const double now = hub_.now();
     usage_.add(e.row.user_id, e.row.workers, e.usage_from, now);
+    e.avoid.clear();
+    if (outcome == AttemptOutcome::kUnreachable) {
+      e.avoid = e.row.assigned;
+      std::sort(e.avoid.begin(), e.avoid.end());
+    }
     release_workers(e);
     e.supervisor.reset();
     e.preempting = false;
@@ -461,6 +468,7 @@ void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
         transition(e, "QUEUED", "requeued after preemption; resumes from its checkpoint");
         break;
       case AttemptOutcome::kLost:
+      case AttemptOutcome::kUnreachable:
         if (e.cancel_requested) {
           transition(e, "CANCELED", "canceled (a worker was lost while stopping)");
         } else if (e.row.restarts < e.row.max_restarts) {
@@ -522,6 +530,15 @@ void Scheduler::start_attempt(JobEntry& e, const std::vector<std::string>& worke
   launch.workers = workers;
   launch.spec = e.row.spec;
   launch.run_dir = e.row.run_dir;
+  for (const std::string& w : workers) {
+    // Printable ASCII only (the launch's rule for peers).
+    auto ascii = [](std::string s) {
+      for (char& c : s)
+        if (c < 0x20 || c >= 0x7f) c = '?';
+      return s.substr(0, proto::kMaxPeerNameBytes);
+    };
+    launch.peers.push_back({ascii(w), ascii(workers_[w].host)});
+  }
   if (!reattach) {
     ++e.row.attempt;
     launch.attempt = e.row.attempt;
@@ -552,6 +569,7 @@ void Scheduler::reschedule() {
     } else if (e.row.state == "QUEUED" || e.row.state == "RECOVERING") {
       snap.queued.push_back({id, e.row.user_id, e.row.priority, e.row.workers, e.row.device,
                              e.queued_at, e.row.experiment_id});
+      if (!e.avoid.empty()) snap.avoid[id] = e.avoid;
     } else {
       continue;
     }

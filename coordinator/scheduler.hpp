@@ -30,7 +30,9 @@ namespace mohge::coord {
 class JobSupervisor;
 
 /// How an attempt ended, as a supervisor reports it.
-enum class AttemptOutcome { kSucceeded, kFailed, kCanceled, kPreempted, kLost };
+// kUnreachable: a rank could not reach a peer over the data plane (both workers still talk to
+// the coordinator): recovered like kLost, on another set of workers when one is free.
+enum class AttemptOutcome { kSucceeded, kFailed, kCanceled, kPreempted, kLost, kUnreachable };
 
 bool job_state_terminal(const std::string& state);
 
@@ -70,7 +72,7 @@ class Scheduler : public Actor {
   Result<int> user_quota(int64_t user_id);
 
   // ---- from other actors (post) ---------------------------------------------------------------
-  void worker_online(const std::string& name, const std::string& device,
+  void worker_online(const std::string& name, const std::string& device, const std::string& host,
                      const std::vector<proto::RunningRank>& running);
   void worker_lost(const std::string& name, const std::string& why);
   /// A decoded report from `worker`. Accepted only when `worker` holds that rank of the job's
@@ -93,10 +95,12 @@ class Scheduler : public Actor {
     bool cancel_requested = false;
     double usage_from = 0;  // start of the current usage interval
     std::optional<sched::Pending> pending;
+    std::vector<std::string> avoid;  // rule 8: the last attempt's workers could not talk
     nlohmann::json progress = nlohmann::json::object();  // last loss, val_loss, tokens/s …
   };
   struct WorkerView {
     std::string device = "cpu";
+    std::string host;  // as its hello said: named to the ranks of a job for their errors
     bool online = false;
     int64_t job = 0;
   };

@@ -263,10 +263,24 @@ Decision schedule(const Snapshot& snapshot) {
     const int num_free = static_cast<int>(pool.free.size());
     if (job.workers <= num_free - pool.num_reserved) {
       // Starts on the first free workers by name beyond the reservation (backfill).
-      auto first = pool.free.begin() + pool.num_reserved;
-      auto last = first + job.workers;
-      decision.starts.push_back(Start{job.id, std::vector<std::string>(first, last)});
-      pool.free.erase(first, last);
+      const auto first = pool.free.begin() + pool.num_reserved;
+      std::vector<std::string> gang(first, first + job.workers);
+      const auto avoid_it = snapshot.avoid.find(job.id);
+      const std::vector<std::string> avoid =
+          avoid_it == snapshot.avoid.end() ? std::vector<std::string>{} : avoid_it->second;
+      if (!avoid.empty() &&
+          std::is_permutation(gang.begin(), gang.end(), avoid.begin(), avoid.end())) {
+        // Rule 8: the next free worker outside the set replaces the set's last.
+        for (auto it = first + job.workers; it != pool.free.end(); ++it) {
+          if (std::find(avoid.begin(), avoid.end(), *it) != avoid.end()) continue;
+          gang.back() = *it;
+          std::sort(gang.begin(), gang.end());
+          break;
+        }
+      }
+      decision.starts.push_back(Start{job.id, gang});
+      for (const std::string& w : gang)
+        pool.free.erase(std::find(pool.free.begin() + pool.num_reserved, pool.free.end(), w));
       held[job.user_id] += job.workers;
       if (job.experiment != 0) ++placed[job.experiment];
       continue;

@@ -242,7 +242,7 @@ void WorkerRegistry::on_hello(const std::shared_ptr<proto::Connection>& conn, co
               {"coordinator_version", MOHGE_VERSION}});
   spdlog::info("worker {} online ({} {}, {} threads, from {})", name, e.row.host, e.row.backend,
                e.row.threads, conn->peer());
-  hub_.scheduler->worker_online(name, e.row.backend, hello.running);
+  hub_.scheduler->worker_online(name, e.row.backend, e.row.host, hello.running);
 }
 
 void WorkerRegistry::on_closed(const std::shared_ptr<proto::Connection>& conn,
@@ -273,13 +273,44 @@ void WorkerRegistry::check_deadlines() {
     it->second.conn->close("no hello in time");
     it = unauthenticated_.erase(it);
   }
+  // This host's own network: when none of the online workers (two or more) has been heard
+  // for two heartbeats, the likelier cause is the coordinator's link, not all of them failing
+  // together. The ranks keep training meanwhile (their data plane does not go through here),
+  // so declaring them lost would throw work away: wait up to isolation_grace_s longer. When
+  // any worker is heard again, the others' deadlines count from that moment.
+  const double timeout = hub_.options.heartbeat_timeout_s;
+  const double recent_s = 2 * hub_.options.heartbeat_s + 0.5;
+  int watched = 0;
+  bool anyone_recent = false;
   for (auto& [name, e] : workers_) {
     if (e.row.state != "online" && e.row.state != "disconnected") continue;
-    if (now - e.last_seen > hub_.options.heartbeat_timeout_s) {
-      declare_lost(e, e.conn ? "no heartbeat for " +
-                                   std::to_string(static_cast<int>(now - e.last_seen)) + " s"
-                             : "disconnected and did not come back within " +
-                                   std::to_string(hub_.options.heartbeat_timeout_s) + " s");
+    ++watched;
+    anyone_recent = anyone_recent || (e.conn && now - e.last_seen <= recent_s);
+  }
+  if (watched >= 2 && !anyone_recent) {
+    if (isolated_since_ == 0) {
+      isolated_since_ = now;
+      spdlog::warn(
+          "every one of the {} online workers is silent: this coordinator's own network is "
+          "suspect; no worker is declared lost for up to {} s more",
+          watched, hub_.options.isolation_grace_s);
+    }
+  } else if (isolated_since_ != 0) {
+    spdlog::warn("workers are heard again after {:.1f} s of isolation", now - isolated_since_);
+    isolated_since_ = 0;
+    for (auto& [name, e] : workers_) e.silent_since = std::max(e.silent_since, now);
+  }
+  const bool holding =
+      isolated_since_ != 0 && now - isolated_since_ < hub_.options.isolation_grace_s;
+  for (auto& [name, e] : workers_) {
+    if (holding) break;
+    if (e.row.state != "online" && e.row.state != "disconnected") continue;
+    const double silent = now - std::max(e.last_seen, e.silent_since);
+    if (silent > timeout) {
+      declare_lost(
+          e, e.conn
+                 ? "no heartbeat for " + std::to_string(static_cast<int>(now - e.last_seen)) + " s"
+                 : "disconnected and did not come back within " + std::to_string(timeout) + " s");
     }
   }
   timer_.expires_after(std::chrono::milliseconds(250));

@@ -51,6 +51,7 @@ class WorkerRegistry : public Actor {
     std::shared_ptr<proto::Connection> conn;  // null while disconnected
     std::string instance;                     // the connected daemon process's hello.instance
     double last_seen = 0;
+    double silent_since = 0;  // max(last_seen, the end of the coordinator's last isolation)
     nlohmann::json load = nlohmann::json::object();  // last heartbeat's utilisation figures
     nlohmann::json running = nlohmann::json::array();
   };
@@ -77,6 +78,7 @@ class WorkerRegistry : public Actor {
   };
   std::map<proto::Connection*, Unauthenticated> unauthenticated_;
   std::string join_secret_sha256_;
+  double isolated_since_ = 0;  // every online worker silent since then (0: not isolated)
   bool stopped_ = false;
 };
 

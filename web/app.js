@@ -188,7 +188,7 @@ function fieldErrorHtml(e) {
 // The series the job view charts (the API downsamples each to max_points).
 const CHARTED = ['loss', 'val_loss', 'aux_group', 'aux_expert', 'tokens_per_s', 'imbalance',
                  'imbalance_group_per_rank', 'imbalance_all_size', 'placement.experts_moved',
-                 'activated_expert_params', 'group_share.*'];
+                 'activated_expert_params', 'group_share.*', 'comm_share', 'transport_pairs.*'];
 
 async function jobView(id) {
   const v = $('#view');
@@ -202,6 +202,7 @@ async function jobView(id) {
         <div class="card"><div id="chart-loss" class="chart"></div></div>
         <div class="card"><div id="chart-aux" class="chart"></div></div>
         <div class="card"><div id="chart-tps" class="chart"></div></div>
+        <div class="card"><div id="chart-comm" class="chart"></div></div>
         <div class="card"><div id="chart-active" class="chart"></div></div>
       </div>
       <h3>GPU balance <span class="muted" id="balance-step"></span>
@@ -278,6 +279,14 @@ function drawMetrics(m) {
   chart('chart-aux', lineOption('Auxiliary losses', [
     { name: 'L_G (group)', data: pairs(m.aux_group) }, { name: 'L_E (expert)', data: pairs(m.aux_expert) }]));
   chart('chart-tps', lineOption('Tokens per second', [{ name: 'tokens/s', data: pairs(m.tokens_per_s) }]));
+  // Rank 0's time inside communication calls (waits for peers included), as a share of the
+  // step; the title names the transports the rank pairs use (from the attempt's first step).
+  const kinds = Object.keys(m).filter(k => k.startsWith('transport_pairs.') && m[k].values.length)
+    .map(k => k.slice(16) + ' × ' + m[k].values[m[k].values.length - 1]);
+  const comm = lineOption('Communication share of the step' + (kinds.length ? ' (pairs: ' + kinds.join(', ') + ')' : ''),
+    [{ name: 'communication', data: pairs(m.comm_share).map(p => [p[0], p[1] * 100]) }]);
+  comm.yAxis = { type: 'value', min: 0, max: 100, axisLabel: { formatter: '{value} %' } };
+  chart('chart-comm', comm);
   chart('chart-active', lineOption('Activated expert parameters per token', [
     { name: 'activated', data: pairs(m.activated_expert_params) }]));
   // An adaptive run also shows static All-size for the same routing, and marks its moves.

@@ -67,6 +67,30 @@ std::string describe(const Decision& d) {
   return out;
 }
 
+// ---- unreachable peers (rule 8) -------------------------------------------------------------
+
+TEST(SchedulerUnreachable, ARecoveringJobAvoidsTheWorkersThatCouldNotTalk) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3")});
+  s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
+  s.avoid[1] = {"w1", "w2"};
+  // The first two free workers by name are the set that failed: w3 replaces its last.
+  EXPECT_EQ(describe(schedule(s)), "start 1 on w1 w3\n");
+}
+
+TEST(SchedulerUnreachable, WithNoOtherWorkerFreeItStartsOnTheSameSet) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2")});
+  s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
+  s.avoid[1] = {"w1", "w2"};
+  EXPECT_EQ(describe(schedule(s)), "start 1 on w1 w2\n");
+}
+
+TEST(SchedulerUnreachable, AnotherJobIsNotAffected) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3")});
+  s.queued = {QueuedJob{.id = 2, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
+  s.avoid[1] = {"w1", "w2"};
+  EXPECT_EQ(describe(schedule(s)), "start 2 on w1 w2\n");
+}
+
 // ---- experiments ---------------------------------------------------------------------------
 
 TEST(SchedulerExperiments, MaxParallelCapsAnExperimentsPlacedJobsAndOthersStillStart) {

@@ -101,12 +101,16 @@ class LocalCluster : public ::testing::Test {
     return std::string(MOHGE_BIN_DIR) + "/" + name;
   }
 
-  pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
+  /// Starts `args` with stdout and stderr appended to `log`. `in_child` runs in the child
+  /// before exec (async-signal-safe calls only: the test process has threads).
+  pid_t spawn(const std::vector<std::string>& args, const fs::path& log,
+              const std::function<void()>& in_child = {}) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       // Dies with the test process, even when that one is killed or aborts (a sanitizer
       // report) before TearDown could stop it.
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (in_child) in_child();
       const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
@@ -140,7 +144,8 @@ class LocalCluster : public ::testing::Test {
     pid = 0;
   }
 
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(http_port_); }
+  /// The coordinator's REST address (a multi-host suite points it at the coordinator's host).
+  virtual std::string url() const { return "http://127.0.0.1:" + std::to_string(http_port_); }
 
   void start_coordinator(double heartbeat_timeout_s = 3.0) {
     coordinator_ =

@@ -52,7 +52,7 @@ struct RankEnv {
       return;
     }
     rv = std::move(r).value();
-    auto c = make_ucx_communicator(*rv, {.timeout_s = timeout_s});
+    auto c = make_ucx_communicator(*rv, {.timeout_s = timeout_s, .peer_names = {}, .no_shared_memory = false});
     if (!c.ok()) {
       error = c.error().to_string();
       return;
@@ -342,7 +342,7 @@ TEST(Nccl, OneRankCommunicatorRunsACollective) {
   ASSERT_TRUE(server.ok());
   auto rv = rendezvous_connect(addr, 0, 1, "nccl", "nccl-secret", 10.0);
   ASSERT_TRUE(rv.ok());
-  auto comm = make_nccl_communicator(*rv.value(), {.timeout_s = 30.0}, 0);
+  auto comm = make_nccl_communicator(*rv.value(), {.timeout_s = 30.0, .peer_names = {}, .no_shared_memory = false}, 0);
   ASSERT_TRUE(comm.ok()) << comm.error().to_string();
   EXPECT_TRUE(comm.value()->barrier().ok());
   EXPECT_TRUE(comm.value()->finalize().ok());

@@ -50,20 +50,21 @@ Result<double> time_collective(Communicator& comm, int reps, Op op) {
   return median(t);
 }
 
-int comm_bench_rank(int rank, int world, int port, const std::vector<int64_t>& sizes,
-                    const fs::path& out) {
-  const std::string addr = "127.0.0.1:" + std::to_string(port);
+// One rank of the comm benchmark; rank 0 hosts the rendezvous at `addr` and returns
+// {"rows": [...], "transports": [...]}, the others null.
+Result<json> comm_bench_one(int rank, int world, const std::string& addr, const std::string& secret,
+                            const std::vector<int64_t>& sizes, bool no_shared_memory) {
   std::unique_ptr<RendezvousServer> server;
   if (rank == 0) {
-    auto s = RendezvousServer::start(addr, world, "bench-comm", "bench-" + std::to_string(port));
-    if (!s.ok()) return 1;
+    auto s = RendezvousServer::start(addr, world, "bench-comm", secret);
+    if (!s.ok()) return s.error();
     server = std::move(s).value();
   }
-  auto rv =
-      rendezvous_connect(addr, rank, world, "bench-comm", "bench-" + std::to_string(port), 30.0);
-  if (!rv.ok()) return 1;
-  auto comm = make_ucx_communicator(*rv.value(), {.timeout_s = 60.0});
-  if (!comm.ok()) return 1;
+  auto rv = rendezvous_connect(addr, rank, world, "bench-comm", secret, 60.0);
+  if (!rv.ok()) return rv.error();
+  auto comm = make_ucx_communicator(
+      *rv.value(), {.timeout_s = 60.0, .peer_names = {}, .no_shared_memory = no_shared_memory});
+  if (!comm.ok()) return comm.error();
   Communicator& c = *comm.value();
   json rows = json::array();
   for (int64_t bytes : sizes) {
@@ -79,17 +80,43 @@ int comm_bench_rank(int rank, int world, int port, const std::vector<int64_t>& s
     Result<double> a2a = time_collective(c, reps, [&] {
       return c.all_to_all_v(send.data(), counts.data(), recv.data(), counts.data());
     });
-    if (!p2p.ok() || !a2a.ok()) return 1;
+    if (!p2p.ok()) return p2p.error();
+    if (!a2a.ok()) return a2a.error();
     const double sent = static_cast<double>(per_peer * (world - 1));
     rows.push_back({{"bytes", bytes},
                     {"p2p_gbps", static_cast<double>(bytes) / p2p.value() / 1e9},
                     {"a2a_gbps", sent / a2a.value() / 1e9}});
   }
-  if (!c.finalize().ok()) return 1;
+  const std::vector<std::string> transports = c.peer_transports();
+  if (Status s = c.finalize(); !s.ok()) return s.error();
   rv.value()->leave();
   if (server) server->wait_done(30.0);
-  if (rank == 0) std::ofstream(out) << rows.dump();
-  return 0;
+  if (rank != 0) return json(nullptr);
+  return json{{"rows", rows}, {"transports", transports}};
+}
+
+CommBench comm_bench_from_json(const json& j) {
+  CommBench out;
+  for (const json& r : j["rows"]) {
+    CommBenchRow row;
+    row.bytes_per_rank = r["bytes"].get<int64_t>();
+    row.all_to_all_gbps = r["a2a_gbps"].get<double>();
+    row.p2p_gbps = r["p2p_gbps"].get<double>();
+    row.ratio = row.all_to_all_gbps / row.p2p_gbps;
+    out.rows.push_back(row);
+  }
+  out.transports = j["transports"].get<std::vector<std::string>>();
+  return out;
+}
+
+Status check_comm_world(int world) {
+  if (world < 2 || world % 2 != 0) {
+    return invalid_argument("--world",
+                            "must be an even number of ranks (pairs for the "
+                            "point-to-point figure), got " +
+                                std::to_string(world));
+  }
+  return {};
 }
 
 // Runs the real trainer (no evaluation, one final checkpoint) and reads its step times and
@@ -136,36 +163,50 @@ JobSpec bench_spec(const JobSpec& spec, int64_t steps) {
 
 }  // namespace
 
-Result<std::vector<CommBenchRow>> bench_comm(int world, const std::vector<int64_t>& sizes) {
-  if (world < 2 || world % 2 != 0) {
-    return invalid_argument("--world",
-                            "must be an even number of ranks (pairs for the "
-                            "point-to-point figure), got " +
-                                std::to_string(world));
-  }
+Result<CommBench> bench_comm(int world, const std::vector<int64_t>& sizes) {
+  if (Status s = check_comm_world(world); !s.ok()) return s.error();
   const fs::path dir = scratch_dir("comm");
   const fs::path out = dir / "rows.json";
   const int port = free_local_port();
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
   const auto exits = run_local_ranks(
-      world, [&](int rank) { return comm_bench_rank(rank, world, port, sizes, out); }, 600.0);
+      world,
+      [&](int rank) {
+        Result<json> r =
+            comm_bench_one(rank, world, addr, "bench-" + std::to_string(port), sizes, false);
+        if (!r.ok()) {
+          std::fprintf(stderr, "rank %d: %s\n", rank, r.error().to_string().c_str());
+          return 1;
+        }
+        if (rank == 0) std::ofstream(out) << r.value().dump();
+        return 0;
+      },
+      600.0);
   for (size_t r = 0; r < exits.size(); ++r) {
     if (exits[r].code != 0) {
       fs::remove_all(dir);
       return Error{ErrorCode::kInternal, "benchmark rank " + std::to_string(r) + " failed", ""};
     }
   }
-  std::vector<CommBenchRow> rows;
   std::ifstream in(out);
-  for (const json& j : json::parse(in)) {
-    CommBenchRow row;
-    row.bytes_per_rank = j["bytes"].get<int64_t>();
-    row.all_to_all_gbps = j["a2a_gbps"].get<double>();
-    row.p2p_gbps = j["p2p_gbps"].get<double>();
-    row.ratio = row.all_to_all_gbps / row.p2p_gbps;
-    rows.push_back(row);
-  }
+  CommBench bench = comm_bench_from_json(json::parse(in));
   fs::remove_all(dir);
-  return rows;
+  return bench;
+}
+
+Result<CommBench> bench_comm_rank(const std::string& rendezvous, const std::string& secret,
+                                  int rank, int world, const std::vector<int64_t>& sizes) {
+  if (Status s = check_comm_world(world); !s.ok()) return s.error();
+  if (rank < 0 || rank >= world)
+    return invalid_argument("--rank", "must be in [0, " + std::to_string(world) + ")");
+  if (secret.empty()) {
+    return invalid_argument("MOHGE_RENDEZVOUS_SECRET",
+                            "must be set to the same random string on every rank");
+  }
+  Result<json> r = comm_bench_one(rank, world, rendezvous, secret, sizes, true);
+  if (!r.ok()) return r.error();
+  if (r.value().is_null()) return CommBench{};
+  return comm_bench_from_json(r.value());
 }
 
 Result<DistTrainBench> bench_train_workers(const JobSpec& spec, const std::string& storage_root,

@@ -20,10 +20,22 @@ struct CommBenchRow {
   double ratio = 0;            // all_to_all / p2p
 };
 
+struct CommBench {
+  std::vector<CommBenchRow> rows;
+  std::vector<std::string> transports;  // rank 0's view: per peer rank, what UCX uses
+};
+
 /// all_to_all_v (each rank spreads `bytes` evenly over the other ranks) next to plain
 /// point-to-point tag send/recv between rank pairs (r, r xor 1), measured in the same processes.
 /// `world` must be even.
-Result<std::vector<CommBenchRow>> bench_comm(int world, const std::vector<int64_t>& bytes);
+Result<CommBench> bench_comm(int world, const std::vector<int64_t>& bytes);
+
+/// The same benchmark as one rank of `world` ranks started by hand, one per host: rank 0
+/// hosts the rendezvous at `rendezvous` (HOST:PORT, an address of its host that the others
+/// reach); every rank presents `secret`. It measures the network, so shared memory is left
+/// out (as for a job's ranks on different hosts). Rank 0 returns the figures; the others none.
+Result<CommBench> bench_comm_rank(const std::string& rendezvous, const std::string& secret,
+                                  int rank, int world, const std::vector<int64_t>& bytes);
 
 struct DistTrainBench {
   double workers_tokens_per_s = 0;  // R workers × threads_per_worker

@@ -1,6 +1,7 @@
 // mohge bench layer|train --config FILE …: benchmarks that print one JSON line of figures.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <thread>
 
@@ -10,6 +11,7 @@
 #include "worker/bench/bench_api.hpp"
 #include "worker/bench/bench_dist.hpp"
 #include "worker/cli/commands.hpp"
+#include "worker/comm/communicator.hpp"
 
 namespace mohge::cli {
 
@@ -23,6 +25,8 @@ struct BenchArgs {
   int threads = 0;
   int workers = 1;
   int world = 2;
+  std::string rendezvous;  // bench comm: one rank of a hand-started set
+  int rank = 0;
   std::vector<int64_t> bytes = {64 << 10, 1 << 20, 4 << 20, 16 << 20};
   std::string run;
   std::string from;
@@ -68,11 +72,20 @@ int run_bench_layer(const BenchArgs& a) {
 }
 
 int run_bench_comm(const BenchArgs& a) {
-  Result<std::vector<CommBenchRow>> rows = bench_comm(a.world, a.bytes);
-  if (!rows.ok()) return report(rows.error());
-  for (const CommBenchRow& r : rows.value()) {
+  // Local ranks, or (with --rendezvous) this process as one rank of ranks started by hand.
+  const char* secret = std::getenv("MOHGE_RENDEZVOUS_SECRET");
+  Result<CommBench> bench = a.rendezvous.empty()
+                                ? bench_comm(a.world, a.bytes)
+                                : bench_comm_rank(a.rendezvous, secret != nullptr ? secret : "",
+                                                  a.rank, a.world, a.bytes);
+  if (!bench.ok()) return report(bench.error());
+  nlohmann::json kinds = nlohmann::json::array();
+  for (const std::string& t : bench.value().transports)
+    kinds.push_back(t == "self" ? "self" : transport_kinds(t) + " (" + t + ")");
+  for (const CommBenchRow& r : bench.value().rows) {
     const nlohmann::json out = {{"bench", "comm"},
                                 {"transport", "ucx"},
+                                {"peer_transports", kinds},
                                 {"world", a.world},
                                 {"bytes_per_rank", r.bytes_per_rank},
                                 {"all_to_all_gbps", r.all_to_all_gbps},
@@ -196,7 +209,12 @@ void add_bench(CLI::App& app, int& exit_code) {
   train->callback([args, &exit_code] { exit_code = run_bench_train(*args); });
   CLI::App* comm = bench->add_subcommand(
       "comm", "all_to_all_v GB/s next to point-to-point send/recv GB/s over UCX");
-  comm->add_option("--world", args->world, "Local ranks (even)")->capture_default_str();
+  comm->add_option("--world", args->world, "Ranks (even)")->capture_default_str();
+  comm->add_option("--rendezvous", args->rendezvous,
+                   "Run one rank of ranks started by hand (one per host): HOST:PORT that rank 0 "
+                   "listens on and the others dial; every rank needs MOHGE_RENDEZVOUS_SECRET");
+  comm->add_option("--rank", args->rank, "With --rendezvous: this process's rank")
+      ->check(CLI::NonNegativeNumber);
   comm->add_option("--bytes", args->bytes, "Bytes each rank sends per operation (list)")
       ->capture_default_str();
   comm->callback([args, &exit_code] { exit_code = run_bench_comm(*args); });

@@ -7,8 +7,10 @@
 #include <exception>
 
 #include "worker/cli/commands.hpp"
+#include "worker/comm/ucx_communicator.hpp"
 
 int main(int argc, char** argv) {
+  mohge::ucx_process_defaults();  // before any thread
   CLI::App app{"mohge: train and evaluate Mixture-of-Heterogeneous-Grouped-Experts models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mohge 0.1.0");

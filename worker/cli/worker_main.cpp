@@ -19,6 +19,7 @@
 #include <optional>
 
 #include "worker/cli/commands.hpp"
+#include "worker/comm/ucx_communicator.hpp"
 #include "worker/daemon/daemon.hpp"
 #include "worker/dist/rank_runner.hpp"
 
@@ -26,6 +27,7 @@
 #include <thread>
 
 int main(int argc, char** argv) {
+  mohge::ucx_process_defaults();  // before any thread
   CLI::App app{"mohge-worker: one rank of a distributed MoHGE training job"};
   std::string job, rendezvous, storage = ".", out;
   int rank = 0, world = 1, threads = 0, gpu = 0;

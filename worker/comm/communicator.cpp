@@ -1,5 +1,6 @@
 #include "worker/comm/communicator.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace mohge {
@@ -36,6 +37,43 @@ class LocalCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+namespace {
+
+// One UCX transport ("component/device") by family.
+std::string kind_of(const std::string& transport) {
+  const std::string tl = transport.substr(0, transport.find('/'));
+  if (tl == "self" || tl == "nccl") return tl;
+  if (tl == "posix" || tl == "sysv" || tl == "cma" || tl == "knem" || tl == "xpmem") return "shm";
+  if (tl == "tcp" || tl == "sockcm") return "tcp";
+  if (tl.rfind("rc", 0) == 0 || tl.rfind("ud", 0) == 0 || tl.rfind("dc", 0) == 0) return "rdma";
+  return "other";
+}
+
+}  // namespace
+
+std::string transport_kinds(const std::string& transports) {
+  if (transports.empty()) return "unknown";
+  std::vector<std::string> kinds;
+  size_t begin = 0;
+  while (begin <= transports.size()) {
+    const size_t end = std::min(transports.find('+', begin), transports.size());
+    const std::string k = kind_of(transports.substr(begin, end - begin));
+    if (std::find(kinds.begin(), kinds.end(), k) == kinds.end()) kinds.push_back(k);
+    begin = end + 1;
+  }
+  std::string out;
+  for (const std::string& k : kinds) out += (out.empty() ? "" : "+") + k;
+  return out;
+}
+
+std::string peer_label(const CommOptions& options, int rank) {
+  std::string out = "rank " + std::to_string(rank);
+  if (rank >= 0 && rank < static_cast<int>(options.peer_names.size()) &&
+      !options.peer_names[static_cast<size_t>(rank)].empty())
+    out += " (" + options.peer_names[static_cast<size_t>(rank)] + ")";
+  return out;
+}
 
 std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();

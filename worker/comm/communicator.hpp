@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "api/result.hpp"
 
@@ -22,7 +23,20 @@ enum class ReduceOp { kSum, kAverage };
 
 struct CommOptions {
   double timeout_s = 60.0;  // deadline of every blocking wait
+  // Who each rank is, for error messages ("rank 1 (worker w2 on host h2)"); empty: ranks only.
+  std::vector<std::string> peer_names;
+  // UCX: leave out the shared-memory transports (UCX_TLS=^sm: posix, sysv, cma, …). For ranks on
+  // different hosts: UCX tells hosts apart by boot id, which containers (or network
+  // namespaces) on one machine share, and would then try shared memory between "hosts" that
+  // cannot share it. Ignored when the user set UCX_TLS.
+  bool no_shared_memory = false;
 };
+
+/// The kinds of transport a rank pair uses, from one entry of peer_transports(): what a user
+/// needs to know (is this pair on shared memory, TCP, RDMA or the GPU's links). Each of
+/// "self", "shm", "tcp", "rdma", "nccl", "other", in the order first met, joined by "+"
+/// ("tcp/eth0" → "tcp"; "posix/memory+cma/memory" → "shm"); "unknown" for "".
+std::string transport_kinds(const std::string& transports);
 
 /// Raised from outside the data plane (a control connection saw a peer die, the job was
 /// cancelled): every wait of the communicator fails promptly with this reason.
@@ -74,7 +88,16 @@ class Communicator {
 
   /// Bytes this rank sent since construction (all operations).
   virtual int64_t bytes_sent() const = 0;
+  /// Wall seconds this rank spent inside communication calls since construction (waiting for
+  /// peers included): the communication share of a step is the difference over the step.
+  virtual double busy_seconds() const { return 0.0; }
+  /// Per peer rank (index = rank), the transports its messages travel on, as UCX or NCCL
+  /// names them ("tcp/eth0", "posix/memory+cma/memory", "self", "nccl"); empty when unknown.
+  virtual std::vector<std::string> peer_transports() const { return {}; }
 };
+
+/// "rank 1" or, with names, "rank 1 (worker w2 on host h2)".
+std::string peer_label(const CommOptions& options, int rank);
 
 /// A world of one: collectives are copies or no-ops. Used by the single-process trainer.
 std::unique_ptr<Communicator> make_local_communicator();

@@ -83,6 +83,12 @@ class NcclCommunicator final : public Communicator {
   int world() const override { return world_; }
   std::string name() const override { return "nccl"; }
   int64_t bytes_sent() const override { return bytes_sent_; }
+  std::vector<std::string> peer_transports() const override {
+    // NCCL picks NVLink, PCIe, shared memory or the network per pair itself and does not say.
+    std::vector<std::string> out(static_cast<size_t>(world_), "nccl");
+    out[static_cast<size_t>(rank_)] = "self";
+    return out;
+  }
 
   Status all_to_all_v(const void* send, const int64_t* send_bytes, void* recv,
                       const int64_t* recv_bytes) override {

@@ -12,7 +12,10 @@
 
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <type_traits>
@@ -44,6 +47,13 @@ class UcxCommunicator final : public Communicator {
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     if (st != UCS_OK) return fail_init("ucp_config_read", st);
+    if (opt_.no_shared_memory && std::getenv("UCX_TLS") == nullptr) {
+      st = ucp_config_modify(config, "TLS", "^sm");
+      if (st != UCS_OK) {
+        ucp_config_release(config);
+        return fail_init("ucp_config_modify(TLS)", st);
+      }
+    }
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES;
     params.features = UCP_FEATURE_TAG;
@@ -75,19 +85,26 @@ class UcxCommunicator final : public Communicator {
       st = ucp_ep_create(worker_, &ep, &eps_[static_cast<size_t>(p)]);
       if (st != UCS_OK) {
         return Error{ErrorCode::kUnavailable,
-                     "UCX: cannot connect rank " + std::to_string(rank_) + " to rank " +
-                         std::to_string(p) + ": " + ucs_error(st),
+                     "UCX: cannot connect rank " + std::to_string(rank_) + " to " +
+                         peer_label(opt_, p) + ": " + ucs_error(st),
                      ""};
       }
     }
-    // Wire up every pair before the first real collective.
-    return barrier();
+    // Wire up every pair before the first real collective; the lanes are chosen by then.
+    if (Status s = barrier(); !s.ok()) return s;
+    transports_.assign(static_cast<size_t>(world_), "");
+    for (int p = 0; p < world_; ++p)
+      transports_[static_cast<size_t>(p)] =
+          p == rank_ ? "self" : ep_transports(eps_[static_cast<size_t>(p)]);
+    return {};
   }
 
   int rank() const override { return rank_; }
   int world() const override { return world_; }
   std::string name() const override { return "ucx"; }
   int64_t bytes_sent() const override { return bytes_sent_; }
+  double busy_seconds() const override { return busy_s_; }
+  std::vector<std::string> peer_transports() const override { return transports_; }
 
   Status all_to_all_v(const void* send, const int64_t* send_bytes, void* recv,
                       const int64_t* recv_bytes) override {
@@ -221,6 +238,39 @@ class UcxCommunicator final : public Communicator {
     return (seq << 24) | (static_cast<uint64_t>(src) << 8) | kind;
   }
 
+  // The transports of an endpoint's lanes ("tcp/eth0", "posix/memory+cma/memory"), read from
+  // UCX's own description of the endpoint (UCX 1.13 has no query for them): its lines
+  // "lane[N]: <index>:<transport>/<device>.<path> md[...] ...".
+  static std::string ep_transports(ucp_ep_h ep) {
+    char* text = nullptr;
+    size_t size = 0;
+    FILE* f = open_memstream(&text, &size);
+    if (f == nullptr) return "";
+    ucp_ep_print_info(ep, f);
+    std::fclose(f);
+    const std::string info(text, size);
+    std::free(text);
+    std::vector<std::string> seen;
+    size_t at = 0;
+    while ((at = info.find("lane[", at)) != std::string::npos) {
+      at = info.find(':', at);
+      if (at == std::string::npos) break;
+      size_t b = info.find_first_not_of(' ', at + 1);
+      if (b == std::string::npos) break;
+      b = info.find(':', b);  // after the resource index
+      if (b == std::string::npos) break;
+      const size_t e = info.find_first_of(" \t\n", b + 1);
+      std::string tl = info.substr(b + 1, (e == std::string::npos ? info.size() : e) - b - 1);
+      if (const size_t dot = tl.rfind('.'); dot != std::string::npos && dot > tl.find('/'))
+        tl.resize(dot);  // "tcp/eth0.0" → "tcp/eth0"
+      if (!tl.empty() && std::find(seen.begin(), seen.end(), tl) == seen.end()) seen.push_back(tl);
+      at = b;
+    }
+    std::string out;
+    for (const std::string& t : seen) out += (out.empty() ? "" : "+") + t;
+    return out;
+  }
+
   Status fail_init(const char* what, ucs_status_t st) {
     return Error{ErrorCode::kUnavailable, std::string("UCX ") + what + " failed: " + ucs_error(st),
                  ""};
@@ -241,7 +291,7 @@ class UcxCommunicator final : public Communicator {
     if (req == nullptr) return;  // completed in place
     if (UCS_PTR_IS_ERR(req)) {
       post_error_ =
-          "send to rank " + std::to_string(peer) + " failed: " + ucs_error(UCS_PTR_STATUS(req));
+          "send to " + peer_label(opt_, peer) + " failed: " + ucs_error(UCS_PTR_STATUS(req));
       return;
     }
     reqs.push_back({req, peer, true});
@@ -252,8 +302,8 @@ class UcxCommunicator final : public Communicator {
     void* req = ucp_tag_recv_nbx(worker_, buf, static_cast<size_t>(bytes), t, ~uint64_t{0}, &p);
     if (req == nullptr) return;  // matched an already-arrived message: complete
     if (UCS_PTR_IS_ERR(req)) {
-      post_error_ = "receive from rank " + std::to_string(peer) +
-                    " failed: " + ucs_error(UCS_PTR_STATUS(req));
+      post_error_ =
+          "receive from " + peer_label(opt_, peer) + " failed: " + ucs_error(UCS_PTR_STATUS(req));
       return;
     }
     reqs.push_back({req, peer, false});
@@ -262,7 +312,13 @@ class UcxCommunicator final : public Communicator {
   // Progresses until every request completes, the deadline passes (naming the peers still
   // outstanding), or the abort signal fires.
   Status wait(std::vector<Pending>& reqs, const char* op) {
-    const auto deadline = Clock::now() + std::chrono::duration<double>(opt_.timeout_s);
+    const auto start = Clock::now();
+    struct Busy {  // the time in here counts as communication, however the wait ends
+      double& total;
+      Clock::time_point start;
+      ~Busy() { total += std::chrono::duration<double>(Clock::now() - start).count(); }
+    } busy{busy_s_, start};
+    const auto deadline = start + std::chrono::duration<double>(opt_.timeout_s);
     std::string error = post_error_;
     post_error_.clear();
     size_t done = 0;
@@ -284,8 +340,8 @@ class UcxCommunicator final : public Communicator {
         ++done;
         if (st != UCS_OK) {
           transport_failed = true;
-          error = std::string(op) + ": " + (reqs[i].is_send ? "send to" : "receive from") +
-                  " rank " + std::to_string(reqs[i].peer) + " failed: " + ucs_error(st);
+          error = std::string(op) + ": " + (reqs[i].is_send ? "send to " : "receive from ") +
+                  peer_label(opt_, reqs[i].peer) + " failed: " + ucs_error(st);
         }
       }
       if (done == reqs.size()) break;
@@ -293,15 +349,21 @@ class UcxCommunicator final : public Communicator {
         error = rv_.abort_signal().reason() + " (during " + op + ")";
       } else if (Clock::now() > deadline) {
         std::string peers;
+        std::vector<int> silent;
         for (size_t i = 0; i < reqs.size(); ++i) {
           if (!finished[i]) {
             peers += (peers.empty() ? "" : ", ") + std::string(reqs[i].is_send ? "to " : "from ") +
                      "rank " + std::to_string(reqs[i].peer);
+            if (std::find(silent.begin(), silent.end(), reqs[i].peer) == silent.end())
+              silent.push_back(reqs[i].peer);
           }
         }
-        error = std::string(op) + " on rank " + std::to_string(rank_) + ": no progress within " +
+        std::string who;
+        for (int p : silent) who += (who.empty() ? "" : ", ") + peer_label(opt_, p);
+        error = std::string(op) + " on " + peer_label(opt_, rank_) + ": no progress within " +
                 std::to_string(static_cast<int>(opt_.timeout_s)) + " s (" + peers +
-                " outstanding): the peer is dead or silent";
+                " outstanding): unreachable peer " + who +
+                " (dead, silent, or cut off by the network)";
       }
     }
     if (transport_failed) {
@@ -390,6 +452,8 @@ class UcxCommunicator final : public Communicator {
   std::vector<ucp_ep_h> eps_;  // (R) nullptr for self
   uint64_t next_seq_ = 1;
   int64_t bytes_sent_ = 0;
+  double busy_s_ = 0.0;                  // seconds inside wait()
+  std::vector<std::string> transports_;  // per peer rank, after init
   bool aborted_ = false;
   bool finalized_ = false;
   std::string abort_reason_;
@@ -397,6 +461,12 @@ class UcxCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+void ucx_process_defaults() {
+  // UCX 1.13 reads UCT transport options from the environment only (ucp_config_modify does
+  // not reach them).
+  ::setenv("UCX_TCP_CONN_NB", "y", /*overwrite=*/0);
+}
 
 Result<std::unique_ptr<Communicator>> make_ucx_communicator(Rendezvous& rendezvous,
                                                             const CommOptions& options) {

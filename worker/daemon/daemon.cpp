@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -212,6 +213,9 @@ struct WorkerDaemon::Impl {
   std::shared_ptr<proto::Connection> conn;  // io thread only
   bool welcomed = false;                    // io thread only
   double backoff_s = 0.2;
+  int64_t reconnects = 0;  // io thread only: dial attempts since the last welcome
+  std::mt19937_64 rng{std::random_device{}()};
+  std::uniform_real_distribution<double> jitter{0.0, 1.0};
   std::map<int64_t, json> unacked;  // io thread only: reports by seq until acknowledged
   int64_t last_seq = 0;
   std::map<std::pair<int64_t, int>, std::shared_ptr<RankTask>> tasks;  // io thread only
@@ -252,11 +256,16 @@ struct WorkerDaemon::Impl {
         });
   }
 
+  // Exponential back-off with jitter: the delay is drawn from [backoff/2, backoff], so daemons
+  // that lost the coordinator at the same moment (its restart, a flapping link) do not all
+  // dial it again in the same instant.
   void retry(const std::string& why) {
     if (stopping) return;
-    spdlog::warn("coordinator {} unreachable ({}); retrying in {:.1f} s", options.coordinator, why,
-                 backoff_s);
-    reconnect.expires_after(std::chrono::milliseconds(static_cast<int64_t>(backoff_s * 1000)));
+    ++reconnects;
+    const double delay_s = backoff_s * (0.5 + 0.5 * jitter(rng));
+    spdlog::warn("coordinator {} unreachable ({}); retrying in {:.2f} s (attempt {})",
+                 options.coordinator, why, delay_s, reconnects);
+    reconnect.expires_after(std::chrono::milliseconds(static_cast<int64_t>(delay_s * 1000)));
     reconnect.async_wait([this](boost::system::error_code ec) {
       if (!ec) connect();
     });
@@ -369,6 +378,7 @@ struct WorkerDaemon::Impl {
       if (!decoded(w)) return;
       welcomed = true;
       backoff_s = 0.2;
+      reconnects = 0;
       heartbeat_s = w.value().heartbeat_s;
       spdlog::info("registered with coordinator {} as {}", options.coordinator, options.name);
       for (const auto& [seq, report] : unacked) conn->send(report);
@@ -451,6 +461,10 @@ struct WorkerDaemon::Impl {
     c.threads = options.threads;
     c.gpu = std::max(gpu, 0);
     c.comm_timeout_s = m.comm_timeout_s;
+    for (const proto::Launch::Peer& p : m.peers) {
+      c.peer_names.push_back("worker " + p.worker + " on host " + p.host);
+      c.peer_hosts.push_back(p.host);
+    }
     c.job_id = "job-" + std::to_string(task->job) + "-" + std::to_string(task->attempt);
     c.train.storage_root = options.storage;
     c.train.run_dir = options.storage / m.run_dir;  // relative, no "..": checked by decode_launch

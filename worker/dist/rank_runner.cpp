@@ -1,10 +1,52 @@
 #include "worker/dist/rank_runner.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
 
 namespace mohge {
+
+namespace {
+
+// The transport kinds every rank pair uses ([r][p]), from each rank's own view of its peers
+// (data plane), gathered with one small all-reduce on the control plane: one bit per kind.
+Result<std::vector<std::vector<std::string>>> transport_matrix(Communicator& control,
+                                                               const Communicator& data) {
+  static const std::vector<std::string> kKinds = {"self", "shm",   "tcp",    "rdma",
+                                                  "nccl", "other", "unknown"};
+  const int R = control.world(), me = control.rank();
+  const std::vector<std::string> mine = data.peer_transports();
+  std::vector<float> bits(static_cast<size_t>(R * R), 0.0f);
+  std::string line;
+  for (int p = 0; p < R; ++p) {
+    const std::string t = p < static_cast<int>(mine.size()) ? mine[static_cast<size_t>(p)] : "";
+    const std::string kinds = transport_kinds(t);
+    int mask = 0;
+    for (size_t k = 0; k < kKinds.size(); ++k)
+      if (("+" + kinds + "+").find("+" + kKinds[k] + "+") != std::string::npos) mask |= 1 << k;
+    bits[static_cast<size_t>(me * R + p)] = static_cast<float>(mask);
+    if (p != me)
+      line += (line.empty() ? "" : ", ") +
+              ("rank " + std::to_string(p) + " " + kinds + (t.empty() ? "" : " (" + t + ")"));
+  }
+  if (R > 1) spdlog::info("rank {} reaches its peers over: {}", me, line);
+  if (Status s = control.all_reduce(bits.data(), R * R, ReduceOp::kSum); !s.ok()) return s.error();
+  std::vector<std::vector<std::string>> out(static_cast<size_t>(R),
+                                            std::vector<std::string>(static_cast<size_t>(R)));
+  for (int r = 0; r < R; ++r)
+    for (int p = 0; p < R; ++p) {
+      const int mask = static_cast<int>(bits[static_cast<size_t>(r * R + p)]);
+      std::string kinds;
+      for (size_t k = 0; k < kKinds.size(); ++k)
+        if (mask & (1 << k)) kinds += (kinds.empty() ? "" : "+") + kKinds[k];
+      out[static_cast<size_t>(r)][static_cast<size_t>(p)] = kinds.empty() ? "unknown" : kinds;
+    }
+  return out;
+}
+
+}  // namespace
 
 Status rank_run(const RankConfig& c, const std::function<void(const StepReport&)>& on_step) {
   if (c.world < 1 || c.rank < 0 || c.rank >= c.world) {
@@ -39,8 +81,10 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
     }
     return s;
   };
-  Result<std::unique_ptr<Communicator>> comm =
-      make_ucx_communicator(rv, {.timeout_s = c.comm_timeout_s});
+  CommOptions comm_options{.timeout_s = c.comm_timeout_s, .peer_names = c.peer_names};
+  for (const std::string& host : c.peer_hosts)
+    comm_options.no_shared_memory = comm_options.no_shared_memory || host != c.peer_hosts[0];
+  Result<std::unique_ptr<Communicator>> comm = make_ucx_communicator(rv, comm_options);
   if (!comm.ok()) return finish(comm.error());
   Result<std::unique_ptr<Backend>> backend = make_job_backend(c.spec, c.threads, c.gpu);
   if (!backend.ok()) {
@@ -55,8 +99,7 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
     std::string why;
     Result<std::unique_ptr<Communicator>> nccl =
         nccl_available(&why)
-            ? make_nccl_communicator(rv, {.timeout_s = c.comm_timeout_s}, c.gpu,
-                                     backend.value()->stream())
+            ? make_nccl_communicator(rv, comm_options, c.gpu, backend.value()->stream())
             : Result<std::unique_ptr<Communicator>>(invalid_argument(
                   "resources.workers", "more than one \"cuda\" rank needs NCCL: " + why));
     if (!nccl.ok()) {
@@ -67,6 +110,16 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
   }
 
   TrainOptions opt = c.train;
+  if (c.world > 1) {
+    Result<std::vector<std::vector<std::string>>> transports =
+        transport_matrix(*comm.value(), data ? *data : *comm.value());
+    if (!transports.ok()) {
+      if (data) data->abort(transports.error().message);
+      comm.value()->abort(transports.error().message);
+      return finish(transports.error());
+    }
+    opt.transports = std::move(transports).value();
+  }
   opt.comm = comm.value().get();
   opt.data_comm = data.get();
   opt.progress = opt.progress && c.rank == 0;

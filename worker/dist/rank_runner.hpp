@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "api/job_spec.hpp"
 #include "api/result.hpp"
@@ -25,7 +26,12 @@ struct RankConfig {
   int threads = 0;                // compute threads (0: all cores)
   int gpu = 0;                    // resources.device "cuda": the visible GPU of this rank
   double comm_timeout_s = 60.0;   // deadline of every data-plane wait
-  TrainOptions train;             // storage root, run folder, resume, progress, stop_after
+  // Per rank, who runs it ("worker w2 on host h2"), for error messages; empty: ranks only.
+  std::vector<std::string> peer_names;
+  // Per rank, its host's name: when they differ, no rank of the job uses shared memory (see
+  // CommOptions::no_shared_memory). Empty: UCX decides alone.
+  std::vector<std::string> peer_hosts;
+  TrainOptions train;  // storage root, run folder, resume, progress, stop_after
 };
 
 class Rendezvous;

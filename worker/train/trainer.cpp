@@ -452,8 +452,26 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     if (options_.on_record) options_.on_record(rec);
     return {};
   };
-  for (int64_t step = state.step; step < ts.steps; ++step) {
+  // How many rank pairs use each transport kind ("tcp": 1), for the first step's record.
+  json transport_pairs;
+  if (!options_.transports.empty()) {
+    transport_pairs = json::object();
+    for (size_t r = 0; r < options_.transports.size(); ++r)
+      for (size_t p = r + 1; p < options_.transports[r].size(); ++p)
+        transport_pairs[options_.transports[r][p]] =
+            transport_pairs.value(options_.transports[r][p], 0) + 1;
+  }
+  // Seconds inside communication calls on this rank, both planes.
+  auto comm_busy = [&] {
+    double s = parallel_.comm != nullptr ? parallel_.comm->busy_seconds() : 0.0;
+    if (parallel_.data_comm != nullptr && parallel_.data_comm != parallel_.comm)
+      s += parallel_.data_comm->busy_seconds();
+    return s;
+  };
+  const int64_t first_step = state.step;  // state.step moves on with every step
+  for (int64_t step = first_step; step < ts.steps; ++step) {
     const auto t0 = Clock::now();
+    const double busy0 = comm_busy();
     const double lr = lr_at(ts, step);
     // Every rank draws the same global batch and keeps its B/R sequences.
     batches.next(inputs, targets);
@@ -486,7 +504,7 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     }
     optimizer.step(lr, norm);
     const double step_s = std::chrono::duration<double>(Clock::now() - t0).count();
-    recent_step_s = step == state.step ? step_s : 0.9 * recent_step_s + 0.1 * step_s;
+    recent_step_s = step == first_step ? step_s : 0.9 * recent_step_s + 0.1 * step_s;
 
     StepReport r;
     r.step = step + 1;
@@ -496,6 +514,7 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     r.lr = lr;
     r.grad_norm = norm;
     r.step_ms = step_s * 1e3;
+    r.comm_ms = (comm_busy() - busy0) * 1e3;
     r.tokens_per_s = static_cast<double>(B * T) / step_s;
     r.activated_expert_params = model_->activated_expert_params();
     const json layers = step_layer_metrics(parallel_, *model_, losses);
@@ -510,6 +529,16 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
                   {"step_ms", r.step_ms},
                   {"activated_expert_params", r.activated_expert_params},
                   {"workers", R}};
+      if (step == first_step && transport_pairs.is_object()) {
+        // The first step of the run (or of this resume) says which transports the pairs use
+        // (numbers only, the protocol's rule for records; each rank's log names them).
+        rec["transport_pairs"] = transport_pairs;
+      }
+      if (parallel_.distributed()) {
+        // The communication share of the step on rank 0 (what a slow link or a slow peer costs).
+        rec["comm_ms"] = r.comm_ms;
+        rec["comm_share"] = r.step_ms > 0 ? r.comm_ms / r.step_ms : 0.0;
+      }
       if (!layers.empty()) rec["layers"] = layers;
       if (Status s = write_record(rec); !s.ok()) {
         progress.newline();

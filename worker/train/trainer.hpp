@@ -57,6 +57,10 @@ struct TrainOptions {
   /// Verified right before every write into the run folder (each metrics record, each
   /// checkpoint): a failure ends the run with that error (the service's attempt fence).
   RunFence fence;
+  /// The rank pairs' transport kinds ([r][p], "self", "tcp", "shm", …; see transport_kinds):
+  /// rank 0 adds how many pairs use each kind to the record of the first step of the run and
+  /// of every resume (`"transport_pairs": {"tcp": 1}`); empty: not added.
+  std::vector<std::vector<std::string>> transports;
 };
 
 /// One training step's figures (also the record written to metrics.jsonl).
@@ -64,6 +68,7 @@ struct StepReport {
   int64_t step = 0;  // 1-based, completed steps
   double loss = 0, aux_group = 0, aux_expert = 0, lr = 0, grad_norm = 0;
   double tokens_per_s = 0, step_ms = 0;
+  double comm_ms = 0;  // of step_ms, inside communication calls (waits for peers included)
   double activated_expert_params = 0;  // per token, summed over layers (measured routing)
   std::optional<double> val_loss;      // set on evaluation steps
   bool stopped = false;                // the run stops after this step (stop_after/stop_request)
