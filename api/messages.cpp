@@ -286,6 +286,15 @@ Result<Report> decode_report(const json& m) {
       e.string("message", message, false);
       b.error_message = utf8_prefix(message, kMaxReasonBytes);
     }
+    if (const json* peers = r.array("unreachable", false, kMaxWorld)) {
+      for (const json& p : *peers) {
+        if (!p.is_number_integer() || p.get<int64_t>() < 0 || p.get<int64_t>() >= kMaxWorld) {
+          r.fail("unreachable", "must be an array of ranks");
+          break;
+        }
+        b.unreachable.push_back(p.get<int>());
+      }
+    }
     rep.body = std::move(b);
   }
   if (rep.type == kCheckpointWritten && errors.empty() &&

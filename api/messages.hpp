@@ -117,6 +117,8 @@ struct RankExited {
   bool stopped = false;
   int64_t step = 0;
   std::string error_code, error_message;
+  // error_code "unreachable": the peer ranks this rank could not reach over the data plane.
+  std::vector<int> unreachable;
 };
 
 /// A report about one rank of one attempt: rv_publish, metrics, log, checkpoint_written or

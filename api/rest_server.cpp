@@ -50,6 +50,7 @@ int http_status(ErrorCode code) {
     case ErrorCode::kUnprocessable:
       return 422;
     case ErrorCode::kUnavailable:
+    case ErrorCode::kUnreachable:
       return 503;
     case ErrorCode::kInternal:
       return 500;

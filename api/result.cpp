@@ -16,6 +16,8 @@ const char* error_code_name(ErrorCode code) {
       return "data_loss";
     case ErrorCode::kUnavailable:
       return "unavailable";
+    case ErrorCode::kUnreachable:
+      return "unreachable";
     case ErrorCode::kInternal:
       return "internal";
     case ErrorCode::kUnauthenticated:

@@ -17,6 +17,8 @@ enum class ErrorCode {
   kFailedPrecondition,  // valid input, wrong state (409)
   kDataLoss,            // a file is truncated or corrupt (422)
   kUnavailable,         // a peer or service is unreachable (503)
+  kUnreachable,         // the network: a job's rank could not reach a named peer (a data-plane
+                        // deadline or a transport failure); the job recovers elsewhere (503)
   kInternal,            // a bug (500)
   kUnauthenticated,     // no or unknown credentials (401)
   kPermissionDenied,    // known caller, not allowed (403)

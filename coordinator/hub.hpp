@@ -25,8 +25,8 @@ struct CoordinatorOptions {
   double heartbeat_s = 1.0;                // workers heartbeat this often
   double heartbeat_timeout_s = 10.0;       // silent or disconnected this long: lost
   // When none of the online workers (two or more) has been heard for two heartbeats, the
-  // coordinator's own link is the likelier cause: it waits up to this much longer before
-  // declaring any of them lost.
+  // coordinator's own link is the likelier cause: it declares none of them lost until this
+  // long after it noticed (needs heartbeat_timeout_s > 3 heartbeats + 0.5 s).
   double isolation_grace_s = 60.0;
   double hello_timeout_s = 5.0;      // a new control connection must say hello by then
   double reattach_timeout_s = 20.0;  // after a restart, ranks must report back by then

@@ -134,10 +134,20 @@ void JobSupervisor::on_rank_exited(int rank, const proto::RankExited& exited) {
     if (!exited.ok || !exited.stopped) self->stopped_ok_ = false;
     if (!exited.ok) {
       const std::string why = exited.error_message.empty() ? "unknown error" : exited.error_message;
+      const std::string failure = "rank " + std::to_string(rank) + " failed: " + why;
+      if (exited.error_code == error_code_name(ErrorCode::kUnreachable)) {
+        if (self->first_network_failure_.empty()) self->first_network_failure_ = failure;
+        const int world = static_cast<int>(self->launch_.workers.size());
+        for (int peer : exited.unreachable) {
+          if (peer < 0 || peer >= world || peer == rank) continue;
+          self->unreachable_pairs_.emplace_back(self->launch_.workers[rank],
+                                                self->launch_.workers[peer]);
+        }
+      } else if (exited.error_code != error_code_name(ErrorCode::kUnavailable)) {
+        if (self->first_own_failure_.empty()) self->first_own_failure_ = failure;
+      }
       if (self->first_failure_.empty()) {
-        self->first_failure_ = "rank " + std::to_string(rank) + " failed: " + why;
-        self->first_failure_network_ =
-            exited.error_code == error_code_name(ErrorCode::kUnavailable);
+        self->first_failure_ = failure;
         // Stop the others now rather than at their data-plane deadline.
         self->abort_all(self->first_failure_);
       }
@@ -215,10 +225,18 @@ void JobSupervisor::maybe_finish() {
   } else if (lost_) {
     outcome = AttemptOutcome::kLost;
     reason = lost_reason_;
+  } else if (!first_own_failure_.empty()) {
+    outcome = AttemptOutcome::kFailed;
+    reason = first_own_failure_;
+  } else if (!first_network_failure_.empty()) {
+    // A rank that could not reach a peer (a deadline, a transport error), and no rank failed
+    // on its own: the network failed, not the job; recovered like a lost worker.
+    outcome = AttemptOutcome::kUnreachable;
+    reason = first_network_failure_;
   } else if (!first_failure_.empty()) {
     // A rank that could not reach its peers (a deadline, a transport error) failed because of
     // the network, not the job: recovered like a lost worker.
-    outcome = first_failure_network_ ? AttemptOutcome::kUnreachable : AttemptOutcome::kFailed;
+    outcome = AttemptOutcome::kFailed;
     reason = first_failure_;
   } else if (preempting_ && stopped_ok_) {
     outcome = AttemptOutcome::kPreempted;
@@ -227,7 +245,10 @@ void JobSupervisor::maybe_finish() {
     outcome = AttemptOutcome::kSucceeded;
     reason = "all ranks finished";
   }
-  hub_.scheduler->attempt_ended(launch_.job, launch_.attempt, outcome, reason);
+  hub_.scheduler->attempt_ended(launch_.job, launch_.attempt, outcome, reason,
+                                outcome == AttemptOutcome::kUnreachable
+                                    ? unreachable_pairs_
+                                    : std::vector<std::pair<std::string, std::string>>{});
 }
 
 }  // namespace mohge::coord

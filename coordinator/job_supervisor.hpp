@@ -65,7 +65,12 @@ class JobSupervisor : public Actor, public std::enable_shared_from_this<JobSuper
   bool stopped_ok_ = true;  // every exited rank stopped at a preemption checkpoint
   bool finished_ = false;
   std::string first_failure_;
-  bool first_failure_network_ = false;  // it was the data plane (code "unavailable")
+  // Failures by kind, for the outcome once every rank is done: a rank's own failure (any code
+  // but "unavailable" and "unreachable") fails the job; otherwise a rank that could not reach
+  // a peer ("unreachable") makes it the network's; "unavailable" (aborted because another
+  // rank failed, a rendezvous timeout) decides nothing by itself.
+  std::string first_own_failure_, first_network_failure_;
+  std::vector<std::pair<std::string, std::string>> unreachable_pairs_;  // worker pairs
   std::string lost_reason_;
   std::string cancel_reason_;
   boost::asio::steady_timer reattach_timer_;

@@ -26,8 +26,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--isolation-grace", o.isolation_grace_s,
-                 "When every worker falls silent at once (this host's own network is the "
-                 "likelier cause), seconds to wait longer before declaring them lost")
+                 "When no worker has been heard for two heartbeats (this host's own network is "
+                 "the likelier cause), seconds from then before any is declared lost")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--reattach-timeout", o.reattach_timeout_s,

@@ -429,26 +429,28 @@ void Scheduler::attempt_running(int64_t job, int attempt, const std::string& rea
 }
 
 void Scheduler::attempt_ended(int64_t job, int attempt, AttemptOutcome outcome,
-                              const std::string& reason) {
+                              const std::string& reason,
+                              std::vector<std::pair<std::string, std::string>> unreachable) {
   // The rank's last metrics were sent before its exit: let them reach SQLite first.
-  hub_.metrics->flush_then([this, job, attempt, outcome, reason] {
-    post([this, job, attempt, outcome, reason] { end_attempt(job, attempt, outcome, reason); });
+  hub_.metrics->flush_then([this, job, attempt, outcome, reason, unreachable] {
+    post([this, job, attempt, outcome, reason, unreachable] {
+      end_attempt(job, attempt, outcome, reason, unreachable);
+    });
   });
 }
 
 void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
-                            const std::string& reason) {
+                            const std::string& reason,
+                            const std::vector<std::pair<std::string, std::string>>& unreachable) {
   {
     const auto it = jobs_.find(job);
     if (it == jobs_.end() || it->second.row.attempt != attempt) return;
     JobEntry& e = it->second;
     const double now = hub_.now();
     usage_.add(e.row.user_id, e.row.workers, e.usage_from, now);
-    e.avoid.clear();
-    if (outcome == AttemptOutcome::kUnreachable) {
-      e.avoid = e.row.assigned;
-      std::sort(e.avoid.begin(), e.avoid.end());
-    }
+    e.avoid = outcome == AttemptOutcome::kUnreachable
+                  ? unreachable
+                  : std::vector<std::pair<std::string, std::string>>{};
     release_workers(e);
     e.supervisor.reset();
     e.preempting = false;
@@ -470,7 +472,10 @@ void Scheduler::end_attempt(int64_t job, int attempt, AttemptOutcome outcome,
       case AttemptOutcome::kLost:
       case AttemptOutcome::kUnreachable:
         if (e.cancel_requested) {
-          transition(e, "CANCELED", "canceled (a worker was lost while stopping)");
+          transition(e, "CANCELED",
+                     outcome == AttemptOutcome::kLost
+                         ? "canceled (a worker was lost while stopping)"
+                         : "canceled (a rank lost its peer while stopping)");
         } else if (e.row.restarts < e.row.max_restarts) {
           ++e.row.restarts;
           transition(e, "RECOVERING",

@@ -84,7 +84,9 @@ class Scheduler : public Actor {
 
   // ---- from supervisors (post) ----------------------------------------------------------------
   void attempt_running(int64_t job, int attempt, const std::string& reason);
-  void attempt_ended(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason);
+  /// `unreachable`: with kUnreachable, the worker pairs whose ranks could not reach each other.
+  void attempt_ended(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason,
+                     std::vector<std::pair<std::string, std::string>> unreachable = {});
 
  private:
   struct JobEntry {
@@ -95,7 +97,8 @@ class Scheduler : public Actor {
     bool cancel_requested = false;
     double usage_from = 0;  // start of the current usage interval
     std::optional<sched::Pending> pending;
-    std::vector<std::string> avoid;  // rule 8: the last attempt's workers could not talk
+    // Rule 8: worker pairs whose ranks could not reach each other in the last attempt.
+    std::vector<std::pair<std::string, std::string>> avoid;
     nlohmann::json progress = nlohmann::json::object();  // last loss, val_loss, tokens/s …
   };
   struct WorkerView {
@@ -109,7 +112,8 @@ class Scheduler : public Actor {
   void admit(db::JobRow row);
   /// Serialises the job for the REST edge (JobViews); after every change of a job.
   void publish(const JobEntry& e);
-  void end_attempt(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason);
+  void end_attempt(int64_t job, int attempt, AttemptOutcome outcome, const std::string& reason,
+                   const std::vector<std::pair<std::string, std::string>>& unreachable);
   void transition(JobEntry& e, const std::string& to, const std::string& reason);
   void release_workers(JobEntry& e);
   void reschedule();

@@ -265,18 +265,20 @@ Decision schedule(const Snapshot& snapshot) {
       // Starts on the first free workers by name beyond the reservation (backfill).
       const auto first = pool.free.begin() + pool.num_reserved;
       std::vector<std::string> gang(first, first + job.workers);
-      const auto avoid_it = snapshot.avoid.find(job.id);
-      const std::vector<std::string> avoid =
-          avoid_it == snapshot.avoid.end() ? std::vector<std::string>{} : avoid_it->second;
-      if (!avoid.empty() &&
-          std::is_permutation(gang.begin(), gang.end(), avoid.begin(), avoid.end())) {
-        // Rule 8: the next free worker outside the set replaces the set's last.
-        for (auto it = first + job.workers; it != pool.free.end(); ++it) {
-          if (std::find(avoid.begin(), avoid.end(), *it) != avoid.end()) continue;
-          gang.back() = *it;
-          std::sort(gang.begin(), gang.end());
-          break;
+      if (const auto avoid = snapshot.avoid.find(job.id); avoid != snapshot.avoid.end()) {
+        // Rule 8: skip a worker that would pair with a taken one across a cut.
+        auto cut = [&](const std::string& a, const std::string& b) {
+          for (const auto& [x, y] : avoid->second)
+            if ((x == a && y == b) || (x == b && y == a)) return true;
+          return false;
+        };
+        std::vector<std::string> picked;
+        for (auto it = first; it != pool.free.end() && picked.size() < gang.size(); ++it) {
+          bool ok = true;
+          for (const std::string& p : picked) ok = ok && !cut(p, *it);
+          if (ok) picked.push_back(*it);
         }
+        if (picked.size() == gang.size()) gang = picked;
       }
       decision.starts.push_back(Start{job.id, gang});
       for (const std::string& w : gang)

@@ -24,10 +24,11 @@
 //     nothing and preempts nothing, so it never holds back other jobs.
 //  7. Every queued job that does not start gets a position (1-based, in order) and a reason
 //     that a user can act on.
-//  8. Unreachable peers: a recovering job whose last attempt ended because its ranks could not
-//     reach each other (a network partition between worker hosts) does not get that same set of
-//     workers again when another free worker can replace one of them (the last of them by
-//     name); with no other worker free it starts on them (the network may have healed).
+//  8. Unreachable peers: a recovering job whose last attempt ended because some of its ranks
+//     could not reach each other (a network partition between worker hosts) gets its gang
+//     from the free workers by name, skipping a worker that would pair with one already taken
+//     across such a cut; when that leaves too few, it starts on the first free workers as
+//     usual (the network may have healed).
 #pragma once
 
 #include <cstdint>
@@ -78,9 +79,9 @@ struct Snapshot {
   std::map<int64_t, User> users;    // by id; every job's owner is present
   // Experiment id → max_parallel (> 0); experiments without a limit are absent.
   std::map<int64_t, int> experiment_limits;
-  // Job id → the workers whose ranks could not reach each other in its last attempt: not
-  // placed all together again while another free worker can stand in (rule 8).
-  std::map<int64_t, std::vector<std::string>> avoid;
+  // Job id → worker pairs whose ranks could not reach each other in its last attempt: not
+  // placed together again while other free workers can stand in (rule 8).
+  std::map<int64_t, std::vector<std::pair<std::string, std::string>>> avoid;
 };
 
 struct Start {

@@ -72,11 +72,22 @@ Status WorkerRegistry::listen() {
     return Error{ErrorCode::kUnavailable,
                  "cannot listen on " + hub_.options.control + ": " + ec.message(), "--control"};
   }
+  const CoordinatorOptions& o = hub_.options;
+  if (o.heartbeat_timeout_s <= isolation_window_s(o) + o.heartbeat_s) {
+    spdlog::warn(
+        "--heartbeat-timeout {} s is too short to tell this coordinator's own network failing "
+        "from its workers failing (it needs more than {:.1f} s): --isolation-grace is off",
+        o.heartbeat_timeout_s, isolation_window_s(o) + o.heartbeat_s);
+  }
   post([this] {
     accept();
     check_deadlines();
   });
   return {};
+}
+
+double WorkerRegistry::isolation_window_s(const CoordinatorOptions& o) {
+  return 2 * o.heartbeat_s + 0.5;
 }
 
 void WorkerRegistry::stop() {
@@ -276,10 +287,12 @@ void WorkerRegistry::check_deadlines() {
   // This host's own network: when none of the online workers (two or more) has been heard
   // for two heartbeats, the likelier cause is the coordinator's link, not all of them failing
   // together. The ranks keep training meanwhile (their data plane does not go through here),
-  // so declaring them lost would throw work away: wait up to isolation_grace_s longer. When
-  // any worker is heard again, the others' deadlines count from that moment.
+  // so declaring them lost would throw work away: nobody is declared lost until
+  // isolation_grace_s after the silence was noticed. When any worker is heard again, the
+  // others' deadlines count from that moment. The rule needs the heartbeat timeout to exceed
+  // the two heartbeats plus one (heartbeats are staggered): else it is off (listen() says so).
   const double timeout = hub_.options.heartbeat_timeout_s;
-  const double recent_s = 2 * hub_.options.heartbeat_s + 0.5;
+  const double recent_s = isolation_window_s(hub_.options);
   int watched = 0;
   bool anyone_recent = false;
   for (auto& [name, e] : workers_) {
@@ -287,18 +300,23 @@ void WorkerRegistry::check_deadlines() {
     ++watched;
     anyone_recent = anyone_recent || (e.conn && now - e.last_seen <= recent_s);
   }
-  if (watched >= 2 && !anyone_recent) {
+  const bool rule_on = timeout > recent_s + hub_.options.heartbeat_s;
+  if (rule_on && watched >= 2 && !anyone_recent) {
     if (isolated_since_ == 0) {
       isolated_since_ = now;
       spdlog::warn(
-          "every one of the {} online workers is silent: this coordinator's own network is "
-          "suspect; no worker is declared lost for up to {} s more",
-          watched, hub_.options.isolation_grace_s);
+          "none of the {} online workers has been heard for {:.1f} s: this coordinator's own "
+          "network is suspect; no worker is declared lost for {} s",
+          watched, recent_s, hub_.options.isolation_grace_s);
     }
   } else if (isolated_since_ != 0) {
-    spdlog::warn("workers are heard again after {:.1f} s of isolation", now - isolated_since_);
+    // The others' deadlines count from now, plus as long again as the silence lasted: TCP's
+    // retransmissions back off exponentially, so a connection that survived T seconds of
+    // silence can take about T more to resume.
+    const double silence = now - isolated_since_ + recent_s;
+    if (watched > 0) spdlog::warn("workers are heard again after {:.1f} s of isolation", silence);
     isolated_since_ = 0;
-    for (auto& [name, e] : workers_) e.silent_since = std::max(e.silent_since, now);
+    for (auto& [name, e] : workers_) e.silent_since = std::max(e.silent_since, now + silence);
   }
   const bool holding =
       isolated_since_ != 0 && now - isolated_since_ < hub_.options.isolation_grace_s;
@@ -345,6 +363,7 @@ json WorkerRegistry::to_json() const {
   for (const auto& [name, e] : workers_) {
     out.push_back({{"name", name},
                    {"host", e.row.host},
+                   {"address", e.conn ? e.conn->peer() : ""},
                    {"backend", e.row.backend},
                    {"version", e.row.version},
                    {"devices", e.row.devices},

@@ -41,6 +41,8 @@ class WorkerRegistry : public Actor {
   void set_join_secret_sha256(std::string sha256_hex);
 
   static constexpr size_t kMaxUnauthenticated = 64;
+  /// Silence of every worker for this long makes the coordinator suspect its own link.
+  static double isolation_window_s(const CoordinatorOptions& o);
 
   /// The workers as the REST API shows them.
   nlohmann::json to_json() const;  // on the strand only (use ask)
@@ -51,7 +53,9 @@ class WorkerRegistry : public Actor {
     std::shared_ptr<proto::Connection> conn;  // null while disconnected
     std::string instance;                     // the connected daemon process's hello.instance
     double last_seen = 0;
-    double silent_since = 0;  // max(last_seen, the end of the coordinator's last isolation)
+    // Its deadline counts from max(last_seen, this): after an isolation of the coordinator,
+    // the isolation's end plus its length (TCP's retransmissions back off).
+    double silent_since = 0;
     nlohmann::json load = nlohmann::json::object();  // last heartbeat's utilisation figures
     nlohmann::json running = nlohmann::json::array();
   };

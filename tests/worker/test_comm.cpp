@@ -36,7 +36,7 @@ struct RankEnv {
   std::unique_ptr<Communicator> comm;
   std::string error;
 
-  RankEnv(int rank, int world, int port, double timeout_s = 20.0) {
+  RankEnv(int rank, int world, int port, double timeout_s = 20.0, bool no_shared_memory = false) {
     const std::string addr = "127.0.0.1:" + std::to_string(port);
     if (rank == 0) {
       auto s = RendezvousServer::start(addr, world, "test", "test-secret");
@@ -52,7 +52,10 @@ struct RankEnv {
       return;
     }
     rv = std::move(r).value();
-    auto c = make_ucx_communicator(*rv, {.timeout_s = timeout_s, .peer_names = {}, .no_shared_memory = false});
+    auto c = make_ucx_communicator(*rv, {.timeout_s = timeout_s,
+                                         .peer_names = {},
+                                         .no_shared_memory = no_shared_memory,
+                                         .unreachable = nullptr});
     if (!c.ok()) {
       error = c.error().to_string();
       return;
@@ -178,6 +181,36 @@ INSTANTIATE_TEST_SUITE_P(Worlds, CommTest, ::testing::Values(2, 4), [](const aut
   return "world" + std::to_string(param_info.param);
 });
 
+TEST(CommTransports, KindsOfUcxTransportNames) {
+  EXPECT_EQ(transport_kinds("tcp/eth0"), "tcp");
+  EXPECT_EQ(transport_kinds("posix/memory+cma/memory"), "shm");
+  EXPECT_EQ(transport_kinds("sysv/memory+tcp/eth0"), "shm+tcp");
+  EXPECT_EQ(transport_kinds("rc_mlx5/mlx5_0:1+ud_verbs/mlx5_0:1"), "rdma");
+  EXPECT_EQ(transport_kinds("self"), "self");
+  EXPECT_EQ(transport_kinds("nccl"), "nccl");
+  EXPECT_EQ(transport_kinds("cuda_ipc/cuda"), "other");
+  EXPECT_EQ(transport_kinds(""), "unknown");
+}
+
+// Each rank reads what its endpoints use: shared memory between processes of one host, and
+// TCP when shared memory is left out (ranks of one job on different hosts).
+TEST(CommTransports, PeersOnOneHostUseSharedMemoryUnlessItIsLeftOut) {
+  for (const bool no_shm : {false, true}) {
+    const int world = 2, port = free_local_port();
+    expect_all_ok(run_local_ranks(world, [&](int rank) {
+      RankEnv env(rank, world, port, 20.0, no_shm);
+      CHILD_CHECK(env.comm != nullptr, env.error);
+      const std::vector<std::string> t = env.comm->peer_transports();
+      CHILD_CHECK(t.size() == 2u, "one entry per rank");
+      CHILD_CHECK(t[static_cast<size_t>(rank)] == "self", t[static_cast<size_t>(rank)]);
+      const std::string peer = transport_kinds(t[static_cast<size_t>(1 - rank)]);
+      CHILD_CHECK(peer == (no_shm ? "tcp" : "shm"), t[static_cast<size_t>(1 - rank)]);
+      CHILD_CHECK(env.finish());
+      return 0;
+    }));
+  }
+}
+
 // A rank whose process dies: the others fail fast, naming it (via the rendezvous).
 TEST(CommFailure, DeadPeerIsNamedByTheOthers) {
   const int world = 3, port = free_local_port();
@@ -261,6 +294,9 @@ TEST(CommFailure, SilentPeerIsNamedWithinTheDeadline) {
     CHILD_CHECK(!s.ok());
     CHILD_CHECK(s.error().message.find("rank 1") != std::string::npos, s.error().message);
     CHILD_CHECK(waited >= 1.9 && waited < 5.0, "took " + std::to_string(waited) + " s");
+    // The network's error, naming the peer (a job recovers from it elsewhere).
+    CHILD_CHECK(s.error().code == ErrorCode::kUnreachable, error_code_name(s.error().code));
+    CHILD_CHECK(env.comm->unreachable_peers() == std::vector<int>{1}, "unreachable_peers");
     return 0;
   });
   EXPECT_EQ(exits[0].code, 0);
@@ -342,7 +378,9 @@ TEST(Nccl, OneRankCommunicatorRunsACollective) {
   ASSERT_TRUE(server.ok());
   auto rv = rendezvous_connect(addr, 0, 1, "nccl", "nccl-secret", 10.0);
   ASSERT_TRUE(rv.ok());
-  auto comm = make_nccl_communicator(*rv.value(), {.timeout_s = 30.0, .peer_names = {}, .no_shared_memory = false}, 0);
+  auto comm = make_nccl_communicator(
+      *rv.value(),
+      {.timeout_s = 30.0, .peer_names = {}, .no_shared_memory = false, .unreachable = nullptr}, 0);
   ASSERT_TRUE(comm.ok()) << comm.error().to_string();
   EXPECT_TRUE(comm.value()->barrier().ok());
   EXPECT_TRUE(comm.value()->finalize().ok());

@@ -347,7 +347,11 @@ TEST_F(Distributed, TokenRowsAndGradientsTravelOnTheDataPlaneAndCountsOnTheContr
       std::unique_ptr<RendezvousServer> server;
       if (rank == 0) server = RendezvousServer::start(addr, 2, "planes", "s3cret").value();
       auto rv = rendezvous_connect(addr, rank, 2, "planes", "s3cret", 20.0).value();
-      auto comm = make_ucx_communicator(*rv, {.timeout_s = 20.0, .peer_names = {}, .no_shared_memory = false}).value();
+      auto comm = make_ucx_communicator(*rv, {.timeout_s = 20.0,
+                                              .peer_names = {},
+                                              .no_shared_memory = false,
+                                              .unreachable = nullptr})
+                      .value();
       TrackingBackend be;
       PlaneCheck control(*comm, be, false), data(*comm, be, true);
       TrainOptions opt;
@@ -541,7 +545,11 @@ TEST_F(Distributed, FourRankCheckpointEvaluatesTheSameInTwoRanksAndOneProcess) {
         const std::string addr = "127.0.0.1:" + std::to_string(port);
         if (rank == 0) server = RendezvousServer::start(addr, world, "eval", "s3cret").value();
         rv = rendezvous_connect(addr, rank, world, "eval", "s3cret", 20.0).value();
-        comm = make_ucx_communicator(*rv, {.timeout_s = 20.0, .peer_names = {}, .no_shared_memory = false}).value();
+        comm = make_ucx_communicator(*rv, {.timeout_s = 20.0,
+                                           .peer_names = {},
+                                           .no_shared_memory = false,
+                                           .unreachable = nullptr})
+                   .value();
         placement = placement_plan(spec.model, "all-size", world).value();
         parallel = ParallelContext{comm.get(), &placement};
       }

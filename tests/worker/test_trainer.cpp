@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -41,8 +42,10 @@ class TrainerTest : public ::testing::Test {
   }
 
   // Runs the trainer; returns the per-step losses from metrics.jsonl.
+  // `adjust` may set more options (hooks) before the trainer is made.
   std::vector<double> train(const JobSpec& spec, const fs::path& run, bool resume,
-                            int64_t stop_after = 0) {
+                            int64_t stop_after = 0,
+                            const std::function<void(TrainOptions&)>& adjust = {}) {
     auto be = make_cpu_backend(2);
     TrainOptions opt;
     opt.storage_root = root_;
@@ -50,6 +53,7 @@ class TrainerTest : public ::testing::Test {
     opt.resume = resume;
     opt.progress = false;
     opt.stop_after = stop_after;
+    if (adjust) adjust(opt);
     auto trainer = Trainer::create(spec, opt, *be);
     EXPECT_TRUE(trainer.ok()) << (trainer.ok() ? "" : trainer.error().to_string());
     if (!trainer.ok()) return {};
@@ -108,6 +112,30 @@ TEST_F(TrainerTest, ResumeEqualsAnUninterruptedRunBitForBit) {
     ASSERT_EQ(resumed.size(), 8u);
     for (size_t i = 0; i < full.size(); ++i) EXPECT_EQ(full[i], resumed[i]) << "step " << i + 1;
   }
+}
+
+// A resume reports again what the run already holds (the records kept and the checkpoint it
+// resumes from) before its new steps: the service may have refused them from the attempt that
+// wrote them (it was superseded), and it keys both, so nothing is doubled there.
+TEST_F(TrainerTest, AResumeReportsTheKeptRecordsAndItsCheckpointAgain) {
+  const JobSpec spec = testing::tiny_spec("mohge");  // 8 steps, checkpoint every 4
+  write_tokens("train.bin", 400, 32, 2);
+  write_tokens("val.bin", 100, 32, 3);
+  const fs::path run = root_ / "run";
+  ASSERT_EQ(train(spec, run, false, /*stop_after=*/5).size(), 5u);  // checkpoints at 4 and 5
+  std::vector<int64_t> record_steps, checkpoint_steps;
+  const auto l = train(spec, run, true, 0, [&](TrainOptions& opt) {
+    opt.on_record = [&](const nlohmann::json& r) {
+      if (r.contains("loss")) record_steps.push_back(r["step"].get<int64_t>());
+    };
+    opt.on_checkpoint = [&](int64_t step, const fs::path& folder) {
+      EXPECT_TRUE(fs::exists(folder / "trainer_state.json")) << folder;
+      checkpoint_steps.push_back(step);
+    };
+  });
+  EXPECT_EQ(l.size(), 8u);
+  EXPECT_EQ(record_steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(checkpoint_steps, (std::vector<int64_t>{5, 8}));  // resumed from 5, then the last
 }
 
 // Aux-loss-free balance ("balance": "bias"): with L_E off in both runs, the selection bias

@@ -62,8 +62,10 @@ Result<json> comm_bench_one(int rank, int world, const std::string& addr, const 
   }
   auto rv = rendezvous_connect(addr, rank, world, "bench-comm", secret, 60.0);
   if (!rv.ok()) return rv.error();
-  auto comm = make_ucx_communicator(
-      *rv.value(), {.timeout_s = 60.0, .peer_names = {}, .no_shared_memory = no_shared_memory});
+  auto comm = make_ucx_communicator(*rv.value(), {.timeout_s = 60.0,
+                                                  .peer_names = {},
+                                                  .no_shared_memory = no_shared_memory,
+                                                  .unreachable = nullptr});
   if (!comm.ok()) return comm.error();
   Communicator& c = *comm.value();
   json rows = json::array();

@@ -30,6 +30,9 @@ struct CommOptions {
   // namespaces) on one machine share, and would then try shared memory between "hosts" that
   // cannot share it. Ignored when the user set UCX_TLS.
   bool no_shared_memory = false;
+  // Filled when creating the communicator fails with kUnreachable (its unreachable_peers()
+  // are gone with it); may be null.
+  std::vector<int>* unreachable = nullptr;
 };
 
 /// The kinds of transport a rank pair uses, from one entry of peer_transports(): what a user
@@ -94,6 +97,8 @@ class Communicator {
   /// Per peer rank (index = rank), the transports its messages travel on, as UCX or NCCL
   /// names them ("tcp/eth0", "posix/memory+cma/memory", "self", "nccl"); empty when unknown.
   virtual std::vector<std::string> peer_transports() const { return {}; }
+  /// After an error with code kUnreachable: the peer ranks this rank could not reach.
+  virtual std::vector<int> unreachable_peers() const { return {}; }
 };
 
 /// "rank 1" or, with names, "rank 1 (worker w2 on host h2)".

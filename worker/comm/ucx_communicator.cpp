@@ -84,7 +84,8 @@ class UcxCommunicator final : public Communicator {
       ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
       st = ucp_ep_create(worker_, &ep, &eps_[static_cast<size_t>(p)]);
       if (st != UCS_OK) {
-        return Error{ErrorCode::kUnavailable,
+        unreachable_ = {p};
+        return Error{ErrorCode::kUnreachable,
                      "UCX: cannot connect rank " + std::to_string(rank_) + " to " +
                          peer_label(opt_, p) + ": " + ucs_error(st),
                      ""};
@@ -104,6 +105,7 @@ class UcxCommunicator final : public Communicator {
   std::string name() const override { return "ucx"; }
   int64_t bytes_sent() const override { return bytes_sent_; }
   double busy_seconds() const override { return busy_s_; }
+  std::vector<int> unreachable_peers() const override { return unreachable_; }
   std::vector<std::string> peer_transports() const override { return transports_; }
 
   Status all_to_all_v(const void* send, const int64_t* send_bytes, void* recv,
@@ -135,6 +137,7 @@ class UcxCommunicator final : public Communicator {
     }
     const size_t me = static_cast<size_t>(rank_);
     if (send_bytes[rank_] != recv_bytes[rank_]) {
+      post_error_peer_ = -1;  // not the network: a caller's bug (reported as kUnavailable)
       post_error_ = "all_to_all_v: rank " + std::to_string(rank_) + " sends itself " +
                     std::to_string(send_bytes[rank_]) + " bytes but expects " +
                     std::to_string(recv_bytes[rank_]);
@@ -292,6 +295,7 @@ class UcxCommunicator final : public Communicator {
     if (UCS_PTR_IS_ERR(req)) {
       post_error_ =
           "send to " + peer_label(opt_, peer) + " failed: " + ucs_error(UCS_PTR_STATUS(req));
+      post_error_peer_ = peer;
       return;
     }
     reqs.push_back({req, peer, true});
@@ -304,6 +308,7 @@ class UcxCommunicator final : public Communicator {
     if (UCS_PTR_IS_ERR(req)) {
       post_error_ =
           "receive from " + peer_label(opt_, peer) + " failed: " + ucs_error(UCS_PTR_STATUS(req));
+      post_error_peer_ = peer;
       return;
     }
     reqs.push_back({req, peer, false});
@@ -321,6 +326,11 @@ class UcxCommunicator final : public Communicator {
     const auto deadline = start + std::chrono::duration<double>(opt_.timeout_s);
     std::string error = post_error_;
     post_error_.clear();
+    // The peers this wait could not reach (a transport failure, or silence past the deadline):
+    // the error is then the network's (kUnreachable) unless an abort explains it.
+    std::vector<int> unreachable;
+    if (!error.empty() && post_error_peer_ >= 0) unreachable.push_back(post_error_peer_);
+    post_error_peer_ = -1;
     size_t done = 0;
     std::vector<bool> finished(reqs.size(), false);
     int idle = 0;
@@ -340,6 +350,7 @@ class UcxCommunicator final : public Communicator {
         ++done;
         if (st != UCS_OK) {
           transport_failed = true;
+          unreachable = {reqs[i].peer};
           error = std::string(op) + ": " + (reqs[i].is_send ? "send to " : "receive from ") +
                   peer_label(opt_, reqs[i].peer) + " failed: " + ucs_error(st);
         }
@@ -360,6 +371,7 @@ class UcxCommunicator final : public Communicator {
         }
         std::string who;
         for (int p : silent) who += (who.empty() ? "" : ", ") + peer_label(opt_, p);
+        unreachable = silent;
         error = std::string(op) + " on " + peer_label(opt_, rank_) + ": no progress within " +
                 std::to_string(static_cast<int>(opt_.timeout_s)) + " s (" + peers +
                 " outstanding): unreachable peer " + who +
@@ -376,6 +388,8 @@ class UcxCommunicator final : public Communicator {
       if (rv_.abort_signal().raised())
         error = rv_.abort_signal().reason() + " (during " + op + "; " + error + ")";
     }
+    // An abort (a peer's own failure, a cancel) explains the error better than the network.
+    if (rv_.abort_signal().raised()) unreachable.clear();
     if (!error.empty()) {
       // Cancel what has not matched, force-close the endpoints, and progress (bounded) while
       // the buffers are still alive, so nothing writes into them after this returns.
@@ -391,8 +405,10 @@ class UcxCommunicator final : public Communicator {
     }
     for (Pending& r : reqs) ucp_request_free(r.req);
     reqs.clear();
-    if (!error.empty()) return Error{ErrorCode::kUnavailable, error, ""};
-    return {};
+    if (error.empty()) return {};
+    if (unreachable.empty()) return Error{ErrorCode::kUnavailable, error, ""};
+    unreachable_ = unreachable;
+    return Error{ErrorCode::kUnreachable, error, ""};
   }
 
   template <class T>
@@ -457,7 +473,9 @@ class UcxCommunicator final : public Communicator {
   bool aborted_ = false;
   bool finalized_ = false;
   std::string abort_reason_;
-  std::string post_error_;  // a post failure, reported by the next wait()
+  std::string post_error_;        // a post failure, reported by the next wait()
+  int post_error_peer_ = -1;      // the peer of that post
+  std::vector<int> unreachable_;  // the peers of the last kUnreachable error
 };
 
 }  // namespace
@@ -471,7 +489,11 @@ void ucx_process_defaults() {
 Result<std::unique_ptr<Communicator>> make_ucx_communicator(Rendezvous& rendezvous,
                                                             const CommOptions& options) {
   auto comm = std::make_unique<UcxCommunicator>(rendezvous, options);
-  if (Status s = comm->init(); !s.ok()) return s.error();
+  if (Status s = comm->init(); !s.ok()) {
+    if (s.error().code == ErrorCode::kUnreachable && options.unreachable != nullptr)
+      *options.unreachable = comm->unreachable_peers();
+    return s.error();
+  }
   return std::unique_ptr<Communicator>(std::move(comm));
 }
 

@@ -105,6 +105,7 @@ struct RankTask {
   std::atomic<bool> stop_request{false};
   std::atomic<int64_t> step{0};
   std::atomic<bool> done{false};
+  std::vector<int> unreachable;  // rank thread only: set by rank_run on a network failure
   std::thread thread;
 };
 
@@ -484,6 +485,7 @@ struct WorkerDaemon::Impl {
                    ""};
     };
     c.train.progress = false;
+    c.unreachable = &task->unreachable;
     c.train.stop_request = &task->stop_request;
     RankTask* t = task.get();
     if (t->rank == 0) {
@@ -550,6 +552,7 @@ struct WorkerDaemon::Impl {
       if (!s.ok()) {
         exit["error"] = {{"code", error_code_name(s.error().code)},
                          {"message", s.error().to_string()}};
+        if (!task->unreachable.empty()) exit["unreachable"] = task->unreachable;
         spdlog::error("job {} attempt {}: rank {} failed: {}", task->job, task->attempt, task->rank,
                       s.error().to_string());
       } else {

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <map>
+
 #include "worker/comm/nccl_communicator.hpp"
 #include "worker/comm/rendezvous.hpp"
 #include "worker/comm/ucx_communicator.hpp"
@@ -10,39 +13,42 @@ namespace mohge {
 
 namespace {
 
-// The transport kinds every rank pair uses ([r][p]), from each rank's own view of its peers
-// (data plane), gathered with one small all-reduce on the control plane: one bit per kind.
-Result<std::vector<std::vector<std::string>>> transport_matrix(Communicator& control,
-                                                               const Communicator& data) {
+// How many rank pairs use each transport kind, from each rank's own view of its peers (data
+// plane): rank r counts its pairs (r, p > r) under the pair's set of kinds (a bit mask), and
+// one all-reduce of 2^7 counts on the control plane sums them. Each rank logs its peers.
+// Keys join the kinds with "_" (record keys are [A-Za-z0-9_.]): "tcp", "shm_tcp".
+Result<std::map<std::string, int>> transport_pair_counts(Communicator& control,
+                                                         const Communicator& data) {
   static const std::vector<std::string> kKinds = {"self", "shm",   "tcp",    "rdma",
                                                   "nccl", "other", "unknown"};
   const int R = control.world(), me = control.rank();
   const std::vector<std::string> mine = data.peer_transports();
-  std::vector<float> bits(static_cast<size_t>(R * R), 0.0f);
+  std::vector<double> counts(size_t{1} << kKinds.size(), 0.0);
   std::string line;
   for (int p = 0; p < R; ++p) {
+    if (p == me) continue;
     const std::string t = p < static_cast<int>(mine.size()) ? mine[static_cast<size_t>(p)] : "";
     const std::string kinds = transport_kinds(t);
-    int mask = 0;
+    size_t mask = 0;
     for (size_t k = 0; k < kKinds.size(); ++k)
-      if (("+" + kinds + "+").find("+" + kKinds[k] + "+") != std::string::npos) mask |= 1 << k;
-    bits[static_cast<size_t>(me * R + p)] = static_cast<float>(mask);
-    if (p != me)
-      line += (line.empty() ? "" : ", ") +
-              ("rank " + std::to_string(p) + " " + kinds + (t.empty() ? "" : " (" + t + ")"));
+      if (("+" + kinds + "+").find("+" + kKinds[k] + "+") != std::string::npos) mask |= 1u << k;
+    if (p > me) counts[mask] += 1;
+    line += (line.empty() ? "" : ", ") +
+            ("rank " + std::to_string(p) + " " + kinds + (t.empty() ? "" : " (" + t + ")"));
   }
-  if (R > 1) spdlog::info("rank {} reaches its peers over: {}", me, line);
-  if (Status s = control.all_reduce(bits.data(), R * R, ReduceOp::kSum); !s.ok()) return s.error();
-  std::vector<std::vector<std::string>> out(static_cast<size_t>(R),
-                                            std::vector<std::string>(static_cast<size_t>(R)));
-  for (int r = 0; r < R; ++r)
-    for (int p = 0; p < R; ++p) {
-      const int mask = static_cast<int>(bits[static_cast<size_t>(r * R + p)]);
-      std::string kinds;
-      for (size_t k = 0; k < kKinds.size(); ++k)
-        if (mask & (1 << k)) kinds += (kinds.empty() ? "" : "+") + kKinds[k];
-      out[static_cast<size_t>(r)][static_cast<size_t>(p)] = kinds.empty() ? "unknown" : kinds;
-    }
+  spdlog::info("rank {} reaches its peers over: {}", me, line);
+  if (Status s =
+          control.all_reduce(counts.data(), static_cast<int64_t>(counts.size()), ReduceOp::kSum);
+      !s.ok())
+    return s.error();
+  std::map<std::string, int> out;
+  for (size_t mask = 1; mask < counts.size(); ++mask) {
+    if (counts[mask] == 0) continue;
+    std::string key;
+    for (size_t k = 0; k < kKinds.size(); ++k)
+      if (mask & (1u << k)) key += (key.empty() ? "" : "_") + kKinds[k];
+    out[key] = static_cast<int>(counts[mask]);
+  }
   return out;
 }
 
@@ -81,7 +87,10 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
     }
     return s;
   };
-  CommOptions comm_options{.timeout_s = c.comm_timeout_s, .peer_names = c.peer_names};
+  CommOptions comm_options;
+  comm_options.timeout_s = c.comm_timeout_s;
+  comm_options.peer_names = c.peer_names;
+  comm_options.unreachable = c.unreachable;
   for (const std::string& host : c.peer_hosts)
     comm_options.no_shared_memory = comm_options.no_shared_memory || host != c.peer_hosts[0];
   Result<std::unique_ptr<Communicator>> comm = make_ucx_communicator(rv, comm_options);
@@ -111,14 +120,14 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
 
   TrainOptions opt = c.train;
   if (c.world > 1) {
-    Result<std::vector<std::vector<std::string>>> transports =
-        transport_matrix(*comm.value(), data ? *data : *comm.value());
+    Result<std::map<std::string, int>> transports =
+        transport_pair_counts(*comm.value(), data ? *data : *comm.value());
     if (!transports.ok()) {
       if (data) data->abort(transports.error().message);
       comm.value()->abort(transports.error().message);
       return finish(transports.error());
     }
-    opt.transports = std::move(transports).value();
+    opt.transport_pairs = std::move(transports).value();
   }
   opt.comm = comm.value().get();
   opt.data_comm = data.get();
@@ -128,7 +137,16 @@ Status rank_run(const RankConfig& c, Rendezvous& rv,
   if (s.ok() && data) s = data->finalize();
   if (s.ok()) {
     s = comm.value()->finalize();
-  } else {
+  }
+  if (!s.ok() && s.error().code == ErrorCode::kUnreachable && c.unreachable != nullptr) {
+    for (const Communicator* x : {comm.value().get(), data.get()}) {
+      if (x == nullptr) continue;
+      for (int p : x->unreachable_peers())
+        if (std::find(c.unreachable->begin(), c.unreachable->end(), p) == c.unreachable->end())
+          c.unreachable->push_back(p);
+    }
+  }
+  if (!s.ok()) {
     if (data) data->abort(s.error().message);
     comm.value()->abort(s.error().message);
   }

@@ -31,6 +31,8 @@ struct RankConfig {
   // Per rank, its host's name: when they differ, no rank of the job uses shared memory (see
   // CommOptions::no_shared_memory). Empty: UCX decides alone.
   std::vector<std::string> peer_hosts;
+  // Set on a failure with code kUnreachable: the peer ranks this rank could not reach.
+  std::vector<int>* unreachable = nullptr;
   TrainOptions train;  // storage root, run folder, resume, progress, stop_after
 };
 

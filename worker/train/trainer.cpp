@@ -405,6 +405,18 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     }
     if (lead)
       spdlog::info("resuming {} from {} (step {})", spec_.name, latest.string(), state.step);
+    // Report again what the run holds up to here: the records kept and the checkpoint resumed
+    // from. The attempt that wrote them may have been superseded before its reports were
+    // accepted (its worker declared lost while the coordinator was cut off), and the service
+    // keys metric rows by (name, step) and checkpoints by step, so nothing is doubled.
+    if (lead && options_.on_record) {
+      std::ifstream kept(metrics_path);
+      for (std::string line; std::getline(kept, line);) {
+        const json rec = json::parse(line, nullptr, false);
+        if (rec.is_object() && rec.contains("step")) options_.on_record(rec);
+      }
+    }
+    if (options_.on_checkpoint) options_.on_checkpoint(state.step, latest);
   } else {
     model_->initialize(ts.seed);
     if (lead) {
@@ -452,15 +464,9 @@ Status Trainer::train_loop(const std::function<void(const StepReport&)>& on_step
     if (options_.on_record) options_.on_record(rec);
     return {};
   };
-  // How many rank pairs use each transport kind ("tcp": 1), for the first step's record.
+  // How many rank pairs use each transport kind, for the first step's record.
   json transport_pairs;
-  if (!options_.transports.empty()) {
-    transport_pairs = json::object();
-    for (size_t r = 0; r < options_.transports.size(); ++r)
-      for (size_t p = r + 1; p < options_.transports[r].size(); ++p)
-        transport_pairs[options_.transports[r][p]] =
-            transport_pairs.value(options_.transports[r][p], 0) + 1;
-  }
+  if (!options_.transport_pairs.empty()) transport_pairs = options_.transport_pairs;
   // Seconds inside communication calls on this rank, both planes.
   auto comm_busy = [&] {
     double s = parallel_.comm != nullptr ? parallel_.comm->busy_seconds() : 0.0;

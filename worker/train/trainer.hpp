@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -57,10 +58,10 @@ struct TrainOptions {
   /// Verified right before every write into the run folder (each metrics record, each
   /// checkpoint): a failure ends the run with that error (the service's attempt fence).
   RunFence fence;
-  /// The rank pairs' transport kinds ([r][p], "self", "tcp", "shm", …; see transport_kinds):
-  /// rank 0 adds how many pairs use each kind to the record of the first step of the run and
-  /// of every resume (`"transport_pairs": {"tcp": 1}`); empty: not added.
-  std::vector<std::vector<std::string>> transports;
+  /// How many rank pairs use each transport kind ("tcp", "shm", "shm_tcp"; see
+  /// transport_kinds): rank 0 adds it to the record of the first step of the run and of every
+  /// resume (`"transport_pairs": {"tcp": 1}`); empty: not added.
+  std::map<std::string, int> transport_pairs;
 };
 
 /// One training step's figures (also the record written to metrics.jsonl).
