@@ -549,7 +549,7 @@ TEST_F(MultiHost, AFlappingLinkCrashesNothingAndNeverPlacesTheJobTwice) {
   start_coordinator_on_host(10.0, 30.0);
   for (const char* w : {"w1", "w2", "w3"}) start_worker_on(w);
   wait_workers_online(3);
-  const int64_t steps = 8000;
+  const int64_t steps = 16000;  // about a minute with the drops (2 cores)
   const int64_t id = post("/api/v1/jobs", service_job(2, steps, 1000, 2)).body["id"];
   ASSERT_TRUE(wait_step(id, 100, 120.0)) << job(id).dump();
   const std::string flapping = job(id)["assigned"][1];
@@ -606,7 +606,7 @@ TEST_F(MultiHost, AFlappingLinkCrashesNothingAndNeverPlacesTheJobTwice) {
   EXPECT_LE(dials, 60);
   EXPECT_LE(max_attempts_seen, 1);  // never two attempts' ranks at once
   figure("flapping link", "link drops while the job ran", flaps_while_running, "");
-  EXPECT_GE(flaps_while_running, 2);  // the job did run through the flapping
+  EXPECT_GE(flaps_while_running, 3);  // the job did run through the flapping
   expect_every_step_once(id, steps);
   expect_checkpoints_loadable(id);
   expect_no_process_left();

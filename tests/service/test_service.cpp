@@ -6,6 +6,8 @@
 
 #include <sqlite3.h>
 
+#include <cmath>
+#include <regex>
 #include <set>
 
 #include "api/protocol.hpp"
@@ -506,6 +508,25 @@ TEST_F(LocalCluster, ACoordinatorKilledAndRestartedLosesNothing) {
   EXPECT_EQ(unique.size(), steps.size());  // no metric row duplicated
   EXPECT_EQ(steps.size(), 8000u);          // none lost while the coordinator was down
   EXPECT_EQ(steps.back(), 8000);
+  // The daemons dialed again with exponential back-off and jitter: the n-th delay lies in
+  // [b/2, b] for b = 0.2 s · 2^(n-1) (at most 5 s), and there were few of them.
+  for (const char* w : {"w1", "w2"}) {
+    std::ifstream in(root_ / (std::string(w) + ".log"));
+    const std::regex dial(R"(retrying in ([0-9.]+) s \(attempt ([0-9]+)\))");
+    int dials = 0;
+    for (std::string line; std::getline(in, line);) {
+      std::smatch match;
+      if (!std::regex_search(line, match, dial)) continue;
+      ++dials;
+      const double delay = std::stod(match[1]);
+      const int n = std::stoi(match[2]);
+      const double b = std::min(0.2 * std::pow(2.0, n - 1), 5.0);
+      EXPECT_GE(delay, b / 2 - 0.01) << line;
+      EXPECT_LE(delay, b + 0.01) << line;
+    }
+    EXPECT_GE(dials, 1) << w;
+    EXPECT_LE(dials, 12) << w;  // a second or two of outage: no storm
+  }
 }
 
 }  // namespace
