@@ -184,6 +184,17 @@ void WorkerRegistry::dispatch(const std::shared_ptr<proto::Connection>& conn, co
   if (proto::is_report_type(type)) {
     Result<proto::Report> report = proto::decode_report(m);
     if (!report.ok()) return reject(conn, worker, report.error(), m);
+    if (std::holds_alternative<proto::RankExited>(report.value().body)) {
+      // The worker's running list (shown by the REST API) drops the rank now, not at the next
+      // heartbeat: the job may be placed again before that.
+      json still = json::array();
+      for (const json& r : e.running)
+        if (r.value("job", int64_t{0}) != report.value().job ||
+            r.value("attempt", 0) != report.value().attempt ||
+            r.value("rank", 0) != report.value().rank)
+          still.push_back(r);
+      e.running = std::move(still);
+    }
     return hub_.scheduler->on_report(worker, std::move(report).value());
   }
   spdlog::warn("worker {}: unknown message type \"{}\" ignored", worker,

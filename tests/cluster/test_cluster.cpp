@@ -258,6 +258,17 @@ TEST_F(MultiHost, TwoHostsTrainOneJobOverTcpWithTheSingleProcessLosses) {
     EXPECT_LT(rel, 1e-5) << "step " << i + 1 << ": " << got[i] << " vs " << want[i];
   }
   figure("two hosts", "worst relative loss difference to one process", worst, "");
+  const json comm = get("/api/v1/jobs/" + std::to_string(id) +
+                        "/metrics?names=comm_share,step_ms&max_points=100000")
+                        .body["metrics"];
+  ASSERT_EQ(comm["comm_share"]["values"].size(), 40u);
+  double share = 0, step_ms = 0;
+  for (size_t i = 0; i < 40; ++i) {
+    share += comm["comm_share"]["values"][i].get<double>() / 40;
+    step_ms += comm["step_ms"]["values"][i].get<double>() / 40;
+  }
+  figure("two hosts", "mean step time", step_ms, "ms");
+  figure("two hosts", "mean communication share of the step", share, "");
 
   // The pair used TCP, never shared memory: in the metrics and in each rank's log.
   const json pairs =
@@ -563,11 +574,13 @@ TEST_F(MultiHost, AFlappingLinkCrashesNothingAndNeverPlacesTheJobTwice) {
       net_->partition(flapping);
     else
       net_->heal(flapping);
-    // The coordinator's view: at most one attempt's ranks, on at most `workers` workers.
+    // The coordinator's view of its online workers: at most one attempt's ranks, on at most
+    // `workers` workers. (A worker declared lost may still run a fenced rank of an older one.)
     const json body = get("/api/v1/workers").body;
     std::set<int> attempts;
     int holders = 0;
     for (const json& w : body["workers"]) {
+      if (w["state"] != "online") continue;
       for (const json& r : w["running"]) {
         if (r["job"] != id) continue;
         attempts.insert(r["attempt"].get<int>());

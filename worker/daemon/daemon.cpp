@@ -560,8 +560,10 @@ struct WorkerDaemon::Impl {
                      task->rank, task->step.load(), stopped ? " (stopped as asked)" : "");
       }
       tl_log = nullptr;
-      send(exit);
+      // Done before the exit goes out: a heartbeat composed after the exit report is queued
+      // no longer lists the rank (the coordinator may place the job again at once).
       task->done = true;
+      send(exit);
       asio::post(io, [this, task] {
         if (task->thread.joinable()) task->thread.detach();
         tasks.erase({task->job, task->attempt});
