@@ -127,12 +127,18 @@ EOF
 # Follow the job: a progress line, then its final state.
 field() { { grep -o "\"$1\":[^,}]*" <<<"$j" || true; } | head -n 1 | cut -d: -f2 | tr -d '"'; }
 num() { local v; v=$(field "$1"); echo "${v:-0}"; }
+# A figure with printf's FORMAT, or "–" while the job has not reported it yet.
+fig() {
+  local v
+  v=$(field "$1")
+  if [[ -z "$v" || "$v" == null ]]; then printf '–'; else printf "$2" "$v"; fi
+}
 while true; do
   j=$(curl -fs "$url/api/v1/jobs/$id" -H "Authorization: Bearer $MOHGE_TOKEN" || true)
   state=$(field state)
-  printf '\r[quickstart] job %s %-10s step %s/%s  loss %.4f  val %.4f  %.0f tok/s  imbalance %.3f   ' \
-    "$id" "${state:-?}" "$(num step)" "$(num steps)" "$(num loss)" "$(num val_loss)" \
-    "$(num tokens_per_s)" "$(num imbalance)"
+  printf '\r[quickstart] job %s %-10s step %s/%s  loss %s  val %s  %s tok/s  imbalance %s   ' \
+    "$id" "${state:-?}" "$(num step)" "$(num steps)" "$(fig loss %.4f)" "$(fig val_loss %.4f)" \
+    "$(fig tokens_per_s %.0f)" "$(fig imbalance %.3f)"
   case "$state" in SUCCEEDED | FAILED | CANCELED) break ;; esac
   sleep 5
 done

@@ -34,6 +34,21 @@ TensorSource::~TensorSource() = default;
 Result<TensorSource> TensorSource::open(const fs::path& dir, const std::string& stem) {
   TensorSource src;
   src.dir_ = dir;
+  std::error_code file_ec;
+  if (fs::is_regular_file(dir, file_ec)) {
+    if (stem != "model") {
+      return Error{ErrorCode::kInvalidArgument,
+                   dir.string() + " is one model file; it holds no " + stem +
+                       " (give the checkpoint folder)",
+                   ""};
+    }
+    Result<SafetensorsFile> file = SafetensorsFile::open(dir);
+    if (!file.ok()) return file.error();
+    src.metadata_ = file.value().metadata();
+    src.files_[dir.filename().string()] =
+        std::make_unique<SafetensorsFile>(std::move(file).value());
+    return src;
+  }
   const fs::path index = dir / (stem + ".safetensors.index.json");
   std::error_code ec;
   if (fs::exists(index, ec)) {

@@ -28,6 +28,8 @@ Status shard_index_write(const std::filesystem::path& path,
 class TensorSource {
  public:
   /// Opens `dir/<stem>.safetensors.index.json` when present, else `dir/<stem>.safetensors`.
+  /// `dir` may also be one `.safetensors` file (what `mohge download` writes): it then is the
+  /// source for stem "model", and there is nothing for any other stem.
   static Result<TensorSource> open(const std::filesystem::path& dir, const std::string& stem);
   TensorSource(TensorSource&&) noexcept;
   TensorSource& operator=(TensorSource&&) noexcept;

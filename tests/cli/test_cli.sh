@@ -54,6 +54,21 @@ echo "$out" | grep -q '"tokens":128' || fail "eval should score 2·4·16 = 128 t
 text=$("$mohge" generate --checkpoint "$ckpt" --prompt "The quick" --tokens 8 --seed 3 --threads 1)
 [[ "$text" == "The quick"* ]] || fail "generate printed: $text"
 
+# One .safetensors file, as `mohge download` writes it: eval scores the same; generate needs
+# --tokenizer, says so, and with it writes the same text.
+cp "$ckpt/model.safetensors" "$work/one.safetensors"
+out1=$("$mohge" eval --checkpoint "$work/one.safetensors" --data "$work/data/val.bin" --batches 2 --batch-size 4 --threads 1)
+[[ "$out1" == "$out" ]] || fail "eval of the file printed $out1, of the folder $out"
+set +e
+"$mohge" generate --checkpoint "$work/one.safetensors" --prompt "The quick" --tokens 8 2> "$work/err"
+code=$?
+set -e
+[[ $code == 2 ]] || fail "generate without --tokenizer on a file: exit code $code, expected 2"
+grep -q -- "--tokenizer: is required with a single .safetensors file" "$work/err" || fail "message: $(cat "$work/err")"
+text1=$("$mohge" generate --checkpoint "$work/one.safetensors" --tokenizer "$ckpt/tokenizer.model" \
+        --prompt "The quick" --tokens 8 --seed 3 --threads 1)
+[[ "$text1" == "$text" ]] || fail "generate from the file printed: $text1 (folder: $text)"
+
 # A bad field fails before training, naming the field and the rule, exit code 2.
 sed 's/"heads": 4/"heads": 3/' "$work/spec.json" > "$work/bad.json"
 set +e

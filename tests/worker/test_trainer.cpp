@@ -260,6 +260,23 @@ TEST_F(TrainerTest, CheckpointsAreCompleteRotatedAndReloadable) {
   }
   EXPECT_EQ(e.loss, logged);
   EXPECT_EQ(e.tokens, 2 * 2 * 6);
+
+  // One .safetensors file (what `mohge download` writes) serves as well: spec and weights.
+  const fs::path file = root_ / "downloaded.safetensors";
+  fs::copy_file(ckpts[1] / "model.safetensors", file);
+  Result<JobSpec> from_file = checkpoint_read_spec(file);
+  ASSERT_TRUE(from_file.ok()) << from_file.error().to_string();
+  EXPECT_EQ(job_spec_to_json(from_file.value()), job_spec_to_json(spec));
+  Transformer again(from_file.value().model, *be);
+  ASSERT_TRUE(checkpoint_load(file, again, nullptr, nullptr).ok());
+  EXPECT_EQ(evaluate(again, val.value(), spec.train.eval_batches, spec.train.batch_size).loss,
+            logged);
+  // It holds no optimizer state, and says so.
+  AdamW opt(spec.train, again.params(), *be);
+  const Status no_opt = checkpoint_load(file, again, &opt, nullptr);
+  ASSERT_FALSE(no_opt.ok());
+  EXPECT_NE(no_opt.error().message.find("holds no optimizer"), std::string::npos)
+      << no_opt.error().message;
 }
 
 TEST_F(TrainerTest, MetricsHoldEveryDocumentedField) {

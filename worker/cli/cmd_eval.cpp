@@ -1,4 +1,4 @@
-// mohge eval --checkpoint DIR --data FILE [--batches N] [--batch-size B] [--threads N]
+// mohge eval --checkpoint DIR|FILE --data FILE [--batches N] [--batch-size B] [--threads N]
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -48,7 +48,9 @@ int run_eval(const EvalArgs& a) {
 void add_eval(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<EvalArgs>();
   CLI::App* cmd = app.add_subcommand("eval", "Validation loss of a checkpoint on a token file");
-  cmd->add_option("--checkpoint", args->checkpoint, "Checkpoint folder")->required();
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint folder, or the .safetensors file `mohge download` wrote")
+      ->required();
   cmd->add_option("--data", args->data, "Token file (llm.c layout)")->required();
   cmd->add_option("--batches", args->batches, "Batches (default: the spec's train.eval_batches)")
       ->check(CLI::PositiveNumber);

@@ -1,4 +1,4 @@
-// mohge generate --checkpoint DIR --prompt TEXT [--tokens N] [--temperature T] [--seed S]
+// mohge generate --checkpoint DIR|FILE --prompt TEXT [--tokens N] [--temperature T] [--seed S]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -44,6 +44,13 @@ int run_generate(const GenerateArgs& a) {
   namespace fs = std::filesystem;
   Result<JobSpec> spec = checkpoint_read_spec(a.checkpoint);
   if (!spec.ok()) return report(spec.error());
+  std::error_code ec;
+  if (a.tokenizer.empty() && fs::is_regular_file(a.checkpoint, ec)) {
+    return report(
+        invalid_argument("--tokenizer",
+                         "is required with a single .safetensors file, which carries no tokenizer "
+                         "(give the tokenizer.model of the job's dataset or checkpoint folder)"));
+  }
   const fs::path tok_path =
       a.tokenizer.empty() ? fs::path(a.checkpoint) / "tokenizer.model" : fs::path(a.tokenizer);
   Result<Tokenizer> tok = Tokenizer::load(tok_path);
@@ -91,7 +98,9 @@ int run_generate(const GenerateArgs& a) {
 void add_generate(CLI::App& app, int& exit_code) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* cmd = app.add_subcommand("generate", "Continue a prompt with a checkpoint");
-  cmd->add_option("--checkpoint", args->checkpoint, "Checkpoint folder")->required();
+  cmd->add_option("--checkpoint", args->checkpoint,
+                  "Checkpoint folder, or the .safetensors file `mohge download` wrote")
+      ->required();
   cmd->add_option("--prompt", args->prompt, "Text to continue")->required();
   cmd->add_option("--tokens", args->tokens, "Tokens to generate")
       ->check(CLI::Range(1, 100000))
