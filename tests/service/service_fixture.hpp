@@ -105,18 +105,22 @@ class LocalCluster : public ::testing::Test {
   /// before exec (async-signal-safe calls only: the test process has threads).
   pid_t spawn(const std::vector<std::string>& args, const fs::path& log,
               const std::function<void()>& in_child = {}) {
+    // Everything the child needs is built before fork: the test process has threads, and a
+    // child that allocates may block forever on a lock another thread held at the fork (a
+    // worker under ThreadSanitizer once never started, its log empty).
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const std::string log_path = log.string();
     const pid_t pid = ::fork();
     if (pid == 0) {
       // Dies with the test process, even when that one is killed or aborts (a sanitizer
       // report) before TearDown could stop it.
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (in_child) in_child();
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
-      std::vector<char*> argv;
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
       ::execv(argv[0], argv.data());
       ::_exit(127);
     }

@@ -103,19 +103,20 @@ int launch_local_workers(const LaunchOptions& o) {
     if (o.resume) args.push_back("--resume");
     if (o.stop_after > 0) args.insert(args.end(), {"--stop-after", std::to_string(o.stop_after)});
     if (o.quiet || r > 0) args.push_back("--quiet");
+    // Built before fork: a child of a process with threads must not allocate before exec.
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string log = (logs / ("rank-" + std::to_string(r) + ".log")).string();
     const pid_t pid = ::fork();
     if (pid == 0) {
       if (r > 0) {
-        const std::string log = (logs / ("rank-" + std::to_string(r) + ".log")).string();
         const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
           ::dup2(fd, 2);
           ::close(fd);
         }
       }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
       ::execv(worker.c_str(), argv.data());
       ::_exit(127);
     }
