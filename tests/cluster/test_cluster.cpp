@@ -92,12 +92,7 @@ class MultiHost : public LocalCluster {
          "--isolation-grace", std::to_string(isolation_grace_s), "--reattach-timeout", "8",
          "--comm-timeout", std::to_string(comm_timeout_s)},
         root_ / "coordinator.log");
-    ASSERT_TRUE(wait_for([&] { return get("/api/v1/healthz").status == 200; }, 20.0))
-        << "coordinator did not come up; see " << (root_ / "coordinator.log");
-    std::ifstream in(root_ / "admin.token");
-    std::getline(in, admin_token_);
-    ASSERT_FALSE(admin_token_.empty());
-    token_ = admin_token_;
+    await_coordinator();
   }
 
   /// A worker daemon on `host`, named after it.
@@ -206,6 +201,19 @@ class MultiHost : public LocalCluster {
                      const char* unit) {
     std::printf("[figures] %s: %s = %.3f %s\n", test.c_str(), what.c_str(), value, unit);
     std::fflush(stdout);
+  }
+
+  /// Waits for attempt `attempt` of the job to be RUNNING (fails the test with the job if not).
+  bool wait_attempt_running(int64_t id, int attempt) {
+    json last;
+    const bool ok = wait_for(
+        [&] {
+          last = job(id);
+          return last["state"] == "RUNNING" && last["attempt"] == attempt;
+        },
+        60.0);
+    if (!ok) ADD_FAILURE() << "attempt " << attempt << " not running: " << last.dump();
+    return ok;
   }
 
   /// Waits for the job to be running past `step`.
@@ -334,13 +342,7 @@ TEST_F(MultiHost, APartitionedWorkerHostIsFencedAndTheJobRecoversOnTheOthers) {
   const int64_t step_at_cut = job(id)["progress"]["step"];
   ASSERT_TRUE(wait_for([&] { return job(id)["restarts"] == 1; }, 30.0)) << job(id).dump();
   const double detect_s = since(cut_at);
-  ASSERT_TRUE(wait_for(
-      [&] {
-        const json j = job(id);
-        return j["state"] == "RUNNING" && j["attempt"] == 2;
-      },
-      60.0))
-      << job(id).dump();
+  ASSERT_TRUE(wait_attempt_running(id, 2));
   const double recover_s = since(cut_at);
   const json placed = job(id)["assigned"];
   EXPECT_EQ(std::count(placed.begin(), placed.end(), victim), 0) << placed.dump();
@@ -393,13 +395,7 @@ TEST_F(MultiHost, ACutBetweenWorkerHostsFiresTheDeadlineNamesThePeerAndRecovers)
   ASSERT_TRUE(wait_for([&] { return job(id)["restarts"] == 1; }, 4 * comm_timeout + 10))
       << job(id).dump();
   const double detect_s = since(cut_at);
-  ASSERT_TRUE(wait_for(
-      [&] {
-        const json j = job(id);
-        return j["state"] == "RUNNING" && j["attempt"] == 2;
-      },
-      60.0))
-      << job(id).dump();
+  ASSERT_TRUE(wait_attempt_running(id, 2));
   const double recover_s = since(cut_at);
   // The next attempt does not put w1 and w2 together again (the cut stays).
   const json second = job(id)["assigned"];

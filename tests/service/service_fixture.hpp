@@ -158,6 +158,11 @@ class LocalCluster : public ::testing::Test {
                root_.string(), "--heartbeat-timeout", std::to_string(heartbeat_timeout_s),
                "--reattach-timeout", "8", "--comm-timeout", "20"},
               root_ / "coordinator.log");
+    await_coordinator();
+  }
+
+  /// Waits for a started coordinator to answer, then signs in as its admin.
+  void await_coordinator() {
     ASSERT_TRUE(wait_for([&] { return get("/api/v1/healthz").status == 200; }, 20.0))
         << "coordinator did not come up; see " << (root_ / "coordinator.log");
     std::ifstream in(root_ / "admin.token");
